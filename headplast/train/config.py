@@ -1,0 +1,63 @@
+"""Configuration of the train step: every value used is recorded in run_config.json."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+DEFAULT_LR = {"fft": 2e-5, "lora": 5e-4}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    task: str = "RTE"
+    method: str = "fft"  # fft | lora
+    seed: int = 1
+    model: str | None = None  # hub id or directory; None = embedded default
+    output_root: str = "outputs"
+    data_dir: str | None = None
+    data_source: str = "auto"  # auto | local | bundled | hub
+    # LoRA
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.1
+    lora_targets: str = "attn"  # attn | attn,ffn | explicit comma-separated module names
+    # theta0
+    head_init: str = "probe"  # probe | random
+    probe_epochs: int = 200  # full-batch steps of the linear probe
+    probe_lr: float = 1e-2
+    # optimisation
+    num_epochs: float = 3.0
+    batch_size: int = 32
+    learning_rate: float | None = None  # None = DEFAULT_LR[method]
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    max_length: int = 256
+    max_train_samples: int | None = None
+    train_subset_seed: int = 0  # fixed, so seeds vary the optimisation, not the data
+    # eval subset (a holdout subset must be kept out of training)
+    eval_source: str = "validation"  # validation | holdout | train
+    eval_size: int = 1024
+    force: bool = False
+
+    @property
+    def lr(self) -> float:
+        return self.learning_rate if self.learning_rate is not None else DEFAULT_LR[self.method]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["learning_rate"] = self.lr
+        return d
+
+    def theta0_key_fields(self) -> dict:
+        """What determines theta0: runs that agree on these share theta0 bit for bit."""
+        keys = ("task", "seed", "head_init", "probe_epochs", "probe_lr", "max_length",
+                "max_train_samples", "train_subset_seed", "eval_source", "eval_size", "data_dir",
+                "data_source")
+        return {k: getattr(self, k) for k in keys}
+
+    def run_fields(self) -> dict:
+        """What makes a run different from another (used to refuse overwriting)."""
+        d = self.to_dict()
+        for k in ("output_root", "force"):
+            d.pop(k)
+        return d

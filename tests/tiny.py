@@ -1,0 +1,55 @@
+"""Tiny random models of every supported architecture, built from configs (no hub)."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import torch
+import transformers as tf
+
+ARCHS = ("bert", "roberta", "electra", "deberta-v2", "distilbert", "mpnet")
+
+
+def tiny_tokenizer(path: Path):
+    """A character-level WordPiece tokenizer: every text maps to known tokens."""
+    chars = string.ascii_lowercase + string.digits + string.punctuation
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *("##" + c for c in chars)]
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = tf.BertTokenizer(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    return tok
+
+
+def tiny_config(arch: str, num_labels: int = 2, layers: int = 2, heads: int = 4, hidden: int = 32):
+    common = dict(vocab_size=200, num_labels=num_labels, pad_token_id=0, max_position_embeddings=300)
+    if arch == "distilbert":
+        return tf.DistilBertConfig(dim=hidden, n_layers=layers, n_heads=heads, hidden_dim=2 * hidden, **common)
+    cls = {"bert": tf.BertConfig, "roberta": tf.RobertaConfig, "electra": tf.ElectraConfig,
+           "deberta-v2": tf.DebertaV2Config, "mpnet": tf.MPNetConfig}[arch]
+    kw = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+              intermediate_size=2 * hidden, **common)
+    if arch == "electra":
+        kw["embedding_size"] = hidden
+    if arch == "deberta-v2":
+        kw.update(relative_attention=True, position_buckets=16, max_relative_positions=64,
+                  pos_att_type=["p2c", "c2p"], type_vocab_size=0, position_biased_input=False)
+    if arch in ("bert", "roberta", "electra"):
+        kw["type_vocab_size"] = 2
+    return cls(**kw)
+
+
+def tiny_model(arch: str, seed: int = 0, **kw):
+    torch.manual_seed(seed)
+    model = tf.AutoModelForSequenceClassification.from_config(tiny_config(arch, **kw))
+    model.eval()
+    return model
+
+
+def tiny_model_dir(arch: str, path: Path, seed: int = 0, **kw) -> Path:
+    """A local model directory (weights + tokenizer) usable as --model."""
+    path = Path(path)
+    tok = tiny_tokenizer(path / "_tok")
+    tiny_model(arch, seed, **kw).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
