@@ -1,0 +1,162 @@
+"""Exact head-ablation importance without one full forward pass per head.
+
+Per batch (length-sorted, padded to its own longest example, no autograd, eval mode):
+  1. one unablated forward pass records every layer's input (hidden states and the
+     layer's other arguments: masks, position biases, ...);
+  2. for each layer l, the ablations of several heads of l run together as one
+     batch of k copies, starting from the recorded input of layer l, so the layers
+     below l are never recomputed.
+The result is exactly what a full forward pass with the head gated would give.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from headplast.arch.adapters import ArchAdapter
+from headplast.data.tokenize import Encoded, sorted_batches
+from headplast.measure.gating import capture_o_inputs, head_gates
+from headplast.measure.results import ImportanceResult
+from headplast.train.metrics import metric_value, predictions
+
+
+def example_losses(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
+    """Per-example loss [B]: cross-entropy, or squared error for regression."""
+    logits = logits.float()
+    if regression:
+        return (logits[:, 0] - labels.float()) ** 2
+    return F.cross_entropy(logits, labels, reduction="none")
+
+
+def kl_base_to(base_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(p_base || p) per example [B]."""
+    lp_base = F.log_softmax(base_logits.float(), -1)
+    return (lp_base.exp() * (lp_base - F.log_softmax(logits.float(), -1))).sum(-1)
+
+
+@contextmanager
+def record_layer_inputs(model, adapter: ArchAdapter):
+    """Yields a list that fills with (args, kwargs) of each layer call during a forward pass."""
+    calls: list = []
+    handles = [layer.register_forward_pre_hook(lambda m, a, kw: calls.append((a, kw)), with_kwargs=True)
+               for layer in adapter.layer_modules(model)]
+    try:
+        yield calls
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _repeat(x, k: int, B: int):
+    """Repeat every per-example tensor (leading dim B) k times along the batch."""
+    if torch.is_tensor(x):
+        return x.repeat(k, *([1] * (x.dim() - 1))) if x.dim() >= 1 and x.shape[0] == B and k > 1 else x
+    if isinstance(x, (list, tuple)):
+        return type(x)(_repeat(v, k, B) for v in x)
+    if isinstance(x, dict):
+        return {key: _repeat(v, k, B) for key, v in x.items()}
+    return x
+
+
+def run_from_layer(model, adapter: ArchAdapter, calls, start: int, hidden: torch.Tensor, k: int, B: int):
+    """Run layers start..L-1 on `hidden` [k*B, T, D], reusing each layer's recorded arguments."""
+    for i in range(start, len(calls)):
+        args, kwargs = calls[i]
+        out = adapter.layer_modules(model)[i](
+            hidden, *_repeat(args[1:], k, B), **_repeat(kwargs, k, B))
+        hidden = adapter.layer_output(out)
+    return adapter.logits(model, hidden)
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def head_means(model, adapter: ArchAdapter, enc: Encoded, pad_id: int, batch_size: int = 32) -> torch.Tensor:
+    """Mean of each head's output (input of O) over all real tokens of the eval subset: [L, H*d]."""
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = None, 0
+    for _, batch in sorted_batches(enc, batch_size, pad_id):
+        batch = _to(batch, device)
+        batch.pop("labels")
+        mask = batch["attention_mask"].unsqueeze(-1).float()  # [B, T, 1]
+        with capture_o_inputs(model, adapter) as store:
+            model(**batch)
+        sums = torch.stack([(store[l].float() * mask).sum((0, 1)) for l in sorted(store)])
+        total = sums if total is None else total + sums
+        count += mask.sum()
+    return total / count
+
+
+def _chunk_size(H: int, B: int, T: int, max_tokens: int) -> int:
+    return int(max(1, min(H, max_tokens // max(B * T, 1))))
+
+
+@torch.no_grad()
+def ablation_importance(model, adapter: ArchAdapter, enc: Encoded, task, pad_id: int,
+                        batch_size: int = 32, ablation: str = "zero", max_tokens: int = 1 << 16,
+                        progress: bool = True) -> ImportanceResult:
+    """Importance of every head on the examples of `enc` (see module docstring)."""
+    model.eval()
+    device = next(model.parameters()).device
+    L, H = adapter.num_layers(model.config), adapter.num_heads(model.config)
+    means = head_means(model, adapter, enc, pad_id, batch_size) if ablation == "mean" else None
+    N, C = len(enc), task.num_labels
+    losses = np.zeros((N, 1 + L * H), dtype=np.float64)
+    logits_all = np.zeros((N, 1 + L * H, C), dtype=np.float32)
+    kl = np.zeros((N, L * H), dtype=np.float64)
+    bar = tqdm(total=N * L * H, desc=f"ablation ({ablation})", unit="head-ex", disable=not progress)
+    for idx, batch in sorted_batches(enc, batch_size, pad_id):
+        batch = _to(batch, device)
+        labels = batch.pop("labels")
+        B, T = batch["input_ids"].shape
+        with record_layer_inputs(model, adapter) as calls:
+            base = model(**batch).logits
+        losses[idx, 0] = example_losses(base, labels, task.is_regression).double().cpu().numpy()
+        logits_all[idx, 0] = base.float().cpu().numpy()
+        k_max = _chunk_size(H, B, T, max_tokens)
+        for l in range(L):
+            for h0 in range(0, H, k_max):
+                heads = list(range(h0, min(H, h0 + k_max)))
+                k = len(heads)
+                gates = torch.ones(k * B, H, device=device)
+                for j, h in enumerate(heads):
+                    gates[j * B:(j + 1) * B, h] = 0.0
+                with head_gates(model, adapter, {l: gates}, means):
+                    out = run_from_layer(model, adapter, calls, l, _repeat(calls[l][0][0], k, B), k, B)
+                for j, h in enumerate(heads):
+                    lg = out[j * B:(j + 1) * B]
+                    col = 1 + l * H + h
+                    losses[idx, col] = example_losses(lg, labels, task.is_regression).double().cpu().numpy()
+                    logits_all[idx, col] = lg.float().cpu().numpy()
+                    if not task.is_regression:
+                        kl[idx, col - 1] = kl_base_to(base, lg).double().cpu().numpy()
+                bar.update(B * k)
+    bar.close()
+    return summarize(losses, logits_all, kl, enc.labels, task, ablation, L, H)
+
+
+def summarize(losses, logits_all, kl, labels, task, ablation, L, H) -> ImportanceResult:
+    """Per-head means, paired standard errors and metric changes from per-example results."""
+    if not np.isfinite(losses).all():
+        from headplast.errors import HeadplastError
+        raise HeadplastError("non-finite losses during ablation (NaN/inf in the model's outputs)",
+                             "check the checkpoint (was training stable?) or use --dtype float32")
+    N = losses.shape[0]
+    diff = losses[:, 1:] - losses[:, :1]  # [N, L*H] paired differences
+    se = diff.std(0, ddof=1) / np.sqrt(N) if N > 1 else np.full(L * H, np.nan)
+    base_metric = metric_value(task.metric, predictions(task, logits_all[:, 0]), labels)
+    mdelta = np.array([metric_value(task.metric, predictions(task, logits_all[:, c]), labels)
+                       for c in range(1, 1 + L * H)]) - base_metric
+    kl_mean = np.full(L * H, np.nan) if task.is_regression else kl.mean(0)
+    shape = (L, H)
+    return ImportanceResult(diff.mean(0).reshape(shape), se.reshape(shape), mdelta.reshape(shape),
+                            kl_mean.reshape(shape), losses.astype(np.float32), float(losses[:, 0].mean()),
+                            float(base_metric), task.metric, ablation)
