@@ -26,8 +26,8 @@ from headplast.train.metrics import metric_value, predictions
 
 
 def example_losses(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
-    """Per-example loss [B]: cross-entropy, or squared error for regression."""
-    logits = logits.float()
+    """Per-example loss [B]: cross-entropy, or squared error for regression (fp32 or better)."""
+    logits = logits if logits.dtype == torch.float64 else logits.float()
     if regression:
         return (logits[:, 0] - labels.float()) ** 2
     return F.cross_entropy(logits, labels, reduction="none")

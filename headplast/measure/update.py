@@ -1,0 +1,49 @@
+"""Update magnitude per head: theta1 - theta0 on each head's rows of Q/K/V and columns of O.
+
+For LoRA (and any peft method that merges) theta1's weights are the merged weights,
+computed in fp32 from theta0 + the adapter.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from headplast.arch.adapters import KINDS, ArchAdapter
+from headplast.measure.results import UpdateResult
+
+
+def qkvo_weights(model, adapter: ArchAdapter) -> dict:
+    """{(layer, kind): fp32 weight} for Q, K, V, O of every layer (biases excluded)."""
+    L = adapter.num_layers(model.config)
+    return {(l, k): adapter.linear(model, l, k).weight.detach().float().cpu().clone()
+            for l in range(L) for k in KINDS}
+
+
+def update_magnitude(w0: dict, w1: dict, adapter: ArchAdapter, config) -> UpdateResult:
+    L, H = adapter.num_layers(config), adapter.num_heads(config)
+    parts = {k: np.zeros((L, H)) for k in KINDS}
+    base = np.zeros((L, H))
+    for l in range(L):
+        for k in KINDS:
+            dw = w1[(l, k)] - w0[(l, k)]
+            for h in range(H):
+                parts[k][l, h] = adapter.head_weight(dw, config, k, h).pow(2).sum().item()
+                base[l, h] += adapter.head_weight(w0[(l, k)], config, k, h).pow(2).sum().item()
+    U = np.sqrt(sum(parts.values()))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        Urel = U / np.sqrt(base)
+    return UpdateResult(U, Urel, *(np.sqrt(parts[k]) for k in KINDS))
+
+
+@torch.no_grad()
+def merged_peft_model(theta0_dir: str, adapter_dir: str):
+    """theta0 + adapter, merged in fp32 (works for every peft method that can merge)."""
+    from peft import PeftModel
+
+    from headplast.arch.loading import load_model
+
+    base = load_model(theta0_dir).float()
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged.eval()
+    return merged
