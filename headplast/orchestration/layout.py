@@ -58,6 +58,11 @@ def run_dir(root: str | Path, run: RunId) -> Path:
     raise HeadplastError(f"unknown method '{run.method}'", "use --method fft or --method lora")
 
 
+def root_of(run: str | Path) -> Path:
+    """The output root a run directory lives under (<root>/<FFT|LoRA>/<task>/<run>)."""
+    return Path(run).resolve().parents[2]
+
+
 def shared_dir(root: str | Path, kind: str, task: str, key: str) -> Path:
     """Content-addressed store for things several runs share (theta0, pre measurements)."""
     return Path(root) / "_shared" / kind / task / key

@@ -16,6 +16,11 @@ class TrainConfig:
     output_root: str = "outputs"
     data_dir: str | None = None
     data_source: str = "auto"  # auto | local | bundled | hub
+    # custom data (CSV/TSV/JSONL) instead of a GLUE task; --task then only names it
+    train_file: str | None = None
+    validation_file: str | None = None
+    text_columns: tuple[str, ...] = ("sentence1", "sentence2")
+    label_column: str = "label"
     # LoRA
     lora_r: int = 8
     lora_alpha: float = 16.0
@@ -46,13 +51,14 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["learning_rate"] = self.lr
+        d["text_columns"] = list(self.text_columns)
         return d
 
     def theta0_key_fields(self) -> dict:
         """What determines theta0: runs that agree on these share theta0 bit for bit."""
         keys = ("task", "seed", "head_init", "probe_epochs", "probe_lr", "max_length",
                 "max_train_samples", "train_subset_seed", "eval_source", "eval_size", "data_dir",
-                "data_source")
+                "data_source", "train_file", "validation_file", "text_columns", "label_column")
         return {k: getattr(self, k) for k in keys}
 
     def run_fields(self) -> dict:

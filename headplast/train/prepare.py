@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from headplast.data.loaders import Examples, load_split
-from headplast.data.tasks import TaskSpec, get_task
+from headplast.data.loaders import CustomData, Examples, load_custom, load_split
+from headplast.data.tasks import TaskSpec, custom_task, get_task
 from headplast.measure.subset import holdout_indices
 
 
@@ -20,11 +20,20 @@ class RunData:
     train_indices: tuple[int, ...]  # into full_train
 
 
+def _load(task: str, data_dir, data_source, custom: CustomData | None):
+    if custom is None:
+        spec = get_task(task)
+        return spec, load_split(spec, "train", data_dir, data_source), load_split(spec, "validation", data_dir,
+                                                                                   data_source)
+    full, names = load_custom(custom, "train")
+    val, _ = load_custom(custom, "validation")
+    metric = "pearson" if not names else "accuracy"
+    return custom_task(task, len(custom.text_columns), names, metric), full, val
+
+
 def prepare_data(task: str, data_dir=None, data_source="auto", eval_source="validation", eval_size=1024,
-                 max_train_samples=None, train_subset_seed=0) -> RunData:
-    spec = get_task(task)
-    full = load_split(spec, "train", data_dir, data_source)
-    val = load_split(spec, "validation", data_dir, data_source)
+                 max_train_samples=None, train_subset_seed=0, custom: CustomData | None = None) -> RunData:
+    spec, full, val = _load(task, data_dir, data_source, custom)
     keep = np.arange(len(full))
     if eval_source == "holdout":  # measured examples must never be trained on
         held = holdout_indices(full, eval_size)
@@ -35,6 +44,19 @@ def prepare_data(task: str, data_dir=None, data_source="auto", eval_source="vali
     return RunData(spec, full.subset(keep), val, full, tuple(int(i) for i in keep))
 
 
+def custom_from(cfg: dict) -> CustomData | None:
+    if not cfg.get("train_file"):
+        return None
+    return CustomData(cfg["train_file"], cfg["validation_file"], tuple(cfg["text_columns"]), cfg["label_column"])
+
+
 def prepare_from_config(cfg) -> RunData:
-    return prepare_data(cfg.task, cfg.data_dir, cfg.data_source, cfg.eval_source, cfg.eval_size,
-                        cfg.max_train_samples, cfg.train_subset_seed)
+    """cfg: a TrainConfig or the 'config' dict recorded in run_config.json."""
+    c = cfg if isinstance(cfg, dict) else cfg.to_dict()
+    return prepare_data(c["task"], c["data_dir"], c["data_source"], c["eval_source"], c["eval_size"],
+                        c["max_train_samples"], c["train_subset_seed"], custom_from(c))
+
+
+def task_name(task: str, custom: bool) -> str:
+    """Folder name of a task: the canonical GLUE name, or the user's name for custom data."""
+    return task if custom else get_task(task).name

@@ -34,12 +34,13 @@ class NonFiniteLoss(RuntimeError):
 
 
 def run_id(cfg: TrainConfig) -> layout.RunId:
-    from headplast.data.tasks import get_task
+    from headplast.train.prepare import task_name
 
     method = cfg.method.lower()
     if method not in ("fft", "lora"):
         raise HeadplastError(f"unknown --method '{cfg.method}'", "use --method fft or --method lora")
-    return layout.RunId(get_task(cfg.task).name, method, cfg.seed, cfg.lora_r if method == "lora" else None)
+    return layout.RunId(task_name(cfg.task, bool(cfg.train_file)), method, cfg.seed,
+                        cfg.lora_r if method == "lora" else None)
 
 
 def check_output_dir(out: Path, cfg: TrainConfig) -> bool:
@@ -48,11 +49,12 @@ def check_output_dir(out: Path, cfg: TrainConfig) -> bool:
     if not rc.exists():
         return False
     old = read_json(rc)
-    same = old.get("config") == json.loads(json.dumps(cfg.run_fields()))
+    new = json.loads(json.dumps(cfg.run_fields()))
+    same = old.get("config") == new
     if cfg.force:
         return False
     if not same:
-        diff = {k: (old.get("config", {}).get(k), v) for k, v in cfg.run_fields().items()
+        diff = {k: (old.get("config", {}).get(k), v) for k, v in new.items()
                 if old.get("config", {}).get(k) != v}
         raise HeadplastError(f"{out} already holds a different run (differs in {diff})",
                              "pass --force to overwrite it, or choose another --output-root")

@@ -1,0 +1,5 @@
+import sys
+
+from headplast.cli.main import main
+
+sys.exit(main())
