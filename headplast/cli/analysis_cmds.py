@@ -1,7 +1,53 @@
-"""Subcommands of the analysis side (plot, compare, aggregate, ranks, pipeline)."""
+"""Subcommands of the analysis side: plot, compare, aggregate, ranks."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+
+def _add_analysis_args(p) -> None:
+    g = p.add_argument_group("statistics")
+    g.add_argument("--top-k", type=int, default=20)
+    g.add_argument("--top-quantile", type=float, default=0.2, help="'important'/'plastic': top fraction")
+    g.add_argument("--bottom-quantile", type=float, default=0.5, help="'static'/'unimportant': bottom fraction")
+    g.add_argument("--n-boot", type=int, default=2000)
+    g.add_argument("--n-perm", type=int, default=1000)
+    g.add_argument("--stats-seed", type=int, default=0)
+
+
+def analysis_config(a):
+    from headplast.analysis.run_analysis import AnalysisConfig
+
+    return AnalysisConfig(a.top_k, a.top_quantile, a.bottom_quantile, a.n_boot, a.n_perm, a.stats_seed)
+
+
+def _run_dir_from(a) -> Path:
+    from headplast.orchestration import layout
+    from headplast.train.prepare import task_name
+
+    if a.run_dir:
+        return Path(a.run_dir)
+    method, r = layout.parse_label(a.method_label)
+    return layout.run_dir(a.output_root, layout.RunId(task_name(a.task, False), method, a.seed, r))
+
+
+def cmd_plot(a) -> int:
+    from headplast.analysis.run_analysis import write_run_analysis
+
+    d = _run_dir_from(a)
+    st = write_run_analysis(d, analysis_config(a))
+    p = st["pairs"].get("I_pre~U", {})
+    print(f"analysed {d}: rho(I_pre, U) = {p.get('spearman', float('nan')):.3f} "
+          f"CI {p.get('ci95')}, top-{st['k']} overlap {p.get('top_k', {}).get('overlap')}")
+    return 0
+
 
 def register(sub, add_common) -> None:
-    return None
+    p = sub.add_parser("plot", help="heads.csv, stats.json, cases.json and figures of one run")
+    p.add_argument("run_dir", nargs="?", default=None)
+    p.add_argument("--task", default="RTE")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--method-label", default="FFT", help="FFT or LoRA_r<r> (used without run_dir)")
+    add_common(p)
+    _add_analysis_args(p)
+    p.set_defaults(func=cmd_plot)

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from headplast.arch.adapters import ArchAdapter
 from headplast.data.tokenize import Encoded, sorted_batches
+from headplast.measure.fastpath import FAST_PATHS, additive_mask
 from headplast.measure.gating import capture_o_inputs, head_gates
 from headplast.measure.results import ImportanceResult
 from headplast.train.metrics import metric_value, predictions
@@ -67,10 +68,30 @@ def run_from_layer(model, adapter: ArchAdapter, calls, start: int, hidden: torch
     """Run layers start..L-1 on `hidden` [k*B, T, D], reusing each layer's recorded arguments."""
     for i in range(start, len(calls)):
         args, kwargs = calls[i]
-        out = adapter.layer_modules(model)[i](
-            hidden, *_repeat(args[1:], k, B), **_repeat(kwargs, k, B))
+        out = adapter.layer_modules(model)[i](hidden, *_repeat(args[1:], k, B), **_repeat(kwargs, k, B))
         hidden = adapter.layer_output(out)
     return adapter.logits(model, hidden)
+
+
+def run_ablated_fast(model, adapter: ArchAdapter, fast, calls, ctx, attn_mask, l: int, k: int, B: int):
+    """Logits [k*B, C] with layer l's O input `ctx` gated by the installed hooks.
+
+    Restarts at O of layer l, runs the middle layers in full and the last one for token 0.
+    """
+    layers = adapter.layer_modules(model)
+    L = len(layers)
+    h_in = calls[l][0][0]
+    if l == L - 1:  # only token 0 of the last layer reaches the classifier
+        return adapter.logits(model, fast.finish(layers[l], _repeat(ctx[:, :1], k, B), _repeat(h_in[:, :1], k, B)))
+    h = fast.finish(layers[l], _repeat(ctx, k, B), _repeat(h_in, k, B))
+    for i in range(l + 1, L - 1):
+        args, kwargs = calls[i]
+        h = adapter.layer_output(layers[i](h, *_repeat(args[1:], k, B), **_repeat(kwargs, k, B)))
+    if fast.first_token_context is None:
+        return run_from_layer(model, adapter, calls, L - 1, h, k, B)
+    add_mask = _repeat(additive_mask(attn_mask, h.dtype), k, B)
+    c0 = fast.first_token_context(layers[L - 1], h, add_mask, _repeat(calls[L - 1], k, B))
+    return adapter.logits(model, fast.finish(layers[L - 1], c0, h[:, :1]))
 
 
 def _to(batch: dict, device) -> dict:
@@ -102,12 +123,13 @@ def _chunk_size(H: int, B: int, T: int, max_tokens: int) -> int:
 @torch.no_grad()
 def ablation_importance(model, adapter: ArchAdapter, enc: Encoded, task, pad_id: int,
                         batch_size: int = 32, ablation: str = "zero", max_tokens: int = 1 << 16,
-                        progress: bool = True) -> ImportanceResult:
+                        progress: bool = True, use_fast_path: bool = True) -> ImportanceResult:
     """Importance of every head on the examples of `enc` (see module docstring)."""
     model.eval()
     device = next(model.parameters()).device
     L, H = adapter.num_layers(model.config), adapter.num_heads(model.config)
     means = head_means(model, adapter, enc, pad_id, batch_size) if ablation == "mean" else None
+    fast = FAST_PATHS.get(adapter.model_type) if use_fast_path else None
     N, C = len(enc), task.num_labels
     losses = np.zeros((N, 1 + L * H), dtype=np.float64)
     logits_all = np.zeros((N, 1 + L * H, C), dtype=np.float32)
@@ -117,7 +139,7 @@ def ablation_importance(model, adapter: ArchAdapter, enc: Encoded, task, pad_id:
         batch = _to(batch, device)
         labels = batch.pop("labels")
         B, T = batch["input_ids"].shape
-        with record_layer_inputs(model, adapter) as calls:
+        with record_layer_inputs(model, adapter) as calls, capture_o_inputs(model, adapter) as ctxs:
             base = model(**batch).logits
         losses[idx, 0] = example_losses(base, labels, task.is_regression).double().cpu().numpy()
         logits_all[idx, 0] = base.float().cpu().numpy()
@@ -130,7 +152,11 @@ def ablation_importance(model, adapter: ArchAdapter, enc: Encoded, task, pad_id:
                 for j, h in enumerate(heads):
                     gates[j * B:(j + 1) * B, h] = 0.0
                 with head_gates(model, adapter, {l: gates}, means):
-                    out = run_from_layer(model, adapter, calls, l, _repeat(calls[l][0][0], k, B), k, B)
+                    if fast is None:
+                        out = run_from_layer(model, adapter, calls, l, _repeat(calls[l][0][0], k, B), k, B)
+                    else:
+                        out = run_ablated_fast(model, adapter, fast, calls, ctxs[l], batch["attention_mask"],
+                                               l, k, B)
                 for j, h in enumerate(heads):
                     lg = out[j * B:(j + 1) * B]
                     col = 1 + l * H + h

@@ -1,0 +1,65 @@
+"""Shared plotting helpers: headless backend, layer colours, annotated scatter, atomic save."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+LABELS = {
+    "I_pre": "importance before fine-tuning, I_pre (Δ loss, nats)",
+    "I_post": "importance after fine-tuning, I_post (Δ loss, nats)",
+    "U": "update magnitude U = ||ΔW_head||_F",
+    "Urel": "relative update Urel = U / ||W0_head||",
+    "grad_norm": "gradient norm ||∂L/∂θ_head||",
+    "fisher": "empirical Fisher (sum over head params)",
+    "gate_grad": "gate gradient mean |∂L_x/∂g|",
+    "gate_fisher": "gate Fisher mean (∂L_x/∂g)^2",
+    "taylor": "Taylor estimate −mean ∂L_x/∂g (nats)",
+}
+LOG_AXES = {"U", "Urel", "grad_norm", "fisher", "gate_grad", "gate_fisher"}
+
+
+def fmt_rho(s: dict | None) -> str:
+    if not s or not np.isfinite(s.get("spearman", math.nan)):
+        return "ρ = n/a"
+    lo, hi = s["ci95"]
+    return f"ρ = {s['spearman']:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def scatter(ax, df, x: str, y: str, s: dict | None = None, title: str | None = None, cbar=True):
+    """Heads as points coloured by layer; log axis for positive magnitudes; rho and CI on the plot."""
+    xs, ys = df[x].to_numpy(float), df[y].to_numpy(float)
+    sc = ax.scatter(xs, ys, c=df["layer"], cmap="viridis", s=22, edgecolors="k", linewidths=0.3)
+    for axis, name, vals in (("x", x, xs), ("y", y, ys)):
+        if name in LOG_AXES and np.all(vals[np.isfinite(vals)] > 0):
+            (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    ax.set_xlabel(LABELS.get(x, x), fontsize=8)
+    ax.set_ylabel(LABELS.get(y, y), fontsize=8)
+    ax.set_title(title or f"{y} vs {x}", fontsize=9)
+    ax.text(0.02, 0.97, fmt_rho(s), transform=ax.transAxes, va="top", fontsize=8,
+            bbox=dict(boxstyle="round", fc="white", alpha=0.8))
+    if cbar:
+        ax.figure.colorbar(sc, ax=ax, label="layer", pad=0.01)
+    return sc
+
+
+def save(fig, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,105 @@
+"""The six figures of one run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from headplast.plotting.common import LABELS, fmt_rho, plt, save, scatter
+
+
+def fig_i_vs_u(df, stats, title, path):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, y in zip(axes, ("U", "Urel")):
+        scatter(ax, df, "I_pre", y, stats["pairs"].get(f"I_pre~{y}"), f"{y} vs I_pre")
+    fig.suptitle(f"{title}: does importance before fine-tuning predict the update?")
+    save(fig, path)
+
+
+def fig_i_vs_g(df, stats, title, path):
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    for ax, y in zip(axes.flat, ("grad_norm", "fisher", "gate_grad", "taylor")):
+        scatter(ax, df, "I_pre", y, stats["pairs"].get(f"I_pre~{y}"), f"{y} vs I_pre")
+    fig.suptitle(f"{title}: importance vs gradient-based scores on theta0")
+    save(fig, path)
+
+
+def fig_stats(stats, title, path):
+    pairs = stats["pairs"]
+    names = [p for p in pairs if np.isfinite(pairs[p].get("spearman", np.nan))]
+    rho = np.array([pairs[p]["spearman"] for p in names])
+    lo = np.array([pairs[p]["ci95"][0] for p in names])
+    hi = np.array([pairs[p]["ci95"][1] for p in names])
+    part = np.array([pairs[p]["partial_spearman_layer"] for p in names])
+    topk = np.array([pairs[p]["top_k"]["overlap"] for p in names])
+    chance = np.array([pairs[p]["top_k"]["chance"] for p in names])
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    x = np.arange(len(names))
+    axes[0].bar(x, rho, yerr=[rho - lo, hi - rho], capsize=3, color="tab:blue", label="Spearman ρ (95% CI)")
+    axes[0].scatter(x, part, color="tab:red", zorder=3, label="ρ controlled for layer")
+    axes[0].axhline(0, color="k", lw=0.8)
+    axes[0].set_ylabel("Spearman ρ over heads")
+    axes[0].set_title("rank correlations")
+    axes[0].legend(fontsize=8)
+    axes[1].bar(x, topk, color="tab:green", label=f"top-{stats['k']} overlap")
+    axes[1].plot(x, chance, "k_", ms=18, mew=2, label="chance level")
+    axes[1].set_ylim(0, 1)
+    axes[1].set_ylabel(f"|top-{stats['k']}(a) ∩ top-{stats['k']}(b)| / K")
+    axes[1].set_title("top-K overlap")
+    axes[1].legend(fontsize=8)
+    for ax in axes:
+        ax.set_xticks(x)
+        ax.set_xticklabels([n.replace("~", " vs\n") for n in names], fontsize=7)
+    fig.suptitle(f"{title}: statistics over {stats['n_heads']} heads")
+    save(fig, path)
+
+
+def fig_ipre_vs_ipost(df, stats, title, path):
+    fig, ax = plt.subplots(figsize=(6, 5))
+    scatter(ax, df, "I_pre", "I_post", stats["pairs"].get("I_pre~I_post"), "importance after vs before")
+    lim = [min(df.I_pre.min(), df.I_post.min()), max(df.I_pre.max(), df.I_post.max())]
+    ax.plot(lim, lim, "k--", lw=0.8, label="y = x")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    save(fig, path)
+
+
+def fig_ipost_corrs(df, stats, title, path):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, y in zip(axes, ("U", "Urel")):
+        scatter(ax, df, "I_post", y, stats["pairs"].get(f"I_post~{y}"), f"{y} vs I_post")
+    fig.suptitle(f"{title}: importance after fine-tuning vs the update")
+    save(fig, path)
+
+
+def fig_heatmaps(df, title, path):
+    L, H = int(df.layer.max()) + 1, int(df["head"].max()) + 1
+    fig, axes = plt.subplots(1, 3, figsize=(15, 0.45 * L + 2.2))
+    for ax, col in zip(axes, ("I_pre", "U", "I_post")):
+        grid = np.full((L, H), np.nan)
+        grid[df.layer.astype(int), df["head"].astype(int)] = df[col]
+        im = ax.imshow(grid, aspect="auto", cmap="magma" if col == "U" else "coolwarm" if col != "U" else None,
+                       origin="lower")
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        ax.set_title(LABELS[col], fontsize=8)
+        fig.colorbar(im, ax=ax)
+    fig.suptitle(f"{title}: layer x head maps")
+    save(fig, path)
+
+
+def run_figures(df, stats, title: str, out: Path) -> list[Path]:
+    from headplast.orchestration import layout
+
+    f = [out / n for n in layout.RUN_FIGURES]
+    fig_i_vs_u(df, stats, title, f[0])
+    fig_i_vs_g(df, stats, title, f[1])
+    fig_stats(stats, title, f[2])
+    fig_ipre_vs_ipost(df, stats, title, f[3])
+    fig_ipost_corrs(df, stats, title, f[4])
+    fig_heatmaps(df, title, f[5])
+    return f
+
+
+__all__ = ["run_figures", "fmt_rho"]
