@@ -42,6 +42,18 @@ def cmd_plot(a) -> int:
     return 0
 
 
+def cmd_compare(a) -> int:
+    from headplast.orchestration.compare_step import CompareConfig, run_compare
+    from headplast.train.prepare import task_name
+
+    labels = tuple(a.labels) if a.labels else ("FFT", f"LoRA_r{a.lora_r}")
+    out = run_compare(CompareConfig(task_name(a.task, False), a.seed, labels, a.output_root, a.out_dir,
+                                    analysis_config(a)))
+    print((out / "compare_summary.txt").read_text())
+    print(f"comparison written to {out}")
+    return 0
+
+
 def register(sub, add_common) -> None:
     p = sub.add_parser("plot", help="heads.csv, stats.json, cases.json and figures of one run")
     p.add_argument("run_dir", nargs="?", default=None)
@@ -51,3 +63,13 @@ def register(sub, add_common) -> None:
     add_common(p)
     _add_analysis_args(p)
     p.set_defaults(func=cmd_plot)
+
+    c = sub.add_parser("compare", help="FFT vs LoRA for one task and seed (COMPARE/<task>/seed<seed>/)")
+    c.add_argument("--task", default="RTE")
+    c.add_argument("--seed", type=int, default=1)
+    c.add_argument("--lora-r", type=int, default=8)
+    c.add_argument("--labels", nargs=2, default=None, help="two run labels, e.g. FFT LoRA_r8 (default)")
+    c.add_argument("--out-dir", default=None, help="default: <output-root>/COMPARE/<task>/seed<seed>")
+    add_common(c)
+    _add_analysis_args(c)
+    c.set_defaults(func=cmd_compare)

@@ -1,0 +1,103 @@
+"""Figures comparing two runs (FFT vs LoRA) of the same task and seed."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from headplast.plotting.common import fmt_rho, plt, save, scatter
+from headplast.analysis.stats import spearman
+
+COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
+
+
+def compare_i_vs_u(dfs, stats, path):
+    fig, axes = plt.subplots(1, len(dfs), figsize=(5.5 * len(dfs), 4.3), sharex=True)
+    for ax, (lab, df) in zip(np.atleast_1d(axes), dfs.items()):
+        scatter(ax, df, "I_pre", "U", stats[lab]["pairs"].get("I_pre~U"), lab)
+    fig.suptitle("Importance before fine-tuning vs update magnitude, per head")
+    save(fig, path)
+
+
+def _bars(ax, labels, groups, values, errs=None, ylabel="", title="", ref=None):
+    x = np.arange(len(groups))
+    w = 0.8 / len(labels)
+    for i, lab in enumerate(labels):
+        v = np.array(values[lab], float)
+        e = None if errs is None else np.abs(np.array(errs[lab], float).T - v)
+        ax.bar(x + i * w - 0.4 + w / 2, v, w, yerr=e, capsize=3, label=lab, color=COLORS[i])
+    if ref is not None:
+        ax.plot(x, ref, "k_", ms=25, mew=2, label="chance / independent")
+    ax.set_xticks(x)
+    ax.set_xticklabels(groups, fontsize=8)
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+
+
+def compare_stats(metrics, stats, path):
+    labels = metrics["labels"]
+    k = metrics["k"]
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    pre = ["I_pre~U", "I_pre~Urel"]
+    post = ["I_post~U", "I_post~Urel", "I_pre~I_post"]
+    for ax, names, title in ((axes[0, 0], pre, "(a) Spearman ρ: importance vs update"),
+                             (axes[1, 1], post, "(d) after fine-tuning")):
+        _bars(ax, labels, [n.replace("~", " vs ") for n in names],
+              {lab: [stats[lab]["pairs"][n]["spearman"] for n in names] for lab in labels},
+              {lab: [stats[lab]["pairs"][n]["ci95"] for n in names] for lab in labels},
+              "Spearman ρ over heads (95% CI)", title)
+    _bars(axes[0, 1], labels, ["I_pre vs U", "I_pre vs Urel"],
+          {lab: [stats[lab]["pairs"][n]["top_k"]["overlap"] for n in pre] for lab in labels},
+          ylabel=f"top-{k} overlap (fraction)", title=f"(b) top-{k} overlap",
+          ref=[metrics["topk_chance"]] * 2)
+    keys = metrics["key_statistics"]
+    _bars(axes[1, 0], labels, ["important-but-static", "plastic-but-unimportant"],
+          {lab: [keys["n_important_but_static"][lab], keys["n_plastic_but_unimportant"][lab]] for lab in labels},
+          ylabel="number of heads", title="(c) counter-examples", ref=[metrics["expected_cases"]] * 2)
+    fig.suptitle(f"{' vs '.join(labels)}: {metrics['task']} seed {metrics['seed']}")
+    save(fig, path)
+
+
+def compare_update_dist(dfs, path):
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.3))
+    for i, (lab, df) in enumerate(dfs.items()):
+        for ax, col in zip(axes[:2], ("U", "Urel")):
+            v = df[col].to_numpy(float)
+            v = v[v > 0]
+            ax.hist(np.log10(v), bins=25, alpha=0.55, color=COLORS[i], label=lab)
+            ax.set_xlabel(f"log10 {col}")
+            ax.set_ylabel("number of heads")
+            ax.set_title(f"distribution of {col}")
+        by_layer = df.groupby("layer")["U"].mean()
+        axes[2].plot(by_layer.index, by_layer.values, "o-", color=COLORS[i], label=lab)
+    axes[2].set_yscale("log")
+    axes[2].set_xlabel("layer")
+    axes[2].set_ylabel("mean U over the layer's heads")
+    axes[2].set_title("update magnitude by layer")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    save(fig, path)
+
+
+def compare_headwise(dfs, path):
+    (la, da), (lb, db) = dfs.items()
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    da = da.assign(dI=da.I_post - da.I_pre)
+    db = db.assign(dI=db.I_post - db.I_pre)
+    for ax, col, log in zip(axes, ("U", "I_post", "dI"), (True, False, False)):
+        x, y = da[col].to_numpy(float), db[col].to_numpy(float)
+        sc = ax.scatter(x, y, c=da["layer"], cmap="viridis", s=22, edgecolors="k", linewidths=0.3)
+        if log and (x > 0).all() and (y > 0).all():
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+        ax.set_xlabel(f"{col} under {la}")
+        ax.set_ylabel(f"{col} under {lb}")
+        name = {"U": "update magnitude U", "I_post": "importance after fine-tuning",
+                "dI": "change in importance I_post − I_pre"}[col]
+        ax.set_title(f"{name}\nsame head, two methods: ρ = {spearman(x, y):.2f}", fontsize=9)
+    fig.colorbar(sc, ax=axes, label="layer")
+    save(fig, path)
+
+
+__all__ = ["compare_i_vs_u", "compare_stats", "compare_update_dist", "compare_headwise", "fmt_rho"]

@@ -1,0 +1,33 @@
+"""compare_summary.txt in the guide's shape: Spearman, top-K overlap, counter-example counts,
+main findings (written from the numbers)."""
+
+from __future__ import annotations
+
+RULE = "=" * 60
+
+
+def compare_summary(m: dict) -> str:
+    la, lb = m["labels"]
+    keys, k = m["key_statistics"], m["k"]
+    out = [RULE, f"Comparison: {la} vs {lb}  ({m['task']}, seed {m['seed']}, {m['n_heads']} heads, "
+                 f"eval subset {m['eval_subset_size']} examples)", RULE, ""]
+
+    def block(name, title):
+        d = keys[name]
+        lo, hi = d["ci95"]
+        f = "d" if name.startswith("n_") else ".4f"  # counts are integers
+        return [f"  {title}:", f"    {la}: {d[la]:{f}}", f"    {lb}: {d[lb]:{f}}",
+                f"    difference ({lb} - {la}): {d['difference']:+{f}}  95% CI [{lo:+.4f}, {hi:+.4f}]"
+                f"  {'(exceeds noise)' if d['exceeds_uncertainty'] else '(within noise)'}"]
+    out.append("## 1. Spearman correlation (importance vs update)")
+    out += block("rho(I_pre,U)", "rho(I_pre, U)") + block("rho(I_pre,Urel)", "rho(I_pre, Urel)")
+    out += block("rho(I_post,U)", "rho(I_post, U)") + block("rho(I_pre,I_post)", "rho(I_pre, I_post)")
+    out += ["", f"## 2. Top-{k} overlap"]
+    out += block(f"top{k}_overlap(I_pre,U)", f"top-{k} overlap (I_pre, U)")
+    out += [f"    chance level: {m['topk_chance']:.4f}"]
+    out += ["", "## 3. Counter-example counts"]
+    out += block("n_important_but_static", "important-but-static")
+    out += block("n_plastic_but_unimportant", "plastic-but-unimportant")
+    out += [f"    expected if independent: {m['expected_cases']:.1f} each"]
+    out += ["", "## 4. Main findings"] + [f"  - {line}" for line in m["findings"]] + ["", RULE, ""]
+    return "\n".join(out)
