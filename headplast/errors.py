@@ -15,5 +15,6 @@ class HeadplastError(Exception):
 
 
 def did_you_mean(name: str, choices) -> str:
-    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=3, cutoff=0.5)
-    return f" Did you mean {', '.join(close)}?" if close else ""
+    by_lower = {str(c).lower(): str(c) for c in choices}
+    close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=3, cutoff=0.5)
+    return f" Did you mean {', '.join(by_lower[c] for c in close)}?" if close else ""

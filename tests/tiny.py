@@ -21,8 +21,11 @@ def tiny_tokenizer(path: Path):
     return tok
 
 
-def tiny_config(arch: str, num_labels: int = 2, layers: int = 2, heads: int = 4, hidden: int = 32):
-    common = dict(vocab_size=200, num_labels=num_labels, pad_token_id=0, max_position_embeddings=300)
+def tiny_config(arch: str, num_labels: int = 2, layers: int = 2, heads: int = 4, hidden: int = 32,
+                init: float = 0.02):
+    """init: weight init scale; larger values make heads matter more (non-trivial importance)."""
+    common = dict(vocab_size=200, num_labels=num_labels, pad_token_id=0, max_position_embeddings=300,
+                  initializer_range=init)
     if arch == "distilbert":
         return tf.DistilBertConfig(dim=hidden, n_layers=layers, n_heads=heads, hidden_dim=2 * hidden, **common)
     cls = {"bert": tf.BertConfig, "roberta": tf.RobertaConfig, "electra": tf.ElectraConfig,

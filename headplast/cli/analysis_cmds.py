@@ -54,6 +54,27 @@ def cmd_compare(a) -> int:
     return 0
 
 
+def cmd_aggregate(a) -> int:
+    from headplast.orchestration.across_steps import AggregateConfig, run_aggregate
+    from headplast.train.prepare import task_name
+
+    out = run_aggregate(AggregateConfig(task_name(a.task, False), tuple(a.methods), tuple(a.seeds), a.output_root,
+                                        a.out_dir, a.include_collapsed, analysis_config(a)))
+    print((out / "summary.txt").read_text())
+    print(f"aggregate written to {out}")
+    return 0
+
+
+def cmd_ranks(a) -> int:
+    from headplast.orchestration.across_steps import RanksConfig, run_ranks
+    from headplast.train.prepare import task_name
+
+    out = run_ranks(RanksConfig(task_name(a.task, False), a.seed, tuple(a.ranks), a.output_root, a.out_dir,
+                                analysis_config(a)))
+    print(f"rank comparison written to {out}")
+    return 0
+
+
 def register(sub, add_common) -> None:
     p = sub.add_parser("plot", help="heads.csv, stats.json, cases.json and figures of one run")
     p.add_argument("run_dir", nargs="?", default=None)
@@ -73,3 +94,22 @@ def register(sub, add_common) -> None:
     add_common(c)
     _add_analysis_args(c)
     c.set_defaults(func=cmd_compare)
+
+    g = sub.add_parser("aggregate", help="statistics across seeds (MULTI_SEED/)")
+    g.add_argument("--methods", "--method", nargs="+", default=["FFT", "LoRA_r8"], help="labels: FFT LoRA_r8 ...")
+    g.add_argument("--task", default="RTE")
+    g.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
+    g.add_argument("--out-dir", "--out_dir", default=None, help="default: <output-root>/MULTI_SEED")
+    g.add_argument("--include-collapsed", action="store_true")
+    add_common(g)
+    _add_analysis_args(g)
+    g.set_defaults(func=cmd_aggregate)
+
+    r = sub.add_parser("ranks", help="statistics across LoRA ranks (RANK_COMPARISON/)")
+    r.add_argument("--task", default="RTE")
+    r.add_argument("--seed", type=int, default=1)
+    r.add_argument("--ranks", nargs="+", type=int, default=[4, 8, 16, 32])
+    r.add_argument("--out-dir", "--out_dir", default=None, help="default: <output-root>/RANK_COMPARISON")
+    add_common(r)
+    _add_analysis_args(r)
+    r.set_defaults(func=cmd_ranks)

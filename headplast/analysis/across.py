@@ -1,0 +1,104 @@
+"""Across runs: flat per-run statistics, summaries over seeds, paired tests, head agreement."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy import stats as st
+
+from headplast.analysis.stats import spearman
+
+HEADLINE = ("rho(I_pre,U)", "rho(I_pre,Urel)", "partial_rho(I_pre,U)", "top_k(I_pre,U)",
+            "n_important_but_static", "n_plastic_but_unimportant", "rho(I_post,U)", "rho(I_pre,I_post)",
+            "val_metric")
+
+
+def flat_stats(stats: dict, cases: dict, info: dict) -> dict:
+    """One number per statistic for a run (the unit that is aggregated over seeds)."""
+    out = {}
+    for name, p in stats["pairs"].items():
+        x, y = name.split("~")
+        out[f"rho({x},{y})"] = p.get("spearman", math.nan)
+        out[f"partial_rho({x},{y})"] = p.get("partial_spearman_layer", math.nan)
+        out[f"kendall_tau({x},{y})"] = p.get("kendall_tau", math.nan)
+        out[f"top_k({x},{y})"] = p.get("top_k", {}).get("overlap", math.nan)
+        out[f"disattenuated_rho({x},{y})"] = p.get("disattenuated", math.nan)
+    for v, r in stats["reliability"].items():
+        out[f"reliability({v})"] = r["reliability"]
+    out["n_important_but_static"] = cases["important_but_static"]["count"]
+    out["n_plastic_but_unimportant"] = cases["plastic_but_unimportant"]["count"]
+    out["val_metric"] = info["val_metric"]
+    out["val_metric_theta0"] = info["val_metric_theta0"]
+    return out
+
+
+def mean_ci(values) -> dict:
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], float)
+    n = len(v)
+    if n == 0:
+        return {"n": 0, "mean": math.nan, "std": math.nan, "ci95": [math.nan, math.nan]}
+    m = float(v.mean())
+    if n == 1:
+        return {"n": 1, "mean": m, "std": math.nan, "ci95": [math.nan, math.nan]}
+    sd = float(v.std(ddof=1))
+    h = float(st.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
+    return {"n": n, "mean": m, "std": sd, "ci95": [m - h, m + h]}
+
+
+def paired_tests(a, b) -> dict:
+    """Paired t-test and Wilcoxon signed-rank test of b - a over seeds present in both."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b = a[ok], b[ok]
+    out = {"n_pairs": int(len(a)), "mean_difference": float((b - a).mean()) if len(a) else math.nan,
+           "t": math.nan, "t_p": math.nan, "wilcoxon_stat": math.nan, "wilcoxon_p": math.nan}
+    if len(a) >= 2 and np.any(b - a != 0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t = st.ttest_rel(b, a)
+            out.update(t=float(t.statistic), t_p=float(t.pvalue))
+            w = st.wilcoxon(b, a)
+            out.update(wilcoxon_stat=float(w.statistic), wilcoxon_p=float(w.pvalue))
+    return out
+
+
+def kendalls_w(matrix: np.ndarray) -> float:
+    """Kendall's coefficient of concordance of m raters (rows) ranking n items (columns)."""
+    m, n = matrix.shape
+    if m < 2 or n < 2:
+        return math.nan
+    R = st.rankdata(matrix, axis=1).sum(0)
+    S = ((R - R.mean()) ** 2).sum()
+    return float(12 * S / (m ** 2 * (n ** 3 - n)))
+
+
+def head_agreement(per_seed: dict[int, pd.DataFrame], columns=("U", "I_pre", "I_post")) -> dict:
+    """How reproducible each head-level measure is across seeds."""
+    out = {}
+    seeds = sorted(per_seed)
+    for col in columns:
+        mats = np.stack([per_seed[s][col].to_numpy(float) for s in seeds])
+        pair_rhos = [spearman(mats[i], mats[j]) for i, j in itertools.combinations(range(len(seeds)), 2)]
+        out[col] = {"mean_pairwise_spearman": float(np.mean(pair_rhos)) if pair_rhos else math.nan,
+                    "kendalls_w": kendalls_w(mats), "n_seeds": len(seeds)}
+    return out
+
+
+def summarise(table: pd.DataFrame, methods: list[str]) -> dict:
+    """table: tidy rows (method, seed, statistic, value, collapsed, included)."""
+    inc = table[table.included]
+    per_method = {m: {s: mean_ci(g.value) for s, g in inc[inc.method == m].groupby("statistic")}
+                  for m in methods}
+    tests = {}
+    for ma, mb in itertools.combinations(methods, 2):
+        res = {}
+        for s in inc.statistic.unique():
+            wide = inc[inc.statistic == s].pivot_table(index="seed", columns="method", values="value")
+            if ma in wide and mb in wide:
+                res[s] = paired_tests(wide[ma].to_numpy(), wide[mb].to_numpy())
+        tests[f"{mb} - {ma}"] = res
+    return {"per_method": per_method, "paired_tests": tests}

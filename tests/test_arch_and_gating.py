@@ -1,0 +1,86 @@
+import pytest
+import torch
+
+from headplast.arch import get_adapter, supported_model_types
+from headplast.data.tokenize import sorted_batches
+from headplast.errors import HeadplastError
+from headplast.measure.gating import head_gates
+from tiny import ARCHS, tiny_model
+
+
+def _batch(enc, tok, n=6):
+    _, b = next(iter(sorted_batches(enc, n, tok.pad_token_id)))
+    b.pop("labels")
+    return b
+
+
+def _hook_count(model):
+    return sum(len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_adapter_locates_qkvo_and_task_head(arch, enc_small, tok):
+    model = tiny_model(arch)
+    ad = get_adapter(model)
+    L, H, d = ad.num_layers(model.config), ad.num_heads(model.config), ad.head_dim(model.config)
+    assert (L, H, d) == (2, 4, 8)
+    for l in range(L):
+        for k in "qkvo":
+            lin = ad.linear(model, l, k)
+            assert isinstance(lin, torch.nn.Linear) and lin.weight.shape == (H * d, H * d)
+            assert model.get_submodule(ad.module_name(l, k)) is lin
+    for name in ad.head_modules:
+        model.get_submodule(name)
+    b = _batch(enc_small, tok)
+    with torch.no_grad():
+        hidden = getattr(model, ad.base)(**b).last_hidden_state
+        assert torch.allclose(ad.logits(model, hidden), model(**b).logits, atol=1e-6)
+
+
+def test_unknown_model_type_lists_supported():
+    with pytest.raises(HeadplastError) as e:
+        get_adapter("gpt2")
+    assert all(t in str(e.value) for t in supported_model_types()) and "register" in str(e.value)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_gates_at_one_reproduce_logits_exactly_and_unhook(arch, enc_small, tok):
+    model = tiny_model(arch, init=0.3)
+    ad = get_adapter(model)
+    b = _batch(enc_small, tok)
+    before = _hook_count(model)
+    with torch.no_grad():
+        ref = model(**b).logits
+        with head_gates(model, ad, torch.ones(2, 4)):
+            assert _hook_count(model) == before + 2
+            gated = model(**b).logits
+        with head_gates(model, ad, torch.ones(2, 4), means=torch.randn(2, 32)):
+            gated_mean = model(**b).logits
+    assert torch.equal(ref, gated) and torch.equal(ref, gated_mean)
+    assert _hook_count(model) == before
+    with pytest.raises(RuntimeError), head_gates(model, ad, torch.zeros(2, 4)):
+        raise RuntimeError("boom")
+    assert _hook_count(model) == before  # removed even when the block raises
+
+
+@pytest.mark.parametrize("arch", ["bert", "deberta-v2"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_batched_gates_equal_separate_runs(arch, attn, enc_small, tok):
+    model = tiny_model(arch, init=0.3)
+    if attn == "sdpa" and arch == "deberta-v2":
+        pytest.skip("DeBERTa-v2 has no SDPA implementation in transformers")
+    model.config._attn_implementation = attn
+    ad = get_adapter(model)
+    b = _batch(enc_small, tok, 3)
+    gates = torch.ones(3, 2, 4)
+    gates[0, 0, 1] = 0
+    gates[1, 1, 3] = 0
+    gates[2, 0, 2] = 0.5
+    with torch.no_grad(), head_gates(model, ad, gates):
+        batched = model(**b).logits
+    for i in range(3):
+        one = {k: v[i:i + 1] for k, v in b.items()}
+        with torch.no_grad(), head_gates(model, ad, gates[i]):
+            assert torch.allclose(model(**one).logits[0], batched[i], atol=1e-5)
+    with torch.no_grad():  # a zero gate really changes the output
+        assert not torch.allclose(model(**{k: v[:1] for k, v in b.items()}).logits[0], batched[0], atol=1e-6)

@@ -1,0 +1,98 @@
+import csv
+
+import numpy as np
+import pytest
+
+from headplast.data import get_task, list_tasks, load_split
+from headplast.data.loaders import BUNDLED_DIR, CustomData, load_custom
+from headplast.data.tokenize import encode, sorted_batches
+from headplast.errors import HeadplastError
+
+
+def test_bundled_rte_sizes_and_hub_label_ids():
+    task = get_task("rte")
+    train, val = load_split(task, "train"), load_split(task, "validation")
+    assert (len(train), len(val)) == (2490, 277)
+    assert task.label_names == ("entailment", "not_entailment")  # nyu-mll/glue ids
+    raw = open(BUNDLED_DIR / "RTE" / "dev.tsv", encoding="utf-8").read().splitlines()[1:]
+    first = raw[0].split("\t")
+    assert val.labels[0] == task.label_names.index(first[3])
+    assert set(np.unique(train.labels)) == {0, 1}
+
+
+def test_rows_with_quotes_are_read_unchanged():
+    task = get_task("RTE")
+    val = load_split(task, "validation")
+    lines = open(BUNDLED_DIR / "RTE" / "dev.tsv", encoding="utf-8").read().splitlines()[1:]
+    quoted = [i for i, line in enumerate(lines) if '"' in line]
+    assert quoted, "the bundled dev set has rows with quote characters"
+    for i in quoted:
+        fields = lines[i].split("\t")
+        assert val.texts[i] == (fields[1], fields[2])
+    # default csv quoting would have merged or altered these rows
+    with open(BUNDLED_DIR / "RTE" / "dev.tsv", encoding="utf-8") as f:
+        naive = list(csv.reader(f, delimiter="\t"))[1:]
+    assert len(naive) != len(val) or any(tuple(r[1:3]) != val.texts[i] for i, r in enumerate(naive))
+
+
+@pytest.mark.parametrize("name,canonical", [("sst2", "SST-2"), ("SST-2", "SST-2"), ("Sts-b", "STS-B"),
+                                            ("mnli", "MNLI"), ("cola", "CoLA"), ("rte", "RTE")])
+def test_task_names_any_case_and_dash(name, canonical):
+    assert get_task(name).name == canonical
+
+
+def test_registry_has_nine_glue_tasks_with_metrics():
+    assert len(list_tasks()) == 9
+    assert get_task("stsb").is_regression and get_task("stsb").num_labels == 1
+    assert get_task("cola").metric == "mcc" and get_task("mrpc").metric == "f1"
+    assert get_task("mnli").label_names == ("entailment", "neutral", "contradiction")
+
+
+def test_unknown_task_lists_tasks_and_suggests():
+    with pytest.raises(HeadplastError) as e:
+        get_task("rtee")
+    assert "RTE" in str(e.value) and "Did you mean" in str(e.value) and "MNLI" in str(e.value)
+
+
+def test_missing_data_says_where_it_looked(tmp_path):
+    with pytest.raises(HeadplastError) as e:
+        load_split(get_task("mrpc"), "train", data_dir=str(tmp_path))
+    msg = str(e.value)
+    assert str(tmp_path / "MRPC" / "train.tsv") in msg and "--data-dir" in msg
+
+
+def test_local_glue_dir_layouts(tmp_path):
+    (tmp_path / "MRPC").mkdir()
+    (tmp_path / "MRPC" / "dev.tsv").write_text(
+        "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\tHe said \"hi\" .\tA \"quote\n",
+        encoding="utf-8")
+    (tmp_path / "CoLA").mkdir()
+    (tmp_path / "CoLA" / "dev.tsv").write_text("gj04\t1\t\tThe sailors rode.\ngj04\t0\t*\tRode the.\n")
+    mrpc = load_split(get_task("mrpc"), "validation", str(tmp_path))
+    assert mrpc.texts[0] == ('He said "hi" .', 'A "quote') and mrpc.labels.tolist() == [1]
+    cola = load_split(get_task("cola"), "validation", str(tmp_path))
+    assert cola.texts == (("The sailors rode.",), ("Rode the.",)) and cola.labels.tolist() == [1, 0]
+
+
+def test_custom_files_with_column_mapping(tmp_path):
+    tr = tmp_path / "train.csv"
+    tr.write_text("premise,hyp,y\na b,c,yes\nd,e f,no\n")
+    va = tmp_path / "val.jsonl"
+    va.write_text('{"premise": "x", "hyp": "y", "y": "no"}\n')
+    cd = CustomData(str(tr), str(va), ("premise", "hyp"), "y")
+    train, names = load_custom(cd, "train")
+    val, _ = load_custom(cd, "validation")
+    assert names == ("no", "yes") and train.labels.tolist() == [1, 0] and val.labels.tolist() == [0]
+    with pytest.raises(HeadplastError, match="columns"):
+        load_custom(CustomData(str(tr), str(va), ("nope",), "y"), "train")
+
+
+def test_dynamic_padding_pads_each_batch_to_its_longest(tok, rte):
+    task, val = rte
+    enc = encode(tok, val.subset(range(40)), 64)
+    lengths = enc.lengths()
+    seen = []
+    for idx, batch in sorted_batches(enc, 8, tok.pad_token_id):
+        assert batch["input_ids"].shape[1] == lengths[idx].max()
+        seen += list(idx)
+    assert sorted(seen) == list(range(40))

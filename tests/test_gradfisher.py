@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+import torch
+
+from headplast.arch import get_adapter
+from headplast.data.tokenize import collate
+from headplast.measure.ablation import example_losses
+from headplast.measure.gating import head_gates
+from headplast.measure.gradfisher import grad_fisher
+from tiny import ARCHS, tiny_model
+
+N = 6
+
+
+def _one(enc, i):
+    b = collate([enc.features[i]], 0, enc.labels[[i]])
+    return b, b.pop("labels")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_gate_gradients_equal_finite_differences_and_fisher_equals_loop(arch, enc_small, tok, rte):
+    task, _ = rte
+    enc = type(enc_small)(enc_small.features[:N], enc_small.labels[:N])
+    model = tiny_model(arch, init=0.3).double()
+    ad = get_adapter(model)
+    res = grad_fisher(model, ad, enc, task, tok.pad_token_id, batch_size=4, progress=False)
+    L, H = 2, 4
+    # measuring leaves the model as it was: no gradients, original requires_grad
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())
+
+    # central finite differences of each example's loss w.r.t. each gate
+    fd = np.zeros((N, L, H))
+    eps = 1e-5
+    for i in range(N):
+        b, y = _one(enc, i)
+        for l in range(L):
+            for h in range(H):
+                vals = []
+                for g in (1 + eps, 1 - eps):
+                    gates = torch.ones(L, H, dtype=torch.float64)
+                    gates[l, h] = g
+                    with torch.no_grad(), head_gates(model, ad, gates):
+                        vals.append(example_losses(model(**b).logits, y, False).item())
+                fd[i, l, h] = (vals[0] - vals[1]) / (2 * eps)
+    np.testing.assert_allclose(res.gate_grad, np.abs(fd).mean(0), rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(res.gate_fisher, (fd ** 2).mean(0), rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(res.taylor, -fd.mean(0), rtol=1e-5, atol=1e-9)
+
+    # explicit loop over examples: per-example parameter gradients
+    fisher = np.zeros((L, H))
+    total = {}
+    for i in range(N):
+        b, y = _one(enc, i)
+        model.zero_grad()
+        example_losses(model(**b).logits, y, False).sum().backward()
+        for l in range(L):
+            for k in "qkvo":
+                g = ad.linear(model, l, k).weight.grad
+                total[(l, k)] = total.get((l, k), 0) + g / N
+                for h in range(H):
+                    fisher[l, h] += ad.head_weight(g, model.config, k, h).pow(2).sum().item() / N
+    grad_norm = np.array([[np.sqrt(sum(ad.head_weight(total[(l, k)], model.config, k, h).pow(2).sum().item()
+                                       for k in "qkvo")) for h in range(H)] for l in range(L)])
+    assert fisher.max() > 0
+    np.testing.assert_allclose(res.fisher, fisher, rtol=1e-7)
+    np.testing.assert_allclose(res.grad_norm, grad_norm, rtol=1e-7)
