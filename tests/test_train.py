@@ -1,0 +1,103 @@
+import json
+
+import pytest
+import torch
+
+from headplast.arch import get_adapter
+from headplast.arch.loading import load_model
+from headplast.errors import HeadplastError
+from headplast.orchestration.io import state_dict_hash
+from headplast.train.config import TrainConfig
+from headplast.train.lora import adapted_modules, make_lora_model, resolve_targets, trainable_audit
+from headplast.train.run import run_train
+from tiny import ARCHS, tiny_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_lora_adapts_exactly_qkvo_and_audit_matches(arch):
+    model = tiny_model(arch)
+    ad = get_adapter(model)
+    pm = make_lora_model(model, ad, 4, 8, 0.1, resolve_targets(ad, model))
+    mods = adapted_modules(pm)
+    L = ad.num_layers(model.config)
+    assert sorted(mods) == sorted(ad.module_name(l, k) for l in range(L) for k in "qkvo")
+    assert len(mods) == 4 * L
+    ffn = {n for l in range(L) for n in ad.ffn_names(l)}
+    assert not set(mods) & ffn and not any("pooler" in m or "classifier" in m for m in mods)
+    audit = trainable_audit(pm, ad)
+    trainable = sum(p.numel() for n, p in pm.named_parameters() if p.requires_grad)
+    assert audit["trainable"] == trainable
+    lora = sum(p.numel() for n, p in pm.named_parameters() if "lora_" in n)
+    assert audit["groups"]["lora"]["trainable"] == lora == 4 * L * 4 * (32 + 32)
+    fresh = tiny_model(arch)  # peft wrapped `model`'s head modules (original + trained copy)
+    head = sum(p.numel() for n in ad.head_modules for p in fresh.get_submodule(n).parameters())
+    assert audit["groups"]["task_head"]["trainable"] == head
+    assert audit["groups"]["ffn"]["trainable"] == 0 and audit["groups"]["attention_qkvo"]["trainable"] == 0
+
+
+def test_lora_targets_can_add_ffn_or_name_modules():
+    model = tiny_model("bert")
+    ad = get_adapter(model)
+    assert len(resolve_targets(ad, model, "attn,ffn")) == 2 * (4 + 2)
+    name = ad.module_name(1, "v")
+    assert resolve_targets(ad, model, name) == [name]
+    with pytest.raises(HeadplastError, match="neither a keyword"):
+        resolve_targets(ad, model, "dense")
+
+
+def _cfg(model_dir, out, **kw):
+    base = dict(model=str(model_dir), output_root=str(out), max_train_samples=32, num_epochs=1, batch_size=8,
+                probe_epochs=10, eval_size=16, max_length=48)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("arch", ["bert", "deberta-v2"])
+def test_theta0_shared_between_fft_and_lora_and_training_is_deterministic(arch, model_dirs, tmp_path):
+    fft = run_train(_cfg(model_dirs[arch], tmp_path / "a", method="fft"))
+    lora = run_train(_cfg(model_dirs[arch], tmp_path / "a", method="lora", lora_r=4, lora_alpha=8))
+    again = run_train(_cfg(model_dirs[arch], tmp_path / "b", method="fft"))  # fresh store, same seed
+    h = [state_dict_hash(load_model(str(d / "ckpt_init")).state_dict()) for d in (fft, lora, again)]
+    assert h[0] == h[1] == h[2]
+    rc = [json.loads((d / "run_config.json").read_text()) for d in (fft, lora, again)]
+    assert rc[0]["theta0_hash"] == rc[1]["theta0_hash"] == h[0]
+    assert rc[0]["theta1_hash"] == rc[2]["theta1_hash"]  # same seed twice: same theta1 on CPU
+    t1 = [load_model(str(d / "ckpt_final")).state_dict() for d in (fft, again)]
+    assert all(torch.equal(t1[0][k], t1[1][k]) for k in t1[0])
+    # the probe really fitted the head: theta0's head differs from a random init
+    assert rc[0]["theta0"]["validation"]["metric"] is not None
+    for r in rc[:2]:
+        for key in ("adapted_modules", "trainable", "validation", "collapsed", "versions", "hardware",
+                    "git_commit", "theta0_hash", "theta1_hash", "config"):
+            assert key in r
+        assert r["status"] == "complete" and r["config"]["learning_rate"] > 0
+    assert len(rc[1]["adapted_modules"]) == 8
+
+
+def test_different_run_refused_unless_force_and_same_run_skipped(model_dirs, tmp_path):
+    out = run_train(_cfg(model_dirs["bert"], tmp_path))
+    mtime = (out / "run_config.json").stat().st_mtime_ns
+    assert run_train(_cfg(model_dirs["bert"], tmp_path)) == out  # identical: skipped
+    assert (out / "run_config.json").stat().st_mtime_ns == mtime
+    with pytest.raises(HeadplastError, match="different run"):
+        run_train(_cfg(model_dirs["bert"], tmp_path, learning_rate=1e-3))
+    run_train(_cfg(model_dirs["bert"], tmp_path, learning_rate=1e-3, force=True))
+    assert json.loads((out / "run_config.json").read_text())["config"]["learning_rate"] == 1e-3
+
+
+def test_nonfinite_loss_stops_and_keeps_theta0(model_dirs, tmp_path):
+    with pytest.raises(HeadplastError, match="training stopped") as e:
+        run_train(_cfg(model_dirs["bert"], tmp_path, learning_rate=1e30, max_train_samples=64))
+    out = tmp_path / "FFT" / "RTE" / "seed1"
+    assert "--learning-rate" in str(e.value)
+    assert (out / "ckpt_init" / "model.safetensors").exists() and not (out / "ckpt_final").exists()
+    rc = json.loads((out / "run_config.json").read_text())
+    assert rc["status"] == "failed_nonfinite_loss"
+
+
+def test_missing_data_and_unknown_task_errors(model_dirs, tmp_path):
+    with pytest.raises(HeadplastError, match="no train data for MRPC"):
+        run_train(_cfg(model_dirs["bert"], tmp_path, task="MRPC", data_dir=str(tmp_path)))
+    with pytest.raises(HeadplastError, match="unknown task"):
+        run_train(_cfg(model_dirs["bert"], tmp_path, task="nope"))
