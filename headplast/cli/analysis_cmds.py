@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _add_analysis_args(p) -> None:
+def add_analysis_args(p) -> None:
     g = p.add_argument_group("statistics")
     g.add_argument("--top-k", type=int, default=20)
     g.add_argument("--top-quantile", type=float, default=0.2, help="'important'/'plastic': top fraction")
@@ -82,7 +82,7 @@ def register(sub, add_common) -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--method-label", default="FFT", help="FFT or LoRA_r<r> (used without run_dir)")
     add_common(p)
-    _add_analysis_args(p)
+    add_analysis_args(p)
     p.set_defaults(func=cmd_plot)
 
     c = sub.add_parser("compare", help="FFT vs LoRA for one task and seed (COMPARE/<task>/seed<seed>/)")
@@ -92,7 +92,7 @@ def register(sub, add_common) -> None:
     c.add_argument("--labels", nargs=2, default=None, help="two run labels, e.g. FFT LoRA_r8 (default)")
     c.add_argument("--out-dir", default=None, help="default: <output-root>/COMPARE/<task>/seed<seed>")
     add_common(c)
-    _add_analysis_args(c)
+    add_analysis_args(c)
     c.set_defaults(func=cmd_compare)
 
     g = sub.add_parser("aggregate", help="statistics across seeds (MULTI_SEED/)")
@@ -102,7 +102,7 @@ def register(sub, add_common) -> None:
     g.add_argument("--out-dir", "--out_dir", default=None, help="default: <output-root>/MULTI_SEED")
     g.add_argument("--include-collapsed", action="store_true")
     add_common(g)
-    _add_analysis_args(g)
+    add_analysis_args(g)
     g.set_defaults(func=cmd_aggregate)
 
     r = sub.add_parser("ranks", help="statistics across LoRA ranks (RANK_COMPARISON/)")
@@ -111,5 +111,5 @@ def register(sub, add_common) -> None:
     r.add_argument("--ranks", nargs="+", type=int, default=[4, 8, 16, 32])
     r.add_argument("--out-dir", "--out_dir", default=None, help="default: <output-root>/RANK_COMPARISON")
     add_common(r)
-    _add_analysis_args(r)
+    add_analysis_args(r)
     r.set_defaults(func=cmd_ranks)

@@ -39,7 +39,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="attn (Q,K,V,O; default), attn,ffn, q,v, or explicit full module names")
     g = p.add_argument_group("optimisation")
     g.add_argument("--head-init", default="probe", choices=["probe", "random"])
-    g.add_argument("--num-epochs", type=float, default=3.0)
+    g.add_argument("--num-epochs", type=float, default=None,
+                   help="default 3 on a GPU, 1 on a CPU (so the default experiment fits in ~45 min)")
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--learning-rate", type=float, default=None, help="default 2e-5 (FFT), 5e-4 (LoRA)")
     g.add_argument("--weight-decay", type=float, default=0.01)
@@ -50,9 +51,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def train_config(a, method=None, seed=None, r=None, alpha=None):
+    from headplast.orchestration.pipeline import resolve_defaults
     from headplast.train.config import TrainConfig
     from headplast.train.prepare import task_name
 
+    epochs, source = resolve_defaults(a.num_epochs)
     return TrainConfig(
         task=task_name(a.task, bool(a.train_file)), method=method or a.method,
         seed=a.seed if seed is None else seed, model=a.model,
@@ -60,7 +63,7 @@ def train_config(a, method=None, seed=None, r=None, alpha=None):
         validation_file=a.validation_file, text_columns=tuple(a.text_columns.split(",")),
         label_column=a.label_column, lora_r=r or a.lora_r, lora_alpha=alpha or a.lora_alpha,
         lora_dropout=a.lora_dropout, lora_targets=a.lora_targets, head_init=a.head_init,
-        num_epochs=a.num_epochs, batch_size=a.batch_size, learning_rate=a.learning_rate,
+        num_epochs=epochs, epochs_source=source, batch_size=a.batch_size, learning_rate=a.learning_rate,
         weight_decay=a.weight_decay, warmup_ratio=a.warmup_ratio, max_length=a.max_length,
         max_train_samples=a.max_train_samples, eval_source=a.eval_source, eval_size=a.eval_size,
         force=a.force)
@@ -125,6 +128,32 @@ def cmd_measure(a) -> int:
     return 0
 
 
+def cmd_pipeline(a) -> int:
+    from dataclasses import replace
+
+    from headplast.cli.analysis_cmds import analysis_config
+    from headplast.orchestration.pipeline import PipelineConfig, run_pipeline
+
+    a.method, a.seed, a.task, a.lora_r = "fft", a.seeds[0], a.tasks[0], a.ranks[0]
+    tcfg = train_config(a, alpha=16.0)
+    mcfg = replace(measure_config(a, ""), eval_size=None, eval_source=None)
+    from headplast.train.prepare import task_name
+
+    tasks = tuple(task_name(t, bool(a.train_file)) for t in a.tasks)
+    cfg = PipelineConfig(tcfg, mcfg, analysis_config(a), tasks, tuple(a.seeds), tuple(a.methods), tuple(a.ranks), a.lora_alpha, a.force)
+    out = run_pipeline(cfg)
+    print("\n" + "=" * 60)
+    print(f"done: outputs under {a.output_root}/")
+    for key in ("runs", "compare", "aggregate", "ranks"):
+        for p in out[key]:
+            if p is not None:
+                print(f"  {key:9s} {p}")
+    for p in out["compare"]:
+        if p is not None:
+            print("\n" + (p / "compare_summary.txt").read_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="headplast", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -147,6 +176,19 @@ def build_parser() -> argparse.ArgumentParser:
     from headplast.cli import analysis_cmds
 
     analysis_cmds.register(sub, _add_common)
+
+    pl = sub.add_parser("pipeline", help="the guide's whole experiment: train, measure, plot, compare (+ "
+                                         "aggregate over seeds, compare ranks)")
+    pl.add_argument("--tasks", "--task", nargs="+", default=["RTE"])
+    pl.add_argument("--seeds", "--seed", nargs="+", type=int, default=[1])
+    pl.add_argument("--methods", nargs="+", type=str.lower, default=["fft", "lora"], choices=["fft", "lora"])
+    pl.add_argument("--ranks", "--lora-r", nargs="+", type=int, default=[8])
+    _add_common(pl)
+    add_train_args(pl)
+    pl.set_defaults(lora_alpha=None)
+    add_measure_args(pl, with_eval=False)
+    analysis_cmds.add_analysis_args(pl)
+    pl.set_defaults(func=cmd_pipeline)
     return p
 
 

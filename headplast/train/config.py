@@ -28,15 +28,17 @@ class TrainConfig:
     lora_targets: str = "attn"  # attn | attn,ffn | explicit comma-separated module names
     # theta0
     head_init: str = "probe"  # probe | random
-    probe_epochs: int = 200  # full-batch steps of the linear probe
-    probe_lr: float = 1e-2
+    probe_epochs: int = 300  # max full-batch steps of the probe (early-stopped on 10% held out)
+    probe_lr: float = 1e-3
     # optimisation
     num_epochs: float = 3.0
+    epochs_source: str = "user"  # user | cpu-default | gpu-default (see orchestration.pipeline)
     batch_size: int = 32
     learning_rate: float | None = None  # None = DEFAULT_LR[method]
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     max_length: int = 256
+    group_by_length: bool = True
     max_train_samples: int | None = None
     train_subset_seed: int = 0  # fixed, so seeds vary the optimisation, not the data
     # eval subset (a holdout subset must be kept out of training)
@@ -64,6 +66,6 @@ class TrainConfig:
     def run_fields(self) -> dict:
         """What makes a run different from another (used to refuse overwriting)."""
         d = self.to_dict()
-        for k in ("output_root", "force"):
+        for k in ("output_root", "force", "epochs_source"):
             d.pop(k)
         return d

@@ -69,10 +69,10 @@ def ensure_theta0(cfg: TrainConfig, model_path: str, model_key: str, tok, data) 
     if (store / THETA0_INFO).exists() and not cfg.force:
         return store, read_json(store / THETA0_INFO)
     t = time.time()
-    model = build_theta0(model_path, data.task, tok, data.train, cfg.seed, cfg.head_init,
+    model, probe = build_theta0(model_path, data.task, tok, data.train, cfg.seed, cfg.head_init,
                          cfg.max_length, cfg.probe_epochs, cfg.probe_lr)
     val = evaluate(model, data.task, tok, data.validation, cfg.max_length)
-    info = {"theta0_hash": state_dict_hash(model.state_dict()), "validation": val, "key": key,
+    info = {"theta0_hash": state_dict_hash(model.state_dict()), "validation": val, "probe": probe, "key": key,
             "key_fields": {"model": model_key, **cfg.theta0_key_fields()}, "seconds": time.time() - t}
     tmp = Path(tempfile.mkdtemp(prefix="theta0-"))
     try:
@@ -94,7 +94,9 @@ def _training_args(cfg: TrainConfig, tmp: str):
         learning_rate=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_ratio,
         lr_scheduler_type="linear", seed=cfg.seed, data_seed=cfg.seed, save_strategy="no",
         eval_strategy="no", logging_strategy="epoch", report_to="none", use_cpu=not cuda,
-        dataloader_pin_memory=cuda, disable_tqdm=False)
+        dataloader_pin_memory=cuda, disable_tqdm=False,
+        # batches of similar length: dynamic padding then wastes little compute (big win on CPU)
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random")
 
 
 def _make_trainer(model, args, ds, tok):
@@ -137,6 +139,7 @@ def run_train(cfg: TrainConfig) -> Path:
     model = load_model(str(out / layout.CKPT_INIT))
     adapter = get_adapter(model)
     record = {"run": run.__dict__, "label": run.label, "config": cfg.run_fields(),
+              "defaults": {"num_epochs": cfg.epochs_source},
               "model_path": model_path, "status": "training", "theta0": theta0_info,
               "data": _data_info(data), **provenance()}
     if run.method == "lora":

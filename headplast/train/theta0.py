@@ -11,7 +11,6 @@ from torch.nn import functional as F
 
 from headplast.arch.adapters import ArchAdapter, get_adapter
 from headplast.data.tokenize import encode, sorted_batches
-from headplast.train.metrics import compute_metrics
 
 
 def build_theta0(model_path: str, task, tokenizer, train, seed: int, head_init: str,
@@ -22,13 +21,14 @@ def build_theta0(model_path: str, task, tokenizer, train, seed: int, head_init: 
     problem = "regression" if task.is_regression else "single_label_classification"
     model = load_model(model_path, num_labels=task.num_labels, problem_type=problem)
     adapter = get_adapter(model)
+    probe = None
     if head_init == "probe":
-        fit_probe(model, adapter, tokenizer, train, task, seed, max_length, probe_epochs, probe_lr)
+        probe = fit_probe(model, adapter, tokenizer, train, task, seed, max_length, probe_epochs, probe_lr)
     elif head_init != "random":
         from headplast.errors import HeadplastError
         raise HeadplastError(f"unknown --head-init '{head_init}'", "use probe or random")
     model.eval()
-    return model
+    return model, probe
 
 
 @torch.no_grad()
@@ -45,25 +45,49 @@ def first_token_features(model, adapter: ArchAdapter, enc, pad_id: int, batch_si
     return feats
 
 
-def fit_probe(model, adapter, tokenizer, train, task, seed, max_length, epochs, lr):
-    """Full-batch AdamW on the head modules over cached features (the encoder is frozen)."""
+def _probe_loss(model, adapter, feats, labels, regression: bool):
+    logits = adapter.logits(model, feats)
+    return F.mse_loss(logits[:, 0], labels.float()) if regression else F.cross_entropy(logits, labels)
+
+
+def fit_probe(model, adapter, tokenizer, train, task, seed, max_length, steps, lr) -> dict:
+    """Full-batch AdamW on the head modules over cached features (the encoder is frozen).
+
+    A linear probe on a few thousand examples overfits fast (the pooler alone has D^2
+    weights), and an overconfident head would make every importance a measurement of
+    that head. So 10% of the training examples are held out and the head is taken at the
+    step with the lowest held-out loss (early stopping).
+    """
     enc = encode(tokenizer, train, max_length)
     feats = first_token_features(model, adapter, enc, tokenizer.pad_token_id).unsqueeze(1)  # [N,1,D]
     labels = torch.as_tensor(train.labels)
-    params = [p for name in adapter.head_modules for p in _module(model, name).parameters()]
-    gen_state = torch.random.get_rng_state()
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(labels), generator=gen)
+    n_ho = max(1, len(labels) // 10)
+    ho, fit = perm[:n_ho], perm[n_ho:]
+    modules = [_module(model, name) for name in adapter.head_modules]
+    params = [p for m in modules for p in m.parameters()]
+    snapshot = lambda: [{k: v.clone() for k, v in m.state_dict().items()} for m in modules]  # noqa: E731
+    rng_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     model.eval()  # dropout off: the probe is deterministic
-    for _ in range(epochs):
-        logits = adapter.logits(model, feats)
-        loss = F.mse_loss(logits[:, 0], labels.float()) if task.is_regression else F.cross_entropy(logits, labels)
+    with torch.no_grad():
+        best = (_probe_loss(model, adapter, feats[ho], labels[ho], task.is_regression).item(), snapshot(), 0)
+    for step in range(1, steps + 1):
+        loss = _probe_loss(model, adapter, feats[fit], labels[fit], task.is_regression)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    torch.random.set_rng_state(gen_state)
-    with torch.no_grad():
-        return compute_metrics(task, adapter.logits(model, feats).numpy(), train.labels)
+        with torch.no_grad():
+            ho_loss = _probe_loss(model, adapter, feats[ho], labels[ho], task.is_regression).item()
+        if ho_loss < best[0]:
+            best = (ho_loss, snapshot(), step)
+    for m, state in zip(modules, best[1]):
+        m.load_state_dict(state)
+    torch.random.set_rng_state(rng_state)
+    return {"best_step": best[2], "heldout_loss": best[0], "max_steps": steps, "lr": lr,
+            "heldout_examples": int(n_ho)}
 
 
 def _module(model, name):
