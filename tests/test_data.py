@@ -96,3 +96,28 @@ def test_dynamic_padding_pads_each_batch_to_its_longest(tok, rte):
         assert batch["input_ids"].shape[1] == lengths[idx].max()
         seen += list(idx)
     assert sorted(seen) == list(range(40))
+
+
+def test_holdout_eval_subset_is_kept_out_of_training():
+    from headplast.measure.subset import make_eval_subset
+    from headplast.train.prepare import prepare_data
+
+    d = prepare_data("RTE", eval_source="holdout", eval_size=100, max_train_samples=500)
+    sub = make_eval_subset("RTE", "holdout", 100, d.full_train)
+    assert sub.split == "train" and sub.size == 100 and not sub.seen_in_training
+    assert not set(sub.indices) & set(d.train_indices) and len(d.train) == 500
+    plain = prepare_data("RTE", eval_source="train", eval_size=100)
+    assert len(plain.train) == 2490  # 'train' draws from training data without removing it
+    assert make_eval_subset("RTE", "train", 100, plain.full_train).seen_in_training
+
+
+def test_eval_subset_is_seeded_and_capped_with_warning():
+    from headplast.measure.subset import make_eval_subset
+
+    val = load_split(get_task("RTE"), "validation")
+    a = make_eval_subset("RTE", "validation", 100, val)
+    b = make_eval_subset("RTE", "validation", 100, val)
+    assert a == b and len(set(a.indices)) == 100
+    with pytest.warns(UserWarning, match="using all"):
+        full = make_eval_subset("RTE", "validation", 1024, val)
+    assert full.size == 277

@@ -101,3 +101,23 @@ def test_missing_data_and_unknown_task_errors(model_dirs, tmp_path):
         run_train(_cfg(model_dirs["bert"], tmp_path, task="MRPC", data_dir=str(tmp_path)))
     with pytest.raises(HeadplastError, match="unknown task"):
         run_train(_cfg(model_dirs["bert"], tmp_path, task="nope"))
+
+
+def test_probe_fits_the_head_with_early_stopping(model_dirs, tok):
+    import numpy as np
+
+    from headplast.data import get_task
+    from headplast.data.loaders import Examples
+    from headplast.train.evaluate import evaluate
+    from headplast.train.theta0 import build_theta0
+
+    task = get_task("RTE")
+    texts = tuple((("a b c " if y == 0 else "x y z ") * (1 + i % 3), "q") for i, y in enumerate([0, 1] * 40))
+    ex = Examples(texts, np.array([0, 1] * 40), "train", "synthetic")
+    m1, p1 = build_theta0(str(model_dirs["bert"]), task, tok, ex, 3, "probe", 32, 200, 1e-2)
+    m2, p2 = build_theta0(str(model_dirs["bert"]), task, tok, ex, 3, "probe", 32, 200, 1e-2)
+    assert state_dict_hash(m1.state_dict()) == state_dict_hash(m2.state_dict()) and p1 == p2
+    assert p1["best_step"] > 0 and p1["heldout_examples"] == 8
+    assert evaluate(m1, task, tok, ex, 32)["accuracy"] > 0.9  # the signal is linearly separable
+    m0, p0 = build_theta0(str(model_dirs["bert"]), task, tok, ex, 3, "random", 32, 200, 1e-2)
+    assert p0 is None and state_dict_hash(m0.state_dict()) != state_dict_hash(m1.state_dict())

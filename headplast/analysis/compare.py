@@ -87,8 +87,9 @@ def findings(keys: dict, labels: tuple[str, str], stats: dict, val: dict, k: int
     for name, d in keys.items():
         verdict = "a difference beyond bootstrap uncertainty" if d["exceeds_uncertainty"] else "within noise"
         lo, hi = d["ci95"]
-        lines.append(f"{name}: {la} {d[la]:.3f} vs {lb} {d[lb]:.3f}; difference ({lb} − {la}) "
-                     f"{d['difference']:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}]: {verdict}.")
+        f = "d" if name.startswith("n_") else ".3f"  # counts are integers
+        lines.append(f"{name}: {la} {d[la]:{f}} vs {lb} {d[lb]:{f}}; difference ({lb} − {la}) "
+                     f"{d['difference']:+{f}}, 95% CI [{lo:+.3f}, {hi:+.3f}]: {verdict}.")
     r = keys["rho(I_pre,U)"]
     if r["exceeds_uncertainty"]:
         weaker = lb if abs(r[lb]) < abs(r[la]) else la
@@ -101,4 +102,13 @@ def findings(keys: dict, labels: tuple[str, str], stats: dict, val: dict, k: int
     lines.append(f"Counter-examples in total: {la} {na}, {lb} {nb}.")
     lines.append(f"Validation {val['metric_name']}: {la} {val[la]:.4f}, {lb} {val[lb]:.4f} "
                  f"(theta0 {val['theta0']:.4f}, majority baseline {val['majority']:.4f}).")
+    for lab in labels:
+        if val[lab] <= val["majority"] + 1e-9:
+            lines.append(f"Caution: {lab} is collapsed (no better than the majority class); its update and "
+                         f"post-fine-tuning importance do not describe a model that learned the task.")
+    rel = min(stats[lab]["reliability"].get("I_pre", {}).get("reliability", math.nan) for lab in labels)
+    if np.isfinite(rel) and rel < 0.5:
+        lines.append(f"Caution: importance before fine-tuning is unreliable (split-half reliability {rel:.2f}); "
+                     f"no correlation with it can exceed about {math.sqrt(max(rel, 0)):.2f}. A larger eval subset "
+                     f"or a theta0 that already solves the task makes I_pre more reliable.")
     return lines

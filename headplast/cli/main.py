@@ -39,8 +39,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="attn (Q,K,V,O; default), attn,ffn, q,v, or explicit full module names")
     g = p.add_argument_group("optimisation")
     g.add_argument("--head-init", default="probe", choices=["probe", "random"])
-    g.add_argument("--num-epochs", type=float, default=None,
-                   help="default 3 on a GPU, 1 on a CPU (so the default experiment fits in ~45 min)")
+    g.add_argument("--num-epochs", type=float, default=3.0)
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--learning-rate", type=float, default=None, help="default 2e-5 (FFT), 5e-4 (LoRA)")
     g.add_argument("--weight-decay", type=float, default=0.01)
@@ -51,11 +50,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def train_config(a, method=None, seed=None, r=None, alpha=None):
-    from headplast.orchestration.pipeline import resolve_defaults
     from headplast.train.config import TrainConfig
     from headplast.train.prepare import task_name
 
-    epochs, source = resolve_defaults(a.num_epochs)
     return TrainConfig(
         task=task_name(a.task, bool(a.train_file)), method=method or a.method,
         seed=a.seed if seed is None else seed, model=a.model,
@@ -63,7 +60,7 @@ def train_config(a, method=None, seed=None, r=None, alpha=None):
         validation_file=a.validation_file, text_columns=tuple(a.text_columns.split(",")),
         label_column=a.label_column, lora_r=r or a.lora_r, lora_alpha=alpha or a.lora_alpha,
         lora_dropout=a.lora_dropout, lora_targets=a.lora_targets, head_init=a.head_init,
-        num_epochs=epochs, epochs_source=source, batch_size=a.batch_size, learning_rate=a.learning_rate,
+        num_epochs=a.num_epochs, batch_size=a.batch_size, learning_rate=a.learning_rate,
         weight_decay=a.weight_decay, warmup_ratio=a.warmup_ratio, max_length=a.max_length,
         max_train_samples=a.max_train_samples, eval_source=a.eval_source, eval_size=a.eval_size,
         force=a.force)
@@ -75,7 +72,8 @@ def add_measure_args(p: argparse.ArgumentParser, with_eval=True) -> None:
         g.add_argument("--eval-size", type=int, default=None, help="default: as recorded at training (1024)")
         g.add_argument("--eval-source", default=None, choices=["validation", "holdout", "train"])
     g.add_argument("--ablation", default="zero", choices=["zero", "mean"])
-    g.add_argument("--measure-batch-size", type=int, default=32)
+    g.add_argument("--measure-batch-size", *(["--batch-size"] if with_eval else []), dest="measure_batch_size",
+                   type=int, default=32, help="examples per ablation batch")
     g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
 
@@ -198,6 +196,10 @@ def main(argv=None) -> int:
     if not args.verbose:
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()  # e.g. the "classifier MISSING" load report of every θ0
+        hf_logging.disable_progress_bar()  # per-file loading bars; our steps have their own
     try:
         return args.func(args)
     except HeadplastError as e:

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-
-import torch
 
 from headplast.analysis.run_analysis import AnalysisConfig, write_run_analysis
 from headplast.orchestration import layout
@@ -22,10 +20,6 @@ from headplast.orchestration.measure_step import MeasureConfig, run_measure
 from headplast.train.config import TrainConfig
 from headplast.train.run import run_train
 
-# On a CPU the default experiment must finish in about 45 minutes on 2 cores: fewer epochs.
-# Nothing that is measured is cut; these are recorded in every run_config.json.
-CPU_DEFAULTS = {"num_epochs": 1.0}
-GPU_DEFAULTS = {"num_epochs": 3.0}
 
 
 @dataclass(frozen=True)
@@ -39,14 +33,6 @@ class PipelineConfig:
     ranks: tuple[int, ...] = (8,)
     lora_alpha: float | None = None  # None: 2 * r, as the guide does
     force: bool = False
-    log: list = field(default_factory=list, compare=False)
-
-
-def resolve_defaults(num_epochs: float | None) -> tuple[float, str]:
-    if num_epochs is not None:
-        return num_epochs, "user"
-    d = GPU_DEFAULTS if torch.cuda.is_available() else CPU_DEFAULTS
-    return d["num_epochs"], "gpu-default" if torch.cuda.is_available() else "cpu-default"
 
 
 def _stale(outputs: list[Path], inputs: list[Path]) -> bool:

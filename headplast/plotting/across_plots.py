@@ -31,7 +31,6 @@ def multi_seed_figure(table, summary, path, task):
         ax.axhline(0, color="grey", lw=0.5)
     axes.flat[0].legend(fontsize=7)
     fig.suptitle(f"{task}: statistics per seed (points) with mean and 95% CI (x = collapsed run)")
-    fig.tight_layout()
     save(fig, path)
 
 
@@ -49,7 +48,6 @@ def rank_figures(table, dfs, fft, out, task, seed):
         ax.set_title(s, fontsize=9)
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(f"{task} seed {seed}: statistics and validation metric as functions of the LoRA rank")
-    fig.tight_layout()
     save(fig, out / "rank_stats.png")
     fig, ax = plt.subplots(figsize=(8, 4.5))
     data = [np.log10(np.clip(df["U"].to_numpy(float), 1e-12, None)) for df in dfs.values()]

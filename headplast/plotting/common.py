@@ -10,6 +10,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+matplotlib.rcParams["figure.constrained_layout.use"] = True  # colour bars and labels never overlap
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 

@@ -79,8 +79,11 @@ def fig_heatmaps(df, title, path):
     for ax, col in zip(axes, ("I_pre", "U", "I_post")):
         grid = np.full((L, H), np.nan)
         grid[df.layer.astype(int), df["head"].astype(int)] = df[col]
-        im = ax.imshow(grid, aspect="auto", cmap="magma" if col == "U" else "coolwarm" if col != "U" else None,
-                       origin="lower")
+        if col == "U":
+            im = ax.imshow(grid, aspect="auto", cmap="magma", origin="lower")
+        else:  # importance can be negative: a diverging map centred on 0
+            lim = float(np.nanmax(np.abs(grid))) or 1.0
+            im = ax.imshow(grid, aspect="auto", cmap="coolwarm", vmin=-lim, vmax=lim, origin="lower")
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         ax.set_title(LABELS[col], fontsize=8)

@@ -32,7 +32,6 @@ class TrainConfig:
     probe_lr: float = 1e-3
     # optimisation
     num_epochs: float = 3.0
-    epochs_source: str = "user"  # user | cpu-default | gpu-default (see orchestration.pipeline)
     batch_size: int = 32
     learning_rate: float | None = None  # None = DEFAULT_LR[method]
     weight_decay: float = 0.01
@@ -66,6 +65,6 @@ class TrainConfig:
     def run_fields(self) -> dict:
         """What makes a run different from another (used to refuse overwriting)."""
         d = self.to_dict()
-        for k in ("output_root", "force", "epochs_source"):
+        for k in ("output_root", "force"):
             d.pop(k)
         return d

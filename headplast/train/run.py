@@ -139,7 +139,6 @@ def run_train(cfg: TrainConfig) -> Path:
     model = load_model(str(out / layout.CKPT_INIT))
     adapter = get_adapter(model)
     record = {"run": run.__dict__, "label": run.label, "config": cfg.run_fields(),
-              "defaults": {"num_epochs": cfg.epochs_source},
               "model_path": model_path, "status": "training", "theta0": theta0_info,
               "data": _data_info(data), **provenance()}
     if run.method == "lora":

@@ -36,12 +36,13 @@ def first_token_features(model, adapter: ArchAdapter, enc, pad_id: int, batch_si
     """Last-layer hidden state of token 0 for each example: [N, D] (all the head reads)."""
     model.eval()
     base = getattr(model, adapter.base)
-    feats = torch.zeros(len(enc), model.config.hidden_size if hasattr(model.config, "hidden_size")
-                        else model.config.dim)
+    feats = None
     for idx, batch in sorted_batches(enc, batch_size, pad_id):
         batch.pop("labels")
-        out = base(**batch).last_hidden_state
-        feats[torch.as_tensor(idx)] = out[:, 0]
+        cls = base(**batch).last_hidden_state[:, 0]  # [B, D]
+        if feats is None:
+            feats = torch.zeros(len(enc), cls.shape[-1])
+        feats[torch.as_tensor(idx)] = cls
     return feats
 
 
