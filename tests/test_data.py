@@ -121,3 +121,8 @@ def test_eval_subset_is_seeded_and_capped_with_warning():
     with pytest.warns(UserWarning, match="using all"):
         full = make_eval_subset("RTE", "validation", 1024, val)
     assert full.size == 277
+
+
+def test_tiny_tokenizer_produces_real_tokens(tok):
+    ids = tok("ab cd")["input_ids"]
+    assert tok.unk_token_id not in ids and len(ids) == 2 + 4  # [CLS] a ##b c ##d [SEP]

@@ -17,7 +17,7 @@ def tiny_tokenizer(path: Path):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *("##" + c for c in chars)]
     path.mkdir(parents=True, exist_ok=True)
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = tf.BertTokenizer(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    tok = tf.BertTokenizer(vocab=str(path / "vocab.txt"), do_lower_case=True)  # transformers 5: `vocab`
     return tok
 
 

@@ -122,7 +122,7 @@ def _chunk_size(H: int, B: int, T: int, max_tokens: int) -> int:
 
 @torch.no_grad()
 def ablation_importance(model, adapter: ArchAdapter, enc: Encoded, task, pad_id: int,
-                        batch_size: int = 32, ablation: str = "zero", max_tokens: int = 1 << 16,
+                        batch_size: int = 32, ablation: str = "zero", max_tokens: int = 1 << 14,
                         progress: bool = True, use_fast_path: bool = True) -> ImportanceResult:
     """Importance of every head on the examples of `enc` (see module docstring)."""
     model.eval()

@@ -50,7 +50,7 @@ class MeasureConfig:
     grad_batch_size: int = 16
     dtype: str = "float32"
     device: str | None = None  # None: cuda if available
-    max_tokens: int = 1 << 16  # tokens per ablation pass (heads of a layer batched together)
+    max_tokens: int = 1 << 14  # tokens per ablation pass (heads of a layer batched together)
     force: bool = False
     progress: bool = True
 

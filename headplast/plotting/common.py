@@ -35,13 +35,23 @@ def fmt_rho(s: dict | None) -> str:
     return f"ρ = {s['spearman']:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
+def log_axes(ax, x: bool = True, y: bool = True) -> None:
+    """Log scale without the crowded minor-tick labels of a narrow range."""
+    from matplotlib.ticker import NullFormatter
+
+    for on, set_scale, axis in ((x, ax.set_xscale, ax.xaxis), (y, ax.set_yscale, ax.yaxis)):
+        if on:
+            set_scale("log")
+            axis.set_minor_formatter(NullFormatter())
+
+
 def scatter(ax, df, x: str, y: str, s: dict | None = None, title: str | None = None, cbar=True):
     """Heads as points coloured by layer; log axis for positive magnitudes; rho and CI on the plot."""
     xs, ys = df[x].to_numpy(float), df[y].to_numpy(float)
     sc = ax.scatter(xs, ys, c=df["layer"], cmap="viridis", s=22, edgecolors="k", linewidths=0.3)
     for axis, name, vals in (("x", x, xs), ("y", y, ys)):
         if name in LOG_AXES and np.all(vals[np.isfinite(vals)] > 0):
-            (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+            log_axes(ax, x=axis == "x", y=axis == "y")
     ax.set_xlabel(LABELS.get(x, x), fontsize=8)
     ax.set_ylabel(LABELS.get(y, y), fontsize=8)
     ax.set_title(title or f"{y} vs {x}", fontsize=9)

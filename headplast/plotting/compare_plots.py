@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from headplast.plotting.common import fmt_rho, plt, save, scatter
+from headplast.plotting.common import fmt_rho, log_axes, plt, save, scatter
 from headplast.analysis.stats import spearman
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
@@ -71,7 +71,7 @@ def compare_update_dist(dfs, path):
             ax.set_title(f"distribution of {col}")
         by_layer = df.groupby("layer")["U"].mean()
         axes[2].plot(by_layer.index, by_layer.values, "o-", color=COLORS[i], label=lab)
-    axes[2].set_yscale("log")
+    log_axes(axes[2], x=False)
     axes[2].set_xlabel("layer")
     axes[2].set_ylabel("mean U over the layer's heads")
     axes[2].set_title("update magnitude by layer")
@@ -89,8 +89,7 @@ def compare_headwise(dfs, path):
         x, y = da[col].to_numpy(float), db[col].to_numpy(float)
         sc = ax.scatter(x, y, c=da["layer"], cmap="viridis", s=22, edgecolors="k", linewidths=0.3)
         if log and (x > 0).all() and (y > 0).all():
-            ax.set_xscale("log")
-            ax.set_yscale("log")
+            log_axes(ax)
         ax.set_xlabel(f"{col} under {la}")
         ax.set_ylabel(f"{col} under {lb}")
         name = {"U": "update magnitude U", "I_post": "importance after fine-tuning",
