@@ -1,0 +1,90 @@
+"""plot, compare, aggregate and ranks end to end on synthetic run directories."""
+
+import json
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from headplast.cli.main import main
+from synthetic import make_run
+
+FAST = ["--n-boot", "300", "--n-perm", "100"]
+
+
+def panels(path) -> int:
+    with Image.open(path) as im:
+        return int(im.info["Description"].split("=")[1])
+
+
+@pytest.fixture
+def runs(tmp_path):
+    for seed in (1, 2, 3):
+        make_run(tmp_path, "FFT", seed, coupling=1.0)
+        for r in (4, 8):
+            make_run(tmp_path, f"LoRA_r{r}", seed, coupling=0.2, collapsed=(seed == 3 and r == 4))
+    return tmp_path
+
+
+def test_plot_writes_tables_and_figures(runs, capsys):
+    assert main(["plot", "--task", "RTE", "--seed", "1", "--method-label", "LoRA_r8", "--output-root", str(runs),
+                 *FAST]) == 0
+    d = runs / "LoRA" / "RTE" / "seed1_r8"
+    heads = pd.read_csv(d / "heads.csv")
+    assert len(heads) == 24 and {"I_pre", "I_post", "U", "Urel", "fisher", "taylor", "I_pre_se"} <= set(heads)
+    st = json.loads((d / "stats.json").read_text())
+    assert len(st["pairs"]) == 9 and st["n_boot"] == 300 and "I_pre" in st["reliability"]
+    assert json.loads((d / "cases.json").read_text())["n_heads"] == 24
+    expected = {"fig_I_vs_U.png": 2, "fig_I_vs_G.png": 4, "fig_stats.png": 2, "fig_Ipre_vs_Ipost.png": 1,
+                "fig_Ipost_corrs.png": 2, "fig_heatmaps.png": 3}
+    for name, n in expected.items():
+        assert panels(d / name) == n, name
+
+
+def test_compare_writes_every_file(runs, capsys):
+    assert main(["compare", "--seed", "2", "--lora-r", "4", "--output-root", str(runs), *FAST]) == 0
+    d = runs / "COMPARE" / "RTE" / "seed2"
+    for name, n in {"compare_I_vs_U.png": 2, "compare_stats.png": 4, "compare_update_dist.png": 3,
+                    "compare_headwise.png": 3}.items():
+        assert panels(d / name) == n, name
+    m = json.loads((d / "compare_metrics.json").read_text())
+    assert m["labels"] == ["FFT", "LoRA_r4"] and set(m["stats"]) == {"FFT", "LoRA_r4"}
+    k = m["key_statistics"]["rho(I_pre,U)"]
+    assert k["difference"] == pytest.approx(k["LoRA_r4"] - k["FFT"]) and isinstance(k["exceeds_uncertainty"], bool)
+    assert k["ci95"][0] <= k["difference"] <= k["ci95"][1]
+    text = (d / "compare_summary.txt").read_text()
+    assert "## 4. Main findings" in text and f"{k['FFT']:.4f}" in text
+
+
+def test_aggregate_and_ranks(runs, capsys):
+    assert main(["aggregate", "--methods", "FFT", "LoRA_r4", "--seeds", "1", "2", "3", "--output-root", str(runs),
+                 *FAST]) == 0
+    d = runs / "MULTI_SEED"
+    m = json.loads((d / "aggregate_metrics.json").read_text())
+    assert m["collapsed_runs"] == [{"method": "LoRA_r4", "seed": 3}]
+    assert m["per_method"]["LoRA_r4"]["rho(I_pre,U)"]["n"] == 2  # the collapsed seed is excluded
+    assert m["per_method"]["FFT"]["rho(I_pre,U)"]["n"] == 3
+    assert panels(d / "multi_seed_stats.png") == 9 and (d / "runs_table.parquet").exists()
+    assert "Collapsed runs (excluded)" in (d / "summary.txt").read_text()
+    assert main(["ranks", "--seed", "1", "--ranks", "4", "8", "--output-root", str(runs), *FAST]) == 0
+    rk = runs / "RANK_COMPARISON"
+    assert pd.read_csv(rk / "rank_table.csv")["trainable_params"].tolist() == [4000, 8000]
+    assert panels(rk / "rank_stats.png") == 9 and panels(rk / "rank_update_dist.png") == 1
+
+
+def test_runs_on_different_subsets_or_models_are_not_compared(tmp_path, capsys):
+    make_run(tmp_path, "FFT", 1)
+    make_run(tmp_path, "LoRA_r8", 1, subset="fp-B")
+    assert main(["compare", "--output-root", str(tmp_path), *FAST]) == 2
+    assert "different eval subsets" in capsys.readouterr().err
+    make_run(tmp_path, "LoRA_r8", 1, model="other-model")
+    assert main(["compare", "--output-root", str(tmp_path), *FAST]) == 2
+    assert "different models" in capsys.readouterr().err
+
+
+def test_missing_measurement_names_the_command(tmp_path, capsys):
+    d = make_run(tmp_path, "FFT", 1)
+    (d / "update.jsonl").unlink()
+    assert main(["plot", str(d)]) == 2
+    err = capsys.readouterr().err
+    assert "update.jsonl is missing" in err and f"headplast measure {d}" in err
