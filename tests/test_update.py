@@ -59,3 +59,29 @@ def test_lora_update_equals_merge_and_by_hand(arch, tmp_path):
                 ref[l, h] += ad.head_weight(dw, theta0.config, k, h).pow(2).sum().item()
     np.testing.assert_allclose(res.U, np.sqrt(ref), rtol=1e-5)
     assert res.U.min() > 0
+
+
+def test_other_mergeable_peft_methods_work_the_same_way(tmp_path):
+    """LoHa (like LoRA, DoRA, LoKr) merges: U must equal the per-layer delta peft itself reports."""
+    from peft import LoHaConfig, get_peft_model
+
+    from headplast.arch.loading import load_model
+
+    d = tiny_model_dir("bert", tmp_path / "theta0")
+    base = load_model(str(d))
+    ad = get_adapter(base)
+    targets = resolve_targets(ad, base)
+    pm = get_peft_model(base, LoHaConfig(r=2, alpha=4, target_modules=targets, init_weights=False))
+    deltas = {name: pm.base_model.model.get_submodule(name).get_delta_weight("default").detach().clone()
+              for name in targets}
+    pm.save_pretrained(tmp_path / "adapter")
+    theta0 = load_model(str(d))
+    res = update_magnitude(qkvo_weights(theta0, ad),
+                           qkvo_weights(merged_peft_model(str(d), str(tmp_path / "adapter")), ad), ad, theta0.config)
+    ref = np.zeros((2, 4))
+    for l in range(2):
+        for k in "qkvo":
+            for h in range(4):
+                ref[l, h] += ad.head_weight(deltas[ad.module_name(l, k)], theta0.config, k, h).pow(2).sum().item()
+    np.testing.assert_allclose(res.U, np.sqrt(ref), rtol=1e-5)
+    assert res.U.min() > 0
