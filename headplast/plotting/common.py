@@ -36,13 +36,16 @@ def fmt_rho(s: dict | None) -> str:
 
 
 def log_axes(ax, x: bool = True, y: bool = True) -> None:
-    """Log scale without the crowded minor-tick labels of a narrow range."""
-    from matplotlib.ticker import NullFormatter
+    """Log scale with short tick labels ("0.04"), readable even when the data span less than a decade."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
+    short = FuncFormatter(lambda v, _: f"{v:.2g}")
     for on, set_scale, axis in ((x, ax.set_xscale, ax.xaxis), (y, ax.set_yscale, ax.yaxis)):
         if on:
             set_scale("log")
-            axis.set_minor_formatter(NullFormatter())
+            axis.set_major_formatter(short)
+            axis.set_minor_locator(LogLocator(subs=(2, 3, 5)))
+            axis.set_minor_formatter(short)
 
 
 def scatter(ax, df, x: str, y: str, s: dict | None = None, title: str | None = None, cbar=True):
