@@ -9,11 +9,12 @@ import numpy as np
 from headplast.plotting.common import LABELS, fmt_rho, plt, save, scatter
 
 
-def fig_i_vs_u(df, stats, title, path):
+def fig_importance_vs_update(df, stats, x, suptitle, path):
+    """Two panels: U and Urel against an importance column (I_pre or I_post)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, y in zip(axes, ("U", "Urel")):
-        scatter(ax, df, "I_pre", y, stats["pairs"].get(f"I_pre~{y}"), f"{y} vs I_pre")
-    fig.suptitle(f"{title}: does importance before fine-tuning predict the update?")
+        scatter(ax, df, x, y, stats["pairs"].get(f"{x}~{y}"), f"{y} vs {x}")
+    fig.suptitle(suptitle)
     save(fig, path)
 
 
@@ -65,14 +66,6 @@ def fig_ipre_vs_ipost(df, stats, title, path):
     save(fig, path)
 
 
-def fig_ipost_corrs(df, stats, title, path):
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, y in zip(axes, ("U", "Urel")):
-        scatter(ax, df, "I_post", y, stats["pairs"].get(f"I_post~{y}"), f"{y} vs I_post")
-    fig.suptitle(f"{title}: importance after fine-tuning vs the update")
-    save(fig, path)
-
-
 def fig_heatmaps(df, title, path):
     L, H = int(df.layer.max()) + 1, int(df["head"].max()) + 1
     fig, axes = plt.subplots(1, 3, figsize=(15, 0.45 * L + 2.2))
@@ -96,11 +89,12 @@ def run_figures(df, stats, title: str, out: Path) -> list[Path]:
     from headplast.orchestration import layout
 
     f = [out / n for n in layout.RUN_FIGURES]
-    fig_i_vs_u(df, stats, title, f[0])
+    fig_importance_vs_update(df, stats, "I_pre", f"{title}: does importance before fine-tuning predict the "
+                             "update?", f[0])
     fig_i_vs_g(df, stats, title, f[1])
     fig_stats(stats, title, f[2])
     fig_ipre_vs_ipost(df, stats, title, f[3])
-    fig_ipost_corrs(df, stats, title, f[4])
+    fig_importance_vs_update(df, stats, "I_post", f"{title}: importance after fine-tuning vs the update", f[4])
     fig_heatmaps(df, title, f[5])
     return f
 
