@@ -41,7 +41,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--head-init", default="probe", choices=["probe", "random"])
     g.add_argument("--num-epochs", type=float, default=3.0)
     g.add_argument("--batch-size", type=int, default=32)
-    g.add_argument("--learning-rate", type=float, default=None, help="default 2e-5 (FFT), 5e-4 (LoRA)")
+    g.add_argument("--learning-rate", type=float, default=None, help="default 2e-5 (FFT), 2e-3 (LoRA)")
     g.add_argument("--weight-decay", type=float, default=0.01)
     g.add_argument("--warmup-ratio", type=float, default=0.06)
     g.add_argument("--eval-source", default="validation", choices=["validation", "holdout", "train"])
