@@ -78,4 +78,4 @@ def check_comparable(infos: list[dict], what: str) -> None:
         if len(vals) > 1:
             listing = "; ".join(f"{i['dir']}: {i[key]}" for i in infos)
             raise HeadplastError(f"cannot {what} runs with different {name}s ({listing})",
-                                 f"re-train/re-measure them with the same --model and eval subset")
+                                 "re-train/re-measure them with the same --model and eval subset")

@@ -114,14 +114,6 @@ def atomic_copytree(src: str | Path, dst: str | Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def state_dict_hash(state_dict) -> str:
     """Content hash of a model's tensors (names, dtypes, shapes, bytes), independent of file format."""
     import torch

@@ -17,7 +17,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from headplast.arch.adapters import get_adapter
@@ -255,6 +254,3 @@ def _write_update(ctx: MeasureContext, theta1, path: Path) -> None:
     w1 = qkvo_weights(theta1.float(), adapter)
     atomic_write_jsonl(path, update_magnitude(w0, w1, adapter, theta0.config).rows())
 
-
-def losses_matrix(run_dir: Path, which: str) -> np.ndarray:
-    return np.load(Path(run_dir) / layout.LOSSES[which])

@@ -111,7 +111,7 @@ def _compare_step(c, force: bool):
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
     from headplast.orchestration.across_steps import AggregateConfig, RanksConfig, run_aggregate, run_ranks
-    from headplast.orchestration.compare_step import CompareConfig, run_compare
+    from headplast.orchestration.compare_step import CompareConfig
 
     root = Path(cfg.train.output_root)
     root.mkdir(parents=True, exist_ok=True)

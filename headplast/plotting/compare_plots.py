@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from headplast.plotting.common import fmt_rho, log_axes, plt, save, scatter
+from headplast.plotting.common import log_axes, plt, save, scatter
 from headplast.analysis.stats import spearman
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
@@ -98,5 +98,3 @@ def compare_headwise(dfs, path):
     fig.colorbar(sc, ax=axes, label="layer")
     save(fig, path)
 
-
-__all__ = ["compare_i_vs_u", "compare_stats", "compare_update_dist", "compare_headwise", "fmt_rho"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from headplast.plotting.common import LABELS, fmt_rho, plt, save, scatter
+from headplast.plotting.common import LABELS, plt, save, scatter
 
 
 def fig_importance_vs_update(df, stats, x, suptitle, path):
@@ -98,5 +98,3 @@ def run_figures(df, stats, title: str, out: Path) -> list[Path]:
     fig_heatmaps(df, title, f[5])
     return f
 
-
-__all__ = ["run_figures", "fmt_rho"]
