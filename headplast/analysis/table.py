@@ -24,6 +24,18 @@ def _rows(run_dir: Path, name: str, n: int | None, fields) -> list[dict]:
     return read_jsonl(path, n, fields, fix=f"re-run `{_measure_cmd(run_dir)} --force`")
 
 
+def measured_run(root, task: str, label: str, seed: int) -> Path:
+    """The directory of a trained and measured run, or an error naming the scripts that make it."""
+    method, r = layout.parse_label(label)
+    d = layout.run_dir(root, layout.RunId(task, method, seed, r))
+    if not (d / layout.RUN_CONFIG).exists() or not (d / layout.IMPORTANCE["post"]).exists():
+        train = f"run_mnli.sh {seed} {task} FFT" if method == "fft" else f"run_lora.sh {seed} {task} {r} {2 * r}"
+        meas = f"measure_mnli.sh {seed} {task} FFT" if method == "fft" else f"measure_lora.sh {seed} {task} {r}"
+        raise HeadplastError(f"run {label} seed {seed} ({d}) does not exist or is not measured",
+                             f"bash scripts/{train} && bash scripts/{meas}")
+    return d
+
+
 def load_heads(run_dir: str | Path) -> pd.DataFrame:
     """DataFrame [L*H rows]: layer, head, I_pre (+ se, metric delta, KL), I_post (...), U..., gradients."""
     from headplast.orchestration.measure_step import GRADFISHER_FIELDS, IMPORTANCE_FIELDS, UPDATE_FIELDS

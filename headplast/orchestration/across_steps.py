@@ -10,28 +10,17 @@ import pandas as pd
 
 from headplast.analysis.across import HEADLINE, flat_stats, head_agreement, summarise
 from headplast.analysis.run_analysis import AnalysisConfig, analyse
-from headplast.analysis.table import check_comparable, run_info
+from headplast.analysis.table import check_comparable, measured_run, run_info
 from headplast.errors import HeadplastError
 from headplast.orchestration import layout
 from headplast.orchestration.io import atomic_write_json, atomic_write_text
-
-
-def _need_run(root, task, label, seed) -> Path:
-    method, r = layout.parse_label(label)
-    d = layout.run_dir(root, layout.RunId(task, method, seed, r))
-    if not (d / layout.RUN_CONFIG).exists() or not (d / layout.IMPORTANCE["post"]).exists():
-        train = f"run_mnli.sh {seed} {task} FFT" if method == "fft" else f"run_lora.sh {seed} {task} {r} {2 * r}"
-        meas = f"measure_mnli.sh {seed} {task} FFT" if method == "fft" else f"measure_lora.sh {seed} {task} {r}"
-        raise HeadplastError(f"run {label} seed {seed} ({d}) is missing or not measured",
-                             f"bash scripts/{train} && bash scripts/{meas}")
-    return d
 
 
 def _collect(root, task, labels, seeds, acfg):
     runs = {}
     for lab in labels:
         for s in seeds:
-            d = _need_run(root, task, lab, s)
+            d = measured_run(root, task, lab, s)
             df, stats, cases = analyse(d, acfg)
             info = run_info(d)
             runs[(lab, s)] = {"dir": str(d), "df": df, "info": info, "flat": flat_stats(stats, cases, info)}
@@ -142,7 +131,7 @@ def run_ranks(cfg: RanksConfig) -> Path:
     runs = _collect(cfg.output_root, cfg.task, labels, [cfg.seed], cfg.analysis)
     fft = None
     try:
-        fft_dir = _need_run(cfg.output_root, cfg.task, "FFT", cfg.seed)
+        fft_dir = measured_run(cfg.output_root, cfg.task, "FFT", cfg.seed)
         df, stats, cases = analyse(fft_dir, cfg.analysis)
         info = run_info(fft_dir)
         check_comparable([info] + [r["info"] for r in runs.values()], "compare ranks with FFT:")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from headplast.analysis.compare import findings, key_statistics
 from headplast.analysis.run_analysis import AnalysisConfig, analyse
-from headplast.analysis.table import check_comparable, run_info
+from headplast.analysis.table import check_comparable, measured_run, run_info
 from headplast.errors import HeadplastError
 from headplast.orchestration import layout
 from headplast.orchestration.io import atomic_write_json, atomic_write_text
@@ -24,23 +24,12 @@ class CompareConfig:
     analysis: AnalysisConfig = AnalysisConfig()
 
 
-def _locate(cfg: CompareConfig, label: str) -> Path:
-    method, r = layout.parse_label(label)
-    d = layout.run_dir(cfg.output_root, layout.RunId(cfg.task, method, cfg.seed, r))
-    if not (d / layout.RUN_CONFIG).exists():
-        script = "run_mnli.sh {s} {t} FFT" if method == "fft" else f"run_lora.sh {{s}} {{t}} {r} {2 * r}"
-        raise HeadplastError(f"run {label} ({d}) does not exist",
-                             "train and measure it first: bash scripts/" + script.format(s=cfg.seed, t=cfg.task)
-                             + " and the matching measure script")
-    return d
-
-
 def run_compare(cfg: CompareConfig) -> Path:
     from headplast.plotting import compare_plots as cp
 
     if len(cfg.labels) != 2:
         raise HeadplastError("compare takes exactly two runs", "e.g. --labels FFT LoRA_r8")
-    dirs = {lab: _locate(cfg, lab) for lab in cfg.labels}
+    dirs = {lab: measured_run(cfg.output_root, cfg.task, lab, cfg.seed) for lab in cfg.labels}
     infos = {lab: run_info(d) for lab, d in dirs.items()}
     check_comparable(list(infos.values()), "compare")
     dfs, stats, cases = {}, {}, {}
