@@ -121,3 +121,23 @@ def test_probe_fits_the_head_with_early_stopping(model_dirs, tok):
     assert evaluate(m1, task, tok, ex, 32)["accuracy"] > 0.9  # the signal is linearly separable
     m0, p0 = build_theta0(str(model_dirs["bert"]), task, tok, ex, 3, "random", 32, 200, 1e-2)
     assert p0 is None and state_dict_hash(m0.state_dict()) != state_dict_hash(m1.state_dict())
+
+
+def test_lora_training_is_reproducible_across_processes(model_dirs, tmp_path):
+    """LoRA's random A init must come from --seed: this torch seeds every process differently, and a
+    theta0 reused from _shared/ (as after run_mnli.sh) seeds nothing before the adapter is made."""
+    import subprocess
+    import sys
+
+    common = ["--model", str(model_dirs["bert"]), "--output-root", str(tmp_path), "--max-train-samples", "32",
+              "--num-epochs", "1", "--batch-size", "8", "--eval-size", "16",
+              "--max-length", "48"]
+    hashes = []
+    for method, extra in (("fft", []), ("lora", []), ("lora", ["--force"])):
+        r = subprocess.run([sys.executable, "-m", "headplast", "train", "--method", method, "--lora-r", "4",
+                            "--lora-alpha", "8", *common, *extra], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-3000:]
+        if method == "lora":  # theta0 comes from _shared/ both times
+            rc = json.loads((tmp_path / "LoRA" / "RTE" / "seed1_r4" / "run_config.json").read_text())
+            hashes.append(rc["theta1_hash"])
+    assert hashes[0] == hashes[1]

@@ -143,6 +143,10 @@ def run_train(cfg: TrainConfig) -> Path:
               "data": _data_info(data), **provenance()}
     if run.method == "lora":
         targets = resolve_targets(adapter, model, cfg.lora_targets)
+        # LoRA's A matrices are drawn at random: seed them from the run (this torch seeds every
+        # process differently, and Trainer only seeds when it is built, after this)
+        from transformers import set_seed
+        set_seed(cfg.seed)
         model = make_lora_model(model, adapter, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets)
         record["adapted_modules"] = adapted_modules(model)
     else:
