@@ -28,7 +28,7 @@ def _setup(a):
     from headplast.arch.loading import load_model, load_tokenizer, resolve_model
     from headplast.data import get_task, load_split
     from headplast.data.tokenize import encode
-    from headplast.measure.subset import draw_indices
+    from headplast.data.subset import draw_indices
 
     path = resolve_model(a.model)
     task = get_task(a.task)

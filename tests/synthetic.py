@@ -1,4 +1,8 @@
-"""Synthetic run directories: measurement files with known structure, no model needed."""
+"""Synthetic run directories: measurement files with known structure, no model needed.
+
+Files are written for every declared measurement (headplast.measure.registry), with step
+records, exactly as the measure step lays them out.
+"""
 
 from __future__ import annotations
 
@@ -7,46 +11,53 @@ from pathlib import Path
 
 import numpy as np
 
-from headplast.orchestration import layout
+from headplast.measure import registry
+from headplast.store import layout, records
+from headplast.store.io import atomic_save_npy, atomic_write_jsonl
+
+
+def _per_example(rng, true: np.ndarray, N: int, base: np.ndarray, scale: float) -> np.ndarray:
+    per_ex = true * scale + 0.05 * rng.normal(size=(N, len(true)))
+    return np.hstack([base, base + per_ex]).astype(np.float32)
 
 
 def make_run(root: Path, label: str, seed: int, L: int = 4, H: int = 6, N: int = 40, coupling: float = 0.5,
              subset: str = "fp-A", model: str = "synthetic-model", val_metric: float = 0.7, collapsed=False) -> Path:
     """One measured run whose update U is `coupling`-correlated with importance."""
-    method, r = layout.parse_label(label)
-    d = layout.run_dir(root, layout.RunId("RTE", method, seed, r))
+    run = layout.RunId.from_label("RTE", label, seed)
+    d = layout.run_dir(root, run)
     d.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed * 100 + (r or 0))
+    rng = np.random.default_rng(seed * 100 + (run.r or 0))
+    n = L * H
     heads = [(l, h) for l in range(L) for h in range(H)]
-    true_imp = np.abs(rng.normal(size=L * H)) * 0.05
-    per_ex = true_imp + 0.05 * rng.normal(size=(N, L * H))
+    true_imp = np.abs(rng.normal(size=n)) * 0.05
     base = np.abs(rng.normal(size=(N, 1)))
-    losses_pre = np.hstack([base, base + per_ex]).astype(np.float32)
-    per_post = true_imp * 1.2 + 0.05 * rng.normal(size=(N, L * H))
-    losses_post = np.hstack([base, base + per_post]).astype(np.float32)
-    U = np.exp(coupling * (true_imp - true_imp.mean()) / true_imp.std() + rng.normal(size=L * H)) * 0.01
-    np.save(d / layout.LOSSES["pre"], losses_pre)
-    np.save(d / layout.LOSSES["post"], losses_post)
-
-    def rows(fields):
-        return "".join(json.dumps({"layer": l, "head": h, **{k: float(v[i]) for k, v in fields.items()}}) + "\n"
-                       for i, (l, h) in enumerate(heads))
-    for tag, m in (("pre", losses_pre), ("post", losses_post)):
-        diff = m[:, 1:] - m[:, :1]
-        (d / layout.IMPORTANCE[tag]).write_text(rows({"importance": diff.mean(0), "importance_se": diff.std(0) / 6,
-                                                      "metric_delta": -diff.mean(0), "kl": diff.mean(0) ** 2}))
-    g = true_imp + 0.01 * rng.normal(size=L * H)
-    (d / layout.GRADFISHER).write_text(rows({"grad_norm": np.abs(g), "fisher": g ** 2, "gate_grad": np.abs(g),
-                                             "gate_fisher": g ** 2, "taylor": g}))
-    parts = {k: U / 2 for k in ("U_q", "U_k", "U_v", "U_o")}
-    (d / layout.UPDATE).write_text(rows({"U": U, "Urel": U / 3, **parts}))
+    per_example = {"I_pre": _per_example(rng, true_imp, N, base, 1.0),
+                   "I_post": _per_example(rng, true_imp, N, base, 1.2)}
+    U = np.exp(coupling * (true_imp - true_imp.mean()) / true_imp.std() + rng.normal(size=n)) * 0.01
+    g = true_imp + 0.01 * rng.normal(size=n)
+    cols = {"U": U, "Urel": U / 3, **{f"U_{k}": U / 2 for k in "qkvo"}, "grad_norm": np.abs(g), "fisher": g ** 2,
+            "gate_grad": np.abs(g), "gate_fisher": g ** 2, "taylor": g}
+    for m in registry.MEASUREMENTS:
+        if m.per_example:
+            mat = per_example.get(m.main_column)
+            if mat is None:
+                mat = _per_example(rng, np.abs(rng.normal(size=n)) * 0.05, N, base, 1.0)
+            atomic_save_npy(d / m.per_example, mat)
+            diff = mat[:, 1:] - mat[:, :1]
+            cols.setdefault(m.main_column, diff.mean(0))
+            cols.setdefault(m.column(m.fields[1]), diff.std(0) / 6)
+        values = {f: cols.get(m.column(f), np.abs(rng.normal(size=n))) for f in m.fields}
+        atomic_write_jsonl(d / m.file, [{"layer": l, "head": h, **{f: float(v[i]) for f, v in values.items()}}
+                                        for i, (l, h) in enumerate(heads)])
+        records.write_record(d, m.name, "synthetic", m.outputs)
     (d / layout.EVAL_SUBSET).write_text(json.dumps({"task": "RTE", "split": "validation", "indices": list(range(N)),
                                                     "fingerprint": subset, "size": N}))
-    rc = {"label": label, "run": {"task": "RTE", "method": method, "seed": seed, "r": r},
+    rc = {"label": label, "run": {"task": "RTE", "method": run.method, "seed": seed, "r": run.r},
           "config": {"model": model, "task": "RTE"}, "status": "complete", "theta0_hash": f"t0-{seed}",
           "theta1_hash": f"t1-{label}-{seed}", "collapsed": collapsed,
           "validation": {"theta0": {"metric_name": "accuracy", "metric": 0.5},
                          "theta1": {"metric_name": "accuracy", "metric": val_metric}, "majority_baseline": 0.52},
-          "trainable": {"trainable": 1000 * (r or 100)}}
+          "trainable": {"trainable": 1000 * (run.r or 100)}}
     (d / layout.RUN_CONFIG).write_text(json.dumps(rc))
     return d

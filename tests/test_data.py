@@ -99,8 +99,8 @@ def test_dynamic_padding_pads_each_batch_to_its_longest(tok, rte):
 
 
 def test_holdout_eval_subset_is_kept_out_of_training():
-    from headplast.measure.subset import make_eval_subset
-    from headplast.train.prepare import prepare_data
+    from headplast.data.subset import make_eval_subset
+    from headplast.data.prepare import prepare_data
 
     d = prepare_data("RTE", eval_source="holdout", eval_size=100, max_train_samples=500)
     sub = make_eval_subset("RTE", "holdout", 100, d.full_train)
@@ -112,7 +112,7 @@ def test_holdout_eval_subset_is_kept_out_of_training():
 
 
 def test_eval_subset_is_seeded_and_capped_with_warning():
-    from headplast.measure.subset import make_eval_subset
+    from headplast.data.subset import make_eval_subset
 
     val = load_split(get_task("RTE"), "validation")
     a = make_eval_subset("RTE", "validation", 100, val)

@@ -5,12 +5,14 @@ import numpy as np
 import pytest
 
 from headplast.errors import HeadplastError
-from headplast.orchestration.io import read_jsonl
-from headplast.orchestration.measure_step import MeasureConfig, run_measure
+from headplast.store.io import read_jsonl
+from headplast.measure.config import MeasureConfig
+from headplast.steps.measure_step import run_measure
 from headplast.train.config import TrainConfig
-from headplast.train.run import run_train
+from headplast.steps.train_step import run_train
 
 pytestmark = pytest.mark.slow
+QUIET = MeasureConfig(progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -18,15 +20,15 @@ def trained(model_dirs, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     kw = dict(model=str(model_dirs["bert"]), output_root=str(root), max_train_samples=32, num_epochs=1,
               batch_size=8, probe_epochs=10, eval_size=12, max_length=40, learning_rate=5e-3)
-    fft = run_train(TrainConfig(method="fft", **kw))
-    lora = run_train(TrainConfig(method="lora", lora_r=4, lora_alpha=8, **kw))
+    fft = run_train(TrainConfig(method="fft", **kw)).path
+    lora = run_train(TrainConfig(method="lora", lora_r=4, lora_alpha=8, **kw)).path
     return root, fft, lora
 
 
 def test_measure_fills_run_dirs_and_shares_pre(trained):
     root, fft, lora = trained
-    t_lora = run_measure(MeasureConfig(str(lora), progress=False))
-    t_fft = run_measure(MeasureConfig(str(fft), progress=False))
+    t_lora = run_measure(lora, QUIET).timings
+    t_fft = run_measure(fft, QUIET).timings
     assert isinstance(t_lora["importance_pre"], float)
     assert t_fft["importance_pre"] == "shared" and t_fft["gradfisher_pre"] == "shared"
     for d in (fft, lora):
@@ -38,28 +40,34 @@ def test_measure_fills_run_dirs_and_shares_pre(trained):
         sub = json.loads((d / "eval_subset.json").read_text())
         assert sub["size"] == 12 and sub["seed"] == 999 and sub["split"] == "validation"
     assert (fft / "importance_pre.jsonl").read_bytes() == (lora / "importance_pre.jsonl").read_bytes()
-    # post differs from pre once trained, and update is non-zero
-    assert any(r["U"] > 0 for r in read_jsonl(lora / "update.jsonl"))
-    again = run_measure(MeasureConfig(str(fft), progress=False))
+    # post differs from pre once trained, and the update is non-zero
+    for d in (fft, lora):
+        pre = [r["importance"] for r in read_jsonl(d / "importance_pre.jsonl")]
+        post = [r["importance"] for r in read_jsonl(d / "importance_post.jsonl")]
+        assert pre != post
+        assert np.load(d / "losses_pre.npy")[:, 0].tolist() != np.load(d / "losses_post.npy")[:, 0].tolist()
+        assert all(r["U"] > 0 for r in read_jsonl(d / "update.jsonl"))
+    again = run_measure(fft, QUIET).timings
     assert set(again.values()) == {"skipped"}
 
 
 def test_truncated_jsonl_is_detected_and_force_redoes(trained):
     root, fft, lora = trained
-    run_measure(MeasureConfig(str(fft), progress=False))
+    run_measure(fft, QUIET)
     p = fft / "update.jsonl"
     p.write_text("".join(p.read_text().splitlines(keepends=True)[:3]) + '{"layer": 1, "hea')
-    with pytest.raises(HeadplastError, match="malformed|rows"):
-        run_measure(MeasureConfig(str(fft), progress=False))
-    run_measure(MeasureConfig(str(fft), progress=False, force=True))
+    with pytest.raises(HeadplastError, match="update.jsonl altered") as e:
+        run_measure(fft, QUIET)
+    assert f"headplast measure {fft} --force" in str(e.value)
+    run_measure(fft, QUIET, force=True)
     assert len(read_jsonl(p, 8, ("U",))) == 8
 
 
 def test_different_eval_subset_is_an_error(trained):
     root, fft, lora = trained
-    run_measure(MeasureConfig(str(lora), progress=False))
+    run_measure(lora, QUIET)
     with pytest.raises(HeadplastError, match="eval subset differs"):
-        run_measure(MeasureConfig(str(lora), eval_size=10, progress=False))
+        run_measure(lora, MeasureConfig(eval_size=10, progress=False))
 
 
 def test_missing_checkpoints_name_the_train_command(trained, tmp_path):
@@ -68,7 +76,7 @@ def test_missing_checkpoints_name_the_train_command(trained, tmp_path):
     shutil.copytree(fft, broken)
     shutil.rmtree(broken / "ckpt_final")
     with pytest.raises(HeadplastError) as e:
-        run_measure(MeasureConfig(str(broken), progress=False))
+        run_measure(broken, QUIET)
     assert "ckpt_final" in str(e.value) and "headplast train --task RTE --method fft --seed 1" in str(e.value)
 
 
@@ -79,10 +87,53 @@ def test_adapter_from_another_theta0_is_refused(trained, tmp_path):
     other_model = tiny_model_dir("bert", tmp_path / "other_model", seed=5)  # other pretrained weights
     other = run_train(TrainConfig(model=str(other_model), output_root=str(tmp_path), method="lora",
                                   seed=1, lora_r=4, lora_alpha=8, max_train_samples=32, num_epochs=1,
-                                  batch_size=8, probe_epochs=10, eval_size=12, max_length=40))
+                                  batch_size=8, probe_epochs=10, eval_size=12, max_length=40)).path
     mixed = tmp_path / "mixed" / "LoRA" / "RTE" / "seed1_r4"
     shutil.copytree(lora, mixed)
     shutil.rmtree(mixed / "ckpt_final")
     shutil.copytree(other / "ckpt_final", mixed / "ckpt_final")
-    with pytest.raises(HeadplastError, match="different theta0"):
-        run_measure(MeasureConfig(str(mixed), progress=False, force=True))
+    with pytest.raises(HeadplastError, match=r"ckpt_final/.* was altered, truncated or replaced") as e:
+        run_measure(mixed, QUIET, force=True)
+    assert "headplast train --task RTE --method lora --seed 1" in str(e.value) and "--force" in str(e.value)
+
+
+def test_a_new_measurement_is_one_declaration(trained, monkeypatch):
+    """Declaring a measurement is enough: the measure step computes, shares and records it, and
+    heads.csv, stats.json and the figures' labels pick it up."""
+    import pandas as pd
+    from dataclasses import dataclass
+
+    from headplast.analysis.config import AnalysisConfig
+    from headplast.arch import get_adapter
+    from headplast.measure import registry
+    from headplast.measure.declare import Measurement
+    from headplast.measure.results import HeadTable
+    from headplast.measure.update import qkvo_weights
+    from headplast.steps.analyse_step import run_analyse
+
+    @dataclass(frozen=True)
+    class NormResult(HeadTable):
+        w0_norm: np.ndarray
+
+    def head_norms(model):
+        ad = get_adapter(model)
+        w = qkvo_weights(model, ad)
+        return np.array([[np.sqrt(sum(ad.head_weight(w[(l, k)], model.config, k, h).pow(2).sum().item()
+                                      for k in "qkvo")) for h in range(4)] for l in range(2)])
+
+    norm = Measurement("w0_norm", NormResult, lambda x: NormResult(head_norms(x.model("theta0", exact=True))),
+                       needs=("theta0",), labels={"w0_norm": "||W0_head||"}, pairs=(("I_pre", "w0_norm"),))
+    monkeypatch.setattr(registry, "MEASUREMENTS", registry.MEASUREMENTS + (norm,))
+    root, fft, lora = trained
+    t_lora = run_measure(lora, QUIET).timings
+    t_fft = run_measure(fft, QUIET).timings
+    assert isinstance(t_lora["w0_norm"], float) and t_fft["w0_norm"] == "shared"  # theta0 only: shared
+    assert t_fft["importance_pre"] == "skipped"  # the others are untouched
+    run_analyse(fft, AnalysisConfig(n_boot=50, n_perm=20))
+    from headplast.arch.loading import load_model
+    expected = head_norms(load_model(str(fft / "ckpt_init")))
+    heads = pd.read_csv(fft / "heads.csv")
+    np.testing.assert_allclose(heads["w0_norm"].to_numpy(), expected.ravel(), rtol=1e-6)
+    stats = json.loads((fft / "stats.json").read_text())
+    assert "I_pre~w0_norm" in stats["pairs"]
+    assert (fft / ".steps" / "w0_norm.json").exists()

@@ -9,6 +9,9 @@ from headplast.analysis.stats import (partial_spearman_layer, run_stats, spearma
                                       top_k_overlap, within_layer_permutation_p)
 
 
+IU = (("I_pre", "U"),)
+
+
 def _table(i_pre, u, layers=None, **extra):
     n = len(i_pre)
     layers = np.arange(n) // 4 if layers is None else layers
@@ -20,7 +23,7 @@ def test_spearman_and_kendall_match_scipy():
     a, b = rng.normal(size=60), rng.normal(size=60)
     b[:5] = b[5]  # ties
     assert spearman(a, b) == pytest.approx(st.spearmanr(a, b)[0], abs=1e-12)
-    s = run_stats(_table(a, b), k=10, n_boot=500, n_perm=200)["pairs"]["I_pre~U"]
+    s = run_stats(_table(a, b), IU, k=10, n_boot=500, n_perm=200)["pairs"]["I_pre~U"]
     assert s["spearman"] == pytest.approx(st.spearmanr(a, b)[0])
     assert s["p_value"] == pytest.approx(st.spearmanr(a, b)[1])
     assert s["kendall_tau"] == pytest.approx(st.kendalltau(a, b)[0])
@@ -29,7 +32,7 @@ def test_spearman_and_kendall_match_scipy():
 def test_monotone_function_gives_rho_one_and_full_overlap():
     rng = np.random.default_rng(1)
     i = rng.exponential(size=144)
-    s = run_stats(_table(i, np.exp(3 * i) + 1), k=20, n_boot=500, n_perm=100)["pairs"]["I_pre~U"]
+    s = run_stats(_table(i, np.exp(3 * i) + 1), IU, k=20, n_boot=500, n_perm=100)["pairs"]["I_pre~U"]
     assert s["spearman"] == pytest.approx(1.0)
     assert s["ci95"][0] == pytest.approx(1.0)
     assert s["top_k"]["overlap"] == 1.0 and s["top_k"]["chance"] == pytest.approx(20 / 144)
@@ -39,7 +42,7 @@ def test_independent_values_give_ci_covering_zero_in_most_seeds():
     covered = 0
     for seed in range(40):
         rng = np.random.default_rng(100 + seed)
-        s = run_stats(_table(rng.normal(size=144), rng.normal(size=144)), n_boot=400, n_perm=50,
+        s = run_stats(_table(rng.normal(size=144), rng.normal(size=144)), IU, n_boot=400, n_perm=50,
                       seed=seed)["pairs"]["I_pre~U"]
         covered += s["ci95"][0] <= 0 <= s["ci95"][1]
     assert covered >= 34  # nominal 95%: 38 of 40 expected
@@ -79,7 +82,7 @@ def test_disattenuation_divides_by_sqrt_reliability():
     per_ex = rng.normal(size=(50, n)) + rng.normal(size=n)
     losses = np.hstack([np.zeros((50, 1)), per_ex])
     t = _table(per_ex.mean(0), rng.normal(size=n))
-    s = run_stats(t, losses_pre=losses, n_boot=200, n_perm=50)
+    s = run_stats(t, IU, {"I_pre": losses}, n_boot=200, n_perm=50)
     rel = s["reliability"]["I_pre"]["reliability"]
     p = s["pairs"]["I_pre~U"]
     assert p["disattenuated"] == pytest.approx(p["spearman"] / np.sqrt(rel))

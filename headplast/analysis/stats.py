@@ -11,11 +11,6 @@ import math
 import numpy as np
 from scipy import stats
 
-PAIRS = (("I_pre", "U"), ("I_pre", "Urel"), ("I_pre", "grad_norm"), ("I_pre", "fisher"),
-         ("I_pre", "gate_grad"), ("I_pre", "taylor"), ("I_post", "U"), ("I_post", "Urel"),
-         ("I_pre", "I_post"))
-
-
 def _rank_rows(x: np.ndarray) -> np.ndarray:
     return stats.rankdata(x, axis=-1)
 
@@ -132,15 +127,14 @@ def pair_stats(a, b, layers, k: int, n_boot: int, n_perm: int, seed: int) -> dic
             "within_layer_perm_p": within_layer_permutation_p(a, b, layers, n_perm, seed)}
 
 
-def run_stats(table, losses_pre=None, losses_post=None, k: int = 20, n_boot: int = 2000,
+def run_stats(table, pairs, per_example: dict | None = None, k: int = 20, n_boot: int = 2000,
               n_perm: int = 1000, seed: int = 0) -> dict:
-    """stats.json for one run: every pair of SPEC 2.3, reliabilities and disattenuated rho."""
-    rel = {}
-    for name, m in (("I_pre", losses_pre), ("I_post", losses_post)):
-        if m is not None:
-            rel[name] = split_half_reliability(m, seed=seed)
-    pairs = {}
-    for x, y in PAIRS:
+    """stats.json for one run: each (x, y) of `pairs` present in the table, the split-half
+    reliability of every column with per-example values (`per_example`: column -> [N, 1 + heads]),
+    and correlations disattenuated by those reliabilities."""
+    rel = {name: split_half_reliability(m, seed=seed) for name, m in (per_example or {}).items() if m is not None}
+    out = {}
+    for x, y in pairs:
         if x not in table or y not in table:
             continue
         s = pair_stats(table[x].to_numpy(), table[y].to_numpy(), table["layer"].to_numpy(), k, n_boot, n_perm,
@@ -149,6 +143,6 @@ def run_stats(table, losses_pre=None, losses_post=None, k: int = 20, n_boot: int
             else math.nan
         s["disattenuated"] = float(s["spearman"] / math.sqrt(den)) if np.isfinite(den) and den > 0 and \
             np.isfinite(s["spearman"]) else math.nan
-        pairs[f"{x}~{y}"] = s
+        out[f"{x}~{y}"] = s
     return {"n_heads": int(len(table)), "k": k, "n_boot": n_boot, "n_perm": n_perm, "seed": seed,
-            "reliability": rel, "pairs": pairs}
+            "reliability": rel, "pairs": out}

@@ -18,12 +18,14 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from headplast.arch.adapters import ArchAdapter
+from headplast.arch.adapters import ArchAdapter, get_adapter
+from headplast.data.metrics import metric_value, predictions
 from headplast.data.tokenize import Encoded, sorted_batches
+from headplast.errors import HeadplastError
+from headplast.measure.declare import Inputs, Measurement
 from headplast.measure.fastpath import FAST_PATHS, additive_mask
 from headplast.measure.gating import capture_o_inputs, head_gates
 from headplast.measure.results import ImportanceResult
-from headplast.train.metrics import metric_value, predictions
 
 
 def example_losses(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
@@ -172,7 +174,6 @@ def ablation_importance(model, adapter: ArchAdapter, enc: Encoded, task, pad_id:
 def summarize(losses, logits_all, kl, labels, task, ablation, L, H) -> ImportanceResult:
     """Per-head means, paired standard errors and metric changes from per-example results."""
     if not np.isfinite(losses).all():
-        from headplast.errors import HeadplastError
         raise HeadplastError("non-finite losses during ablation (NaN/inf in the model's outputs)",
                              "check the checkpoint (was training stable?) or use --dtype float32")
     N = losses.shape[0]
@@ -186,3 +187,24 @@ def summarize(losses, logits_all, kl, labels, task, ablation, L, H) -> Importanc
     return ImportanceResult(diff.mean(0).reshape(shape), se.reshape(shape), mdelta.reshape(shape),
                             kl_mean.reshape(shape), losses.astype(np.float32), float(losses[:, 0].mean()),
                             float(base_metric), task.metric, ablation)
+
+
+def _importance(x: Inputs, which: str) -> ImportanceResult:
+    model, c = x.model(which), x.cfg
+    return ablation_importance(model, get_adapter(model), x.enc, x.task, x.pad_id, c.batch_size, c.ablation,
+                               c.max_tokens, c.progress)
+
+
+def _declare(tag: str, which: str, when: str) -> Measurement:
+    col = f"I_{tag}"
+    return Measurement(
+        f"importance_{tag}", ImportanceResult, lambda x: _importance(x, which), needs=(which, "eval"),
+        columns={"importance": col, "importance_se": f"{col}_se", "metric_delta": f"{col}_metric_delta",
+                 "kl": f"{col}_kl"},
+        labels={col: f"importance {when} fine-tuning, {col} (Δ loss, nats)"},
+        pairs=(("I_pre", "I_post"),) if tag == "post" else (),
+        settings=("ablation", "dtype"), per_example=f"losses_{tag}.npy")
+
+
+IMPORTANCE_PRE = _declare("pre", "theta0", "before")
+IMPORTANCE_POST = _declare("post", "theta1", "after")

@@ -13,10 +13,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from headplast.arch.adapters import KINDS, ArchAdapter
+from headplast.arch.adapters import KINDS, ArchAdapter, get_adapter
 from headplast.data.tokenize import Encoded, sorted_batches
 from headplast.measure.ablation import example_losses
 from headplast.measure.gating import head_gates
+from headplast.measure.declare import Inputs, Measurement
 from headplast.measure.results import GradFisherResult
 
 
@@ -100,3 +101,18 @@ def grad_fisher(model, adapter: ArchAdapter, enc: Encoded, task, pad_id: int, ba
             p.grad = None
     grad_norm = _head_param_norms(model, adapter, {k: v / N for k, v in grad_sum.items()})
     return GradFisherResult(grad_norm, fisher_sum.double().cpu().numpy() / N, g_abs / N, g_sq / N, -g_sum / N)
+
+
+def _compute(x: Inputs) -> GradFisherResult:
+    model = x.model("theta0")
+    return grad_fisher(model, get_adapter(model), x.enc, x.task, x.pad_id, x.cfg.grad_batch_size, x.cfg.progress)
+
+
+GRADFISHER = Measurement(
+    "gradfisher_pre", GradFisherResult, _compute, needs=("theta0", "eval"),
+    labels={"grad_norm": "gradient norm ||∂L/∂θ_head||", "fisher": "empirical Fisher (sum over head params)",
+            "gate_grad": "gate gradient mean |∂L_x/∂g|", "gate_fisher": "gate Fisher mean (∂L_x/∂g)^2",
+            "taylor": "Taylor estimate −mean ∂L_x/∂g (nats)"},
+    log_columns=("grad_norm", "fisher", "gate_grad", "gate_fisher"),
+    pairs=(("I_pre", "grad_norm"), ("I_pre", "fisher"), ("I_pre", "gate_grad"), ("I_pre", "taylor")),
+    settings=("dtype",))

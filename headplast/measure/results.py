@@ -1,28 +1,42 @@
-"""Typed [layer, head] results of the measurements, and their per-head jsonl rows."""
+"""Typed [layer, head] results of the measurements, and their per-head jsonl rows.
+
+Every field annotated `np.ndarray` is one value per head ([L, H]) unless its metadata says
+`per_head=False`; these fields are exactly the columns of the measurement's file.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
 
+def not_per_head(default=None):
+    return field(default=default, metadata={"per_head": False})
+
+
 @dataclass(frozen=True)
 class HeadTable:
-    """Base: every array field is [L, H]; `rows()` gives one dict per head (layer-major)."""
+    """Base: `head_fields()` are the [L, H] arrays; `rows()` gives one dict per head (layer-major)."""
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if isinstance(getattr(self, f.name), np.ndarray) and getattr(self, f.name).ndim == 2
-                and f.name not in self._not_per_head()}
+    @classmethod
+    def head_fields(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls)
+                     if f.type in ("np.ndarray", np.ndarray) and f.metadata.get("per_head", True))
 
-    def _not_per_head(self) -> tuple:
-        return ()
+    def row_extras(self) -> dict:
+        """Constant values written on every row (e.g. the ablation kind)."""
+        return {}
+
+    def per_example(self) -> np.ndarray | None:
+        """Per-example values [N, 1 + L*H] (column 0: the unablated model), where a measurement has them."""
+        return None
 
     def rows(self) -> list[dict]:
-        arrs = self.arrays()
+        arrs = {k: getattr(self, k) for k in self.head_fields()}
         L, H = next(iter(arrs.values())).shape
-        return [{"layer": l, "head": h, **{k: float(v[l, h]) for k, v in arrs.items()}}
+        extra = self.row_extras()
+        return [{"layer": l, "head": h, **{k: float(v[l, h]) for k, v in arrs.items()}, **extra}
                 for l in range(L) for h in range(H)]
 
 
@@ -32,14 +46,17 @@ class ImportanceResult(HeadTable):
     importance_se: np.ndarray  # [L, H] standard error of that mean (paired over examples)
     metric_delta: np.ndarray  # [L, H] metric(ablated) - metric(base)
     kl: np.ndarray  # [L, H] mean KL(p_base || p_ablated); NaN for regression
-    losses: np.ndarray  # [N, 1 + L*H] per-example loss: column 0 unablated, 1 + l*H + h ablated
-    base_loss: float
-    base_metric: float
-    metric_name: str
-    ablation: str
+    losses: np.ndarray = not_per_head()  # [N, 1 + L*H] per-example loss: col 0 unablated, 1 + l*H + h ablated
+    base_loss: float = 0.0
+    base_metric: float = 0.0
+    metric_name: str = ""
+    ablation: str = "zero"
 
-    def _not_per_head(self):
-        return ("losses",)
+    def row_extras(self) -> dict:
+        return {"ablation": self.ablation}
+
+    def per_example(self) -> np.ndarray:
+        return self.losses
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from headplast.arch.adapters import KINDS, ArchAdapter
+from headplast.arch.adapters import KINDS, ArchAdapter, get_adapter
+from headplast.arch.loading import load_model
+from headplast.measure.declare import Inputs, Measurement
 from headplast.measure.results import UpdateResult
 
 
@@ -41,9 +43,20 @@ def merged_peft_model(theta0_dir: str, adapter_dir: str):
     """theta0 + adapter, merged in fp32 (works for every peft method that can merge)."""
     from peft import PeftModel
 
-    from headplast.arch.loading import load_model
-
     base = load_model(theta0_dir).float()
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.eval()
     return merged
+
+
+def _compute(x: Inputs) -> UpdateResult:
+    m0, m1 = x.model("theta0", exact=True), x.model("theta1", exact=True)
+    ad = get_adapter(m0)
+    return update_magnitude(qkvo_weights(m0, ad), qkvo_weights(m1, ad), ad, m0.config)
+
+
+UPDATE = Measurement(
+    "update", UpdateResult, _compute, needs=("theta0", "theta1"),
+    labels={"U": "update magnitude U = ||ΔW_head||_F", "Urel": "relative update Urel = U / ||W0_head||"},
+    log_columns=("U", "Urel"),
+    pairs=(("I_pre", "U"), ("I_pre", "Urel"), ("I_post", "U"), ("I_post", "Urel")))

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -14,18 +12,11 @@ matplotlib.rcParams["figure.constrained_layout.use"] = True  # colour bars and l
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-LABELS = {
-    "I_pre": "importance before fine-tuning, I_pre (Δ loss, nats)",
-    "I_post": "importance after fine-tuning, I_post (Δ loss, nats)",
-    "U": "update magnitude U = ||ΔW_head||_F",
-    "Urel": "relative update Urel = U / ||W0_head||",
-    "grad_norm": "gradient norm ||∂L/∂θ_head||",
-    "fisher": "empirical Fisher (sum over head params)",
-    "gate_grad": "gate gradient mean |∂L_x/∂g|",
-    "gate_fisher": "gate Fisher mean (∂L_x/∂g)^2",
-    "taylor": "Taylor estimate −mean ∂L_x/∂g (nats)",
-}
-LOG_AXES = {"U", "Urel", "grad_norm", "fisher", "gate_grad", "gate_fisher"}
+from headplast.measure import registry  # noqa: E402
+from headplast.store.io import atomic_path  # noqa: E402
+
+LABELS = registry.labels()  # axis label of every heads.csv column that has one
+LOG_AXES = registry.log_columns()  # positive magnitudes, drawn on log axes
 
 
 def fmt_rho(s: dict | None) -> str:
@@ -66,17 +57,11 @@ def scatter(ax, df, x: str, y: str, s: dict | None = None, title: str | None = N
 
 
 def save(fig, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    # the number of panels (colour bars excluded) goes into the PNG's metadata, so a test
-    # can check a figure's structure without pixels
+    """Write the figure atomically; the number of panels (colour bars excluded) goes into the
+    PNG's metadata, so a test can check a figure's structure without pixels."""
     panels = sum(ax.get_label() != "<colorbar>" for ax in fig.axes)
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata={"Description": f"panels={panels}"})
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", metadata={"Description": f"panels={panels}"})
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from headplast.plotting.common import log_axes, plt, save, scatter
 from headplast.analysis.stats import spearman
+from headplast.plotting.common import log_axes, plt, save, scatter
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from headplast.plotting.common import LABELS, plt, save, scatter
+from headplast.store import layout
 
 
 def fig_importance_vs_update(df, stats, x, suptitle, path):
@@ -86,8 +87,6 @@ def fig_heatmaps(df, title, path):
 
 
 def run_figures(df, stats, title: str, out: Path) -> list[Path]:
-    from headplast.orchestration import layout
-
     f = [out / n for n in layout.RUN_FIGURES]
     fig_importance_vs_update(df, stats, "I_pre", f"{title}: does importance before fine-tuning predict the "
                              "update?", f[0])

@@ -1,52 +1,62 @@
-"""Configuration of the train step: every value used is recorded in run_config.json."""
+"""Configuration of the train step: every value used is recorded in run_config.json.
+
+Each field is also a flag of `headplast train` and `headplast pipeline` (same name with
+dashes, same default), declared here once.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from headplast.options import option
+
 # LoRA: 5e-4 (common for base-size models trained for many epochs) left MiniLM-L6 below the
 # majority class on RTE after 3 epochs (0.498); two runs at 2e-3 gave 0.545 and 0.502. Both stay
 # near chance on that hard task; 2e-3 at least moves the adapter within 3 epochs. See README.
 DEFAULT_LR = {"fft": 2e-5, "lora": 2e-3}
+METHODS = ("fft", "lora")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    task: str = "RTE"
-    method: str = "fft"  # fft | lora
-    seed: int = 1
-    model: str | None = None  # hub id or directory; None = embedded default
-    output_root: str = "outputs"
-    data_dir: str | None = None
-    data_source: str = "auto"  # auto | local | bundled | hub
+    task: str = option("RTE", "GLUE task (any case, dash optional) or a name for custom data")
+    method: str = option("fft", "fft (every parameter) or lora", choices=METHODS)
+    seed: int = option(1, "seed of theta0's task head, LoRA's init, data order and dropout")
+    model: str | None = option(None, "hub id or local directory (default: the embedded MiniLM-L6)")
+    output_root: str = option("outputs", "root under which runs are written")
+    data_dir: str | None = option(None, "GLUE-format folder: DIR/<TASK>/train.tsv, dev.tsv")
+    data_source: str = option("auto", "where to look for GLUE data", choices=("auto", "local", "bundled", "hub"))
     # custom data (CSV/TSV/JSONL) instead of a GLUE task; --task then only names it
-    train_file: str | None = None
-    validation_file: str | None = None
-    text_columns: tuple[str, ...] = ("sentence1", "sentence2")
-    label_column: str = "label"
+    train_file: str | None = option(None, "custom CSV/TSV/JSONL training file")
+    validation_file: str | None = option(None, "custom validation file (same columns)")
+    text_columns: tuple[str, ...] = option(("sentence1", "sentence2"), "custom files: 1 or 2 text columns",
+                                           sep=",")
+    label_column: str = option("label", "custom files: the label column")
     # LoRA
-    lora_r: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.1
-    lora_targets: str = "attn"  # attn | attn,ffn | explicit comma-separated module names
+    lora_r: int = option(8, "LoRA rank r")
+    lora_alpha: float = option(16.0, "LoRA scale alpha")
+    lora_dropout: float = option(0.1, "dropout on LoRA's input")
+    lora_targets: str = option("attn", "attn (Q,K,V,O; default), attn,ffn, q,v, or full module names")
     # theta0
-    head_init: str = "probe"  # probe | random
-    probe_epochs: int = 300  # max full-batch steps of the probe (early-stopped on 10% held out)
-    probe_lr: float = 1e-3
+    head_init: str = option("probe", "probe: fit the task head on the frozen encoder first; random: keep "
+                            "the untrained head", choices=("probe", "random"))
+    probe_epochs: int = option(300, "max full-batch steps of the probe (early-stopped on 10%% held out)")
+    probe_lr: float = option(1e-3, "learning rate of the probe")
     # optimisation
-    num_epochs: float = 3.0
-    batch_size: int = 32
-    learning_rate: float | None = None  # None = DEFAULT_LR[method]
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    max_length: int = 256
-    group_by_length: bool = True
-    max_train_samples: int | None = None
-    train_subset_seed: int = 0  # fixed, so seeds vary the optimisation, not the data
+    num_epochs: float = option(3.0, "training epochs")
+    batch_size: int = option(32, "training batch size")
+    learning_rate: float | None = option(None, "default 2e-5 (FFT), 2e-3 (LoRA)")
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    warmup_ratio: float = option(0.06, "fraction of steps with linear warm-up")
+    max_length: int = option(256, "tokens per example (longer ones are truncated)")
+    group_by_length: bool = option(True, "batches of similar length (little padding)")
+    max_train_samples: int | None = option(None, "train on a fixed random subset of this size")
+    train_subset_seed: int = option(0, "seed of that subset (fixed: seeds vary the optimisation, not the data)")
     # eval subset (a holdout subset must be kept out of training)
-    eval_source: str = "validation"  # validation | holdout | train
-    eval_size: int = 1024
-    force: bool = False
+    eval_source: str = option("validation", "split the eval subset is drawn from",
+                              choices=("validation", "holdout", "train"))
+    eval_size: int = option(1024, "examples in the eval subset")
+    force: bool = option(False, "redo even if the outputs exist and are up to date")
 
     @property
     def lr(self) -> float:

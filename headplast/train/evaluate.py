@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from headplast.data.tokenize import encode, sorted_batches
-from headplast.train.metrics import compute_metrics
+from headplast.data.metrics import compute_metrics
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ import numpy as np
 
 from headplast.data.loaders import CustomData, Examples, load_custom, load_split
 from headplast.data.tasks import TaskSpec, custom_task, get_task
-from headplast.measure.subset import holdout_indices
+from headplast.data.subset import holdout_indices
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,8 @@
-"""The one place that knows the run-directory layout (the guide's layout, same file names)."""
+"""The one place that knows the run-directory layout (the guide's layout, same file names).
+
+Per-head measurement files are named by their declarations (headplast.measure.registry);
+everything else a run, a comparison or an aggregate holds is named here.
+"""
 
 from __future__ import annotations
 
@@ -12,29 +16,26 @@ CKPT_INIT = "ckpt_init"
 CKPT_FINAL = "ckpt_final"
 RUN_CONFIG = "run_config.json"
 EVAL_SUBSET = "eval_subset.json"
-IMPORTANCE = {"pre": "importance_pre.jsonl", "post": "importance_post.jsonl"}
-LOSSES = {"pre": "losses_pre.npy", "post": "losses_post.npy"}  # [N, 1 + L*H] per-example losses
-GRADFISHER = "gradfisher_pre.jsonl"
-UPDATE = "update.jsonl"
 MEASURE_META = "measure_meta.json"
+THETA0_INFO = "theta0.json"  # in a shared theta0 entry
+ADAPTER_META = "headplast_theta.json"  # in ckpt_final: which theta0 it was trained from
+PIPELINE_LOG = "pipeline_log.json"
 HEADS_CSV = "heads.csv"
 STATS = "stats.json"
 CASES = "cases.json"
 RUN_FIGURES = ("fig_I_vs_U.png", "fig_I_vs_G.png", "fig_stats.png", "fig_Ipre_vs_Ipost.png",
                "fig_Ipost_corrs.png", "fig_heatmaps.png")
+COMPARE_FIGURES = ("compare_I_vs_U.png", "compare_stats.png", "compare_update_dist.png", "compare_headwise.png")
+COMPARE_METRICS = "compare_metrics.json"
+COMPARE_SUMMARY = "compare_summary.txt"
+AGGREGATE_FILES = ("summary.txt", "aggregate_metrics.json", "runs_table.csv", "runs_table.parquet",
+                   "multi_seed_stats.png")
+RANK_FILES = ("rank_metrics.json", "rank_table.csv", "rank_stats.png", "rank_update_dist.png")
 
 
-@dataclass(frozen=True)
-class RunId:
-    task: str  # canonical task name
-    method: str  # "fft" or "lora"
-    seed: int
-    r: int | None = None  # LoRA rank
-
-    @property
-    def label(self) -> str:
-        """'FFT' or 'LoRA_r8', as the guide's make_plots.sh takes it."""
-        return "FFT" if self.method == "fft" else f"LoRA_r{self.r}"
+def label_of(method: str, r: int | None = None) -> str:
+    """'FFT' or 'LoRA_r8', as the guide's make_plots.sh takes it."""
+    return "FFT" if method == "fft" else f"LoRA_r{r}"
 
 
 def parse_label(label: str) -> tuple[str, int | None]:
@@ -46,6 +47,23 @@ def parse_label(label: str) -> tuple[str, int | None]:
     if m:
         return "lora", int(m.group(1))
     raise HeadplastError(f"unknown method label '{label}'", "use FFT or LoRA_r<rank>, e.g. LoRA_r8")
+
+
+@dataclass(frozen=True)
+class RunId:
+    task: str  # canonical task name
+    method: str  # "fft" or "lora"
+    seed: int
+    r: int | None = None  # LoRA rank
+
+    @property
+    def label(self) -> str:
+        return label_of(self.method, self.r)
+
+    @classmethod
+    def from_label(cls, task: str, label: str, seed: int) -> "RunId":
+        method, r = parse_label(label)
+        return cls(task, method, seed, r)
 
 
 def run_dir(root: str | Path, run: RunId) -> Path:
@@ -68,8 +86,10 @@ def shared_dir(root: str | Path, kind: str, task: str, key: str) -> Path:
     return Path(root) / "_shared" / kind / task / key
 
 
-def compare_dir(root: str | Path, task: str, seed: int) -> Path:
-    return Path(root) / "COMPARE" / task / f"seed{seed}"
+def compare_dir(root: str | Path, task: str, seed: int, rank: int | None = None) -> Path:
+    """The guide's COMPARE/<task>/seed<seed>/; with a rank (an experiment with several LoRA
+    ranks compares FFT with each), COMPARE/<task>/seed<seed>_r<rank>/."""
+    return Path(root) / "COMPARE" / task / (f"seed{seed}" if rank is None else f"seed{seed}_r{rank}")
 
 
 def multi_seed_dir(root: str | Path) -> Path:

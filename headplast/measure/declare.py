@@ -1,0 +1,76 @@
+"""What a per-head measurement is, declared once: the measure step, the files, heads.csv,
+the statistics' pairs and the plot labels all derive from these declarations.
+
+A new measurement is one module that defines its result dataclass (headplast.measure.results
+style), a compute function and a `Measurement`, plus one line in `registry.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from headplast.measure.config import MeasureConfig
+
+NEEDS = ("theta0", "theta1", "eval")
+
+
+class Inputs(Protocol):
+    """What a compute function receives (the measure step provides it, loading lazily)."""
+
+    cfg: MeasureConfig
+    task: object  # TaskSpec
+    enc: object  # Encoded eval subset
+    pad_id: int
+
+    def model(self, which: str, exact: bool = False):
+        """theta0 or theta1 in eval mode; exact=True: fp32 on the CPU (for weight differences),
+        else on the compute device in --dtype."""
+
+
+@dataclass(frozen=True)
+class Measurement:
+    name: str  # step name; the file is <name>.jsonl with one row per head
+    result: type  # a HeadTable dataclass: its [L, H] fields are the file's fields
+    compute: Callable  # (Inputs) -> result
+    needs: tuple[str, ...]  # of NEEDS
+    columns: dict = field(default_factory=dict)  # file field -> heads.csv column (default: same name)
+    labels: dict = field(default_factory=dict)  # heads.csv column -> axis label
+    log_columns: tuple[str, ...] = ()  # positive magnitudes: log axes
+    pairs: tuple[tuple[str, str], ...] = ()  # (x, y) heads.csv columns this adds to stats.json
+    settings: tuple[str, ...] = ()  # MeasureConfig fields that change the result
+    per_example: str | None = None  # .npy of per-example values [N, 1 + L*H] (split-half reliability)
+
+    def __post_init__(self):
+        bad = set(self.needs) - set(NEEDS)
+        if bad:
+            raise ValueError(f"{self.name}: unknown needs {bad}; use {NEEDS}")
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.jsonl"
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return self.result.head_fields()
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return (self.file,) + ((self.per_example,) if self.per_example else ())
+
+    @property
+    def shared(self) -> bool:
+        """Depends on theta0 only: computed once for every run that starts from the same theta0."""
+        return "theta1" not in self.needs
+
+    def column(self, f: str) -> str:
+        return self.columns.get(f, f)
+
+    @property
+    def head_columns(self) -> tuple[str, ...]:
+        return tuple(self.column(f) for f in self.fields)
+
+    @property
+    def main_column(self) -> str:
+        """The column its per-example values are the reliability of (the first field)."""
+        return self.column(self.fields[0])

@@ -1,0 +1,36 @@
+"""Every per-head measurement, in the order of heads.csv's columns (and of the measure step)."""
+
+from __future__ import annotations
+
+from headplast.errors import HeadplastError, did_you_mean
+from headplast.measure.ablation import IMPORTANCE_POST, IMPORTANCE_PRE
+from headplast.measure.declare import Measurement
+from headplast.measure.gradfisher import GRADFISHER
+from headplast.measure.update import UPDATE
+
+MEASUREMENTS: tuple[Measurement, ...] = (IMPORTANCE_PRE, UPDATE, GRADFISHER, IMPORTANCE_POST)
+
+
+def get(name: str) -> Measurement:
+    by_name = {m.name: m for m in MEASUREMENTS}
+    if name not in by_name:
+        raise HeadplastError(f"unknown measurement '{name}'.{did_you_mean(name, by_name)}",
+                             f"use one of {', '.join(by_name)}")
+    return by_name[name]
+
+
+def stat_pairs() -> tuple[tuple[str, str], ...]:
+    return tuple(p for m in MEASUREMENTS for p in m.pairs)
+
+
+def labels() -> dict[str, str]:
+    return {c: lab for m in MEASUREMENTS for c, lab in m.labels.items()}
+
+
+def log_columns() -> frozenset[str]:
+    return frozenset(c for m in MEASUREMENTS for c in m.log_columns)
+
+
+def per_example() -> dict[str, Measurement]:
+    """heads.csv column -> the measurement whose per-example values give its reliability."""
+    return {m.main_column: m for m in MEASUREMENTS if m.per_example}

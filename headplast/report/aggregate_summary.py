@@ -1,0 +1,36 @@
+"""summary.txt of an aggregate across seeds."""
+
+from __future__ import annotations
+
+from headplast.analysis.across import HEADLINE
+
+
+def _fmt_ci(d):
+    lo, hi = d["ci95"]
+    return f"{d['mean']:+.4f} ± {d['std']:.4f} (95% CI [{lo:+.4f}, {hi:+.4f}], n={d['n']})"
+
+
+def aggregate_summary(m) -> str:
+    lines = ["=" * 60, f"Across seeds: {m['task']}, methods {', '.join(m['methods'])}, seeds {m['seeds']}",
+             "=" * 60]
+    if m["collapsed_runs"]:
+        state = "excluded" if m["collapsed_excluded"] else "included"
+        lines.append(f"Collapsed runs ({state}): " + ", ".join(f"{c['method']} seed {c['seed']}"
+                                                              for c in m["collapsed_runs"]))
+    for s in HEADLINE:
+        lines += ["", f"## {s}"]
+        for meth in m["methods"]:
+            d = m["per_method"][meth].get(s)
+            if d:
+                lines.append(f"  {meth}: {_fmt_ci(d)}")
+        for pair, res in m["paired_tests"].items():
+            t = res.get(s)
+            if t:
+                lines.append(f"  {pair}: mean diff {t['mean_difference']:+.4f}, paired t p = {t['t_p']:.3g}, "
+                             f"Wilcoxon p = {t['wilcoxon_p']:.3g} (n = {t['n_pairs']})")
+    lines += ["", "## head-level agreement across seeds"]
+    for meth, ag in m["head_agreement"].items():
+        for col, a in ag.items():
+            lines.append(f"  {meth} {col}: mean pairwise Spearman {a['mean_pairwise_spearman']:.3f}, "
+                         f"Kendall's W {a['kendalls_w']:.3f} ({a['n_seeds']} seeds)")
+    return "\n".join(lines) + "\n"

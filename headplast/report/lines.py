@@ -1,0 +1,23 @@
+"""One-line summaries that steps and commands print."""
+
+from __future__ import annotations
+
+import math
+
+
+def train_line(rc: dict) -> str:
+    """'accuracy 0.4950 -> 0.5490 (majority 0.5270)' from a run's run_config.json."""
+    v = rc["validation"]
+    return (f"{v['theta1']['metric_name']} {v['theta0']['metric']:.4f} -> {v['theta1']['metric']:.4f} "
+            f"(majority {v['majority_baseline']:.4f}{', COLLAPSED' if rc['collapsed'] else ''})")
+
+
+def rho_line(stats: dict, pair: str = "I_pre~U") -> str:
+    p = stats["pairs"].get(pair, {})
+    lo, hi = p.get("ci95") or [math.nan, math.nan]
+    x, y = pair.split("~")
+    return f"rho({x}, {y}) = {p.get('spearman', math.nan):.3f}, 95% CI [{lo:.3f}, {hi:.3f}]"
+
+
+def timings_line(timings: dict) -> str:
+    return ", ".join(f"{k} {v}{'s' if isinstance(v, float) else ''}" for k, v in timings.items())

@@ -1,0 +1,46 @@
+"""The analyse step of a run (`headplast plot`): heads.csv, stats.json, cases.json, figures."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from headplast.analysis.config import AnalysisConfig
+from headplast.analysis.run_analysis import analyse
+from headplast.measure import registry
+from headplast.plotting.run_plots import run_figures
+from headplast.report.lines import rho_line
+from headplast.steps.outcome import Outcome, recorded_step
+from headplast.steps.runs import input_hashes, load_heads, load_per_example, run_info
+from headplast.store import layout, records
+from headplast.store.io import atomic_write_json, atomic_write_text, read_json
+
+OUTPUTS = (layout.HEADS_CSV, layout.STATS, layout.CASES, *layout.RUN_FIGURES)
+
+
+def analyse_key(run_dir: Path, cfg: AnalysisConfig) -> str:
+    return records.step_key("analyse", asdict(cfg), input_hashes(run_dir))
+
+
+def run_analyse(run_dir: str | Path, cfg: AnalysisConfig = AnalysisConfig(), force: bool = False) -> Outcome:
+    d = Path(run_dir)
+    key = analyse_key(d, cfg)
+    return recorded_step(d, "analyse", key, OUTPUTS, lambda: write_analysis(d, cfg), force,
+                         lambda: rho_line(read_json(d / layout.STATS)))
+
+
+def write_analysis(d: Path, cfg: AnalysisConfig) -> None:
+    df, st, cases = analysed(d, cfg)
+    info = run_info(d)
+    st["run"] = info
+    atomic_write_text(d / layout.HEADS_CSV, df.to_csv(index=False))
+    atomic_write_json(d / layout.STATS, st)
+    atomic_write_json(d / layout.CASES, cases)
+    run_figures(df, st, f"{info['label']} {info['task']} seed {info['seed']}", d)
+
+
+def analysed(d: Path, cfg: AnalysisConfig) -> tuple:
+    """(heads table, stats, cases) of a measured run, computed from its files."""
+    df = load_heads(d)
+    st, cases = analyse(df, registry.stat_pairs(), load_per_example(d), cfg)
+    return df, st, cases

@@ -1,0 +1,177 @@
+"""The measure step: the eval subset, then every declared measurement of a trained run.
+
+Each measurement is a step of its own under the freshness rule (key = its settings and the
+content hashes of what it needs). A measurement of theta0 alone is computed once per key in
+a shared store and copied into every run with the same theta0.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from headplast.arch.loading import load_model, load_tokenizer
+from headplast.data.prepare import prepare_from_config
+from headplast.data.subset import check_same_subset, make_eval_subset
+from headplast.data.tokenize import encode
+from headplast.errors import HeadplastError
+from headplast.measure.config import MeasureConfig
+from headplast.measure.declare import Measurement
+from headplast.measure import registry
+from headplast.measure.update import merged_peft_model
+from headplast.steps.outcome import Outcome, fresh_or_refuse, run_recorded
+from headplast.steps.train_step import train_command
+from headplast.store import layout, records
+from headplast.store.io import (atomic_copyfile, atomic_save_npy, atomic_write_json, atomic_write_jsonl,
+                                clean_temporaries, read_json, state_dict_hash, text_key)
+
+log = logging.getLogger("headplast")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _retrain(rc: dict | None, run_dir: Path) -> str:
+    if not rc or "config" not in rc:
+        return f"headplast train ... (no usable run_config.json in {run_dir})"
+    return train_command(rc["config"])
+
+
+def load_run(run_dir: Path) -> dict:
+    """run_config.json of a finished training run whose checkpoints are as training wrote them."""
+    rc_path = run_dir / layout.RUN_CONFIG
+    rc = read_json(rc_path, "run_config.json", "run `headplast train` for this run first") \
+        if rc_path.exists() else None
+    for sub in (layout.CKPT_INIT, layout.CKPT_FINAL):
+        if not (run_dir / sub).exists():
+            raise HeadplastError(f"{run_dir / sub} is missing: this run was not (fully) trained",
+                                 f"run `{_retrain(rc, run_dir)}` first")
+    if rc is None or rc.get("status") != "complete" or records.read_record(run_dir, "train") is None:
+        raise HeadplastError(f"{rc_path} does not record a completed training run",
+                             f"run `{_retrain(rc, run_dir)} --force`")
+    records.verify(run_dir, "train", f"re-run `{_retrain(rc, run_dir)} --force`")
+    return rc
+
+
+class MeasureContext:
+    """The inputs of a run's measurements (headplast.measure.declare.Inputs), loaded lazily."""
+
+    def __init__(self, run_dir: Path, cfg: MeasureConfig):
+        self.cfg, self.dir = cfg, Path(run_dir)
+        self.rc = load_run(self.dir)
+        tc = self.rc["config"]
+        self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        src = cfg.eval_source or tc["eval_source"]
+        size = cfg.eval_size or tc["eval_size"]
+        if src == "holdout" and (tc["eval_source"] != "holdout" or size != tc["eval_size"]):
+            raise HeadplastError("--eval-source holdout needs the same holdout to have been kept out of "
+                                 "training", "re-train with --eval-source holdout --eval-size "
+                                 f"{size}, or measure on validation")
+        data = prepare_from_config(tc)
+        self.task = data.task
+        split = data.validation if src == "validation" else data.full_train
+        self.subset = make_eval_subset(data.task.name, src, size, split)
+        self.tok = load_tokenizer(str(self.dir / layout.CKPT_INIT))
+        self.pad_id = self.tok.pad_token_id
+        self.max_length = tc["max_length"]
+        self.enc = encode(self.tok, split.subset(self.subset.indices), self.max_length)
+        self._models: dict = {}
+
+    def needs_hashes(self, m: Measurement) -> dict:
+        """Content hashes of what a measurement is computed from."""
+        ids = {"theta0": self.rc["theta0_hash"], "theta1": self.rc["theta1_hash"],
+               "eval": {"subset": self.subset.fingerprint, "indices": text_key(self.subset.indices),
+                        "max_length": self.max_length}}
+        return {n: ids[n] for n in m.needs}
+
+    def model(self, which: str, exact: bool = False):
+        if (which, exact) not in self._models:
+            self._models[(which, exact)] = self._load(which) if exact else self._for_compute(self.model(which, True))
+        return self._models[(which, exact)]
+
+    def _load(self, which: str):
+        if which == "theta0":
+            m = load_model(str(self.dir / layout.CKPT_INIT))
+            if state_dict_hash(m.state_dict()) != self.rc["theta0_hash"]:
+                raise HeadplastError(f"{self.dir / layout.CKPT_INIT} is not the theta0 this run was trained "
+                                     "from (content hash differs from run_config.json)",
+                                     f"re-run `{_retrain(self.rc, self.dir)} --force`")
+            return m.eval()
+        final = self.dir / layout.CKPT_FINAL
+        if self.rc["run"]["method"] == "fft":
+            return load_model(str(final)).eval()
+        meta = final / layout.ADAPTER_META
+        if meta.exists() and json.loads(meta.read_text())["theta0_hash"] != self.rc["theta0_hash"]:
+            raise HeadplastError(f"the adapter in {final} was trained from a different theta0 than "
+                                 f"{self.dir / layout.CKPT_INIT} (hashes differ)",
+                                 "make sure ckpt_init and ckpt_final come from the same training run: "
+                                 f"re-run `{_retrain(self.rc, self.dir)} --force`")
+        try:
+            return merged_peft_model(str(self.dir / layout.CKPT_INIT), str(final))
+        except RuntimeError as e:
+            raise HeadplastError(f"the adapter in {final} does not fit {self.dir / layout.CKPT_INIT}: {e}",
+                                 f"re-run `{_retrain(self.rc, self.dir)} --force`") from e
+
+    def _for_compute(self, model):
+        """The model on the compute device and dtype; a copy when that changes it, so the fp32
+        weights used for weight differences are never rounded."""
+        p = next(model.parameters())
+        if p.device == self.device and p.dtype == DTYPES[self.cfg.dtype]:
+            return model
+        return copy.deepcopy(model).to(self.device, DTYPES[self.cfg.dtype])
+
+
+def _write(m: Measurement, ctx: MeasureContext, base: Path) -> None:
+    res = m.compute(ctx)
+    if not isinstance(res, m.result):
+        raise TypeError(f"{m.name} computed a {type(res).__name__}, declared {m.result.__name__}")
+    if m.per_example:
+        atomic_save_npy(base / m.per_example, res.per_example())
+    atomic_write_jsonl(base / m.file, res.rows())
+
+
+def _measure_one(m: Measurement, ctx: MeasureContext, force: bool) -> str | float:
+    d = ctx.dir
+    key = records.step_key(m.name, ctx.cfg.settings(m.settings), ctx.needs_hashes(m))
+    if fresh_or_refuse(d, m.name, key, force, f"re-run `headplast measure {d} --force`"):
+        return "skipped"
+    if not m.shared:
+        return round(run_recorded(d, m.name, key, m.outputs, lambda: _write(m, ctx, d)), 2)
+    store = layout.shared_dir(layout.root_of(d), m.name, ctx.task.name, key)
+    how: str | float = "shared"  # computed already for a run with the same theta0
+    if force or not records.freshness(store, m.name, key).fresh:
+        how = round(run_recorded(store, m.name, key, m.outputs, lambda: _write(m, ctx, store)), 2)
+
+    def copy_in():
+        records.verify(store, m.name, f"re-run `headplast measure {d} --force`")
+        for f in m.outputs:
+            atomic_copyfile(store / f, d / f)
+    run_recorded(d, m.name, key, m.outputs, copy_in, shared_from=str(store))
+    return how
+
+
+def _summary(d: Path, step: str) -> dict:
+    rec = records.read_record(d, step)
+    return {"key": rec["key"], "seconds": rec["seconds"], "shared_from": rec.get("shared_from"),
+            "record": str(records.record_path(d, step).relative_to(d))}
+
+
+def run_measure(run_dir: str | Path, cfg: MeasureConfig = MeasureConfig(), force: bool = False) -> Outcome:
+    """Measure one trained run; timings: {measurement: seconds, 'shared' or 'skipped'}."""
+    ctx = MeasureContext(Path(run_dir), cfg)
+    d = ctx.dir
+    clean_temporaries(d)
+    subset_path = d / layout.EVAL_SUBSET
+    if subset_path.exists() and not force:
+        check_same_subset(read_json(subset_path), ctx.subset.to_dict())
+    atomic_write_json(subset_path, ctx.subset.to_dict())
+    timings = {m.name: _measure_one(m, ctx, force) for m in registry.MEASUREMENTS}
+    meta = {"settings": {**asdict(cfg), "eval_source": ctx.subset.eval_source, "eval_size": ctx.subset.size,
+                         "max_length": ctx.max_length},
+            "measurements": {m.name: {"needs": list(m.needs), **_summary(d, m.name)} for m in registry.MEASUREMENTS}}
+    atomic_write_json(d / layout.MEASURE_META, meta)
+    status = "skipped" if set(timings.values()) == {"skipped"} else "ran"
+    return Outcome(status, d, "", timings)

@@ -1,0 +1,122 @@
+"""Reading finished runs: the per-head table (heads.csv's rows) from the declared measurement
+files, each checked against the record of the step that wrote it; what identifies a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from headplast.errors import HeadplastError
+from headplast.measure import registry
+from headplast.store import layout, records
+from headplast.store.io import file_sha256, read_json, read_jsonl
+
+
+def measure_cmd(run_dir: Path, force: bool = False) -> str:
+    return f"run `headplast measure {run_dir}{' --force' if force else ''}`"
+
+
+def train_fix(run: layout.RunId) -> str:
+    """The guide's scripts that make a run."""
+    r = run.r
+    if run.method == "fft":
+        return (f"bash scripts/run_mnli.sh {run.seed} {run.task} FFT && "
+                f"bash scripts/measure_mnli.sh {run.seed} {run.task} FFT")
+    return (f"bash scripts/run_lora.sh {run.seed} {run.task} {r} {2 * r} && "
+            f"bash scripts/measure_lora.sh {run.seed} {run.task} {r}")
+
+
+def resolve_task(root, task: str) -> str:
+    """The folder name of a task: a GLUE task's canonical name ('sst2' -> 'SST-2'), or the name of
+    custom data that has runs under `root`."""
+    from headplast.data.tasks import get_task
+
+    if any((Path(root) / kind / task).is_dir() for kind in ("FFT", "LoRA")):
+        return task
+    return get_task(task).name
+
+
+def is_measured(d: Path) -> bool:
+    return (d / layout.RUN_CONFIG).exists() and all(records.read_record(d, m.name) for m in registry.MEASUREMENTS)
+
+
+def measured_run(root, task: str, label: str, seed: int) -> Path:
+    """The directory of a trained and measured run, or an error naming the scripts that make it."""
+    run = layout.RunId.from_label(task, label, seed)
+    d = layout.run_dir(root, run)
+    if not is_measured(d):
+        raise HeadplastError(f"run {label} seed {seed} ({d}) does not exist or is not measured", train_fix(run))
+    return d
+
+
+def verified_measurements(run_dir: str | Path) -> dict[str, dict]:
+    """{measurement: its record}, after checking every measurement file is as its step wrote it."""
+    d = Path(run_dir)
+    if not (d / layout.RUN_CONFIG).exists():
+        raise HeadplastError(f"no run at {d} (no {layout.RUN_CONFIG})",
+                             "train it first with `headplast train` (see `headplast train --help`)")
+    out = {}
+    for m in registry.MEASUREMENTS:
+        if records.read_record(d, m.name) is None:
+            raise HeadplastError(f"{d / m.file} is missing: run {d} has not been measured ({m.name})",
+                                 measure_cmd(d))
+        out[m.name] = records.verify(d, m.name, measure_cmd(d, force=True))
+    return out
+
+
+def load_heads(run_dir: str | Path) -> pd.DataFrame:
+    """DataFrame [L*H rows]: layer, head and every declared measurement's columns (heads.csv)."""
+    d = Path(run_dir)
+    verified_measurements(d)
+    df = None
+    for m in registry.MEASUREMENTS:
+        rows = read_jsonl(d / m.file, None if df is None else len(df), m.fields, fix=measure_cmd(d, force=True))
+        if df is None:
+            df = pd.DataFrame({"layer": [r["layer"] for r in rows], "head": [r["head"] for r in rows]})
+        for f in m.fields:
+            df[m.column(f)] = [r[f] for r in rows]
+    return df.astype({c: float for c in df.columns if c not in ("layer", "head")}).replace({None: np.nan})
+
+
+def load_per_example(run_dir: str | Path) -> dict[str, np.ndarray]:
+    """heads.csv column -> per-example values [N, 1 + L*H] of the measurements that keep them."""
+    d = Path(run_dir)
+    return {m.main_column: np.load(d / m.per_example) for m in registry.MEASUREMENTS if m.per_example}
+
+
+def run_info(run_dir: str | Path) -> dict:
+    """What identifies a run for comparisons: label, theta0, eval subset, validation metric."""
+    d = Path(run_dir)
+    rc = read_json(d / layout.RUN_CONFIG, "run_config.json")
+    sub = read_json(d / layout.EVAL_SUBSET, "eval_subset.json", measure_cmd(d))
+    return {"dir": str(d), "label": rc["label"], "task": rc["run"]["task"], "seed": rc["run"]["seed"],
+            "method": rc["run"]["method"], "r": rc["run"]["r"], "model": rc["config"].get("model") or "default",
+            "theta0_hash": rc["theta0_hash"], "theta1_hash": rc["theta1_hash"],
+            "subset_fingerprint": sub["fingerprint"], "subset_split": sub["split"], "subset_size": sub["size"],
+            "val_metric_name": rc["validation"]["theta1"]["metric_name"],
+            "val_metric_theta0": rc["validation"]["theta0"]["metric"],
+            "val_metric": rc["validation"]["theta1"]["metric"], "collapsed": rc["collapsed"],
+            "majority": rc["validation"]["majority_baseline"],
+            "trainable_params": rc["trainable"]["trainable"]}
+
+
+def check_comparable(infos: list[dict], what: str) -> None:
+    """Runs compared or aggregated must share the model and the eval subset."""
+    for key, name in (("model", "model"), ("subset_fingerprint", "eval subset"), ("task", "task")):
+        vals = {i[key] for i in infos}
+        if len(vals) > 1:
+            listing = "; ".join(f"{i['dir']}: {i[key]}" for i in infos)
+            raise HeadplastError(f"cannot {what} runs with different {name}s ({listing})",
+                                 "re-train/re-measure them with the same --model and eval subset")
+
+
+def input_hashes(run_dir: str | Path) -> dict[str, str]:
+    """Content hashes of everything the analysis of a run reads (for the keys of analysis steps)."""
+    d = Path(run_dir)
+    out = {f"{m.name}/{f}": h for m, rec in zip(registry.MEASUREMENTS, verified_measurements(d).values())
+           for f, h in rec["outputs"].items()}
+    for name in (layout.RUN_CONFIG, layout.EVAL_SUBSET):
+        out[name] = file_sha256(d / name)
+    return out

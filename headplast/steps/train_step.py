@@ -1,0 +1,162 @@
+"""The train step: theta0 (shared between runs), then FFT or LoRA; writes ckpt_init/,
+ckpt_final/ and run_config.json into the run directory and records them."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from headplast.arch.adapters import get_adapter
+from headplast.arch.loading import load_model, load_tokenizer, resolve_model
+from headplast.data.metrics import majority_baseline
+from headplast.data.prepare import prepare_from_config, task_name
+from headplast.errors import HeadplastError
+from headplast.options import as_flags
+from headplast.report.lines import train_line
+from headplast.steps.outcome import Outcome, recorded_step
+from headplast.store import layout, records
+from headplast.store.io import (atomic_copytree, atomic_write_json, read_json, state_dict_hash, text_key)
+from headplast.store.provenance import provenance
+from headplast.train.config import METHODS, TrainConfig
+from headplast.train.evaluate import evaluate
+from headplast.train.fit import NonFiniteLoss, fine_tune, trainable_model
+from headplast.train.lora import trainable_audit
+from headplast.train.theta0 import build_theta0
+
+log = logging.getLogger("headplast")
+OUTPUTS = (layout.CKPT_INIT, layout.CKPT_FINAL, layout.RUN_CONFIG)
+
+
+def run_id(cfg: TrainConfig) -> layout.RunId:
+    method = cfg.method.lower()
+    if method not in METHODS:
+        raise HeadplastError(f"unknown --method '{cfg.method}'", "use --method fft or --method lora")
+    return layout.RunId(task_name(cfg.task, bool(cfg.train_file)), method, cfg.seed,
+                        cfg.lora_r if method == "lora" else None)
+
+
+def train_key(cfg: TrainConfig) -> str:
+    return records.step_key("train", cfg.run_fields(), {"model": cfg.model or "default"})
+
+
+def train_command(config: dict) -> str:
+    """The command that reproduces a recorded training run (from run_config.json's 'config')."""
+    cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()
+                         if k in TrainConfig.__dataclass_fields__})
+    flags = ["--task", cfg.task, "--method", cfg.method, "--seed", str(cfg.seed)]
+    flags += as_flags(cfg, skip=("task", "method", "seed", "force"))
+    return "headplast train " + " ".join(flags)
+
+
+def _refuse_other_run(out: Path, cfg: TrainConfig) -> None:
+    """An existing run with other settings is never overwritten without --force."""
+    rc = out / layout.RUN_CONFIG
+    if cfg.force or not rc.exists():
+        return
+    old = read_json(rc).get("config", {})
+    new = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.run_fields().items()}
+    diff = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
+    if diff:
+        raise HeadplastError(f"{out} already holds a different run (differs in {diff})",
+                             "pass --force to overwrite it, or choose another --output-root")
+
+
+def ensure_theta0(cfg: TrainConfig, model_path: str, tok, data) -> tuple[Path, dict]:
+    """Build theta0 once per (model, task, seed, head-init, ...) and share it between runs."""
+    key = text_key({"model": cfg.model or "default", **cfg.theta0_key_fields()})
+    store = layout.shared_dir(cfg.output_root, "theta0", data.task.name, key)
+    state = records.freshness(store, "theta0", key)
+    if state.fresh and not cfg.force:
+        return store, read_json(store / layout.THETA0_INFO)
+    if state.state == "changed":
+        log.warning("shared theta0 %s was altered (%s): rebuilding it", store, state.detail)
+    t = time.time()
+    model, probe = build_theta0(model_path, data.task, tok, data.train, cfg.seed, cfg.head_init,
+                                cfg.max_length, cfg.probe_epochs, cfg.probe_lr)
+    val = evaluate(model, data.task, tok, data.validation, cfg.max_length)
+    info = {"theta0_hash": state_dict_hash(model.state_dict()), "validation": val, "probe": probe, "key": key,
+            "key_fields": {"model": cfg.model or "default", **cfg.theta0_key_fields()}, "seconds": time.time() - t}
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        atomic_write_json(Path(tmp) / layout.THETA0_INFO, info)
+        atomic_copytree(tmp, store)
+    records.write_record(store, "theta0", key, ["."], seconds=info["seconds"])
+    return store, info
+
+
+def run_train(cfg: TrainConfig) -> Outcome:
+    """Train one run; skips it when the same run is already complete and unaltered."""
+    if cfg.model and Path(cfg.model).is_dir():  # a local model is recorded by its absolute path
+        cfg = replace(cfg, model=str(Path(cfg.model).resolve()))
+    run = run_id(cfg)
+    out = layout.run_dir(cfg.output_root, run)
+    key = train_key(cfg)
+    _refuse_other_run(out, cfg)
+    return recorded_step(out, "train", key, OUTPUTS, lambda: _train(cfg, run, out), cfg.force,
+                         lambda: train_line(read_json(out / layout.RUN_CONFIG)),
+                         fix=f"re-run `{train_command(cfg.to_dict())} --force`")
+
+
+def _train(cfg: TrainConfig, run: layout.RunId, out: Path) -> None:
+    for stale in (out / layout.RUN_CONFIG, out / layout.CKPT_FINAL):  # a re-run starts clean
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
+    t_start = time.time()
+    data = prepare_from_config(cfg)
+    model_path = resolve_model(cfg.model)
+    tok = load_tokenizer(model_path)
+    theta0_dir, theta0_info = ensure_theta0(cfg, model_path, tok, data)
+    atomic_copytree(theta0_dir, out / layout.CKPT_INIT, ignore_hidden=True)
+    model = load_model(str(out / layout.CKPT_INIT))
+    adapter = get_adapter(model)
+    model, adapted = trainable_model(model, adapter, cfg)
+    record = {"run": run.__dict__, "label": run.label, "config": cfg.run_fields(), "model_path": model_path,
+              "status": "training", "theta0": theta0_info, "data": _data_info(data), "adapted_modules": adapted,
+              "trainable": trainable_audit(model, adapter), "command": train_command(cfg.to_dict()),
+              **provenance()}
+    t = time.time()
+    try:
+        result = fine_tune(model, tok, data.train, cfg)
+    except NonFiniteLoss as e:
+        record.update(status="failed_nonfinite_loss", error=str(e))
+        atomic_write_json(out / layout.RUN_CONFIG, record)
+        raise HeadplastError(f"training stopped: {e}. theta0 is kept in {out / layout.CKPT_INIT}; "
+                             f"no ckpt_final was written",
+                             "lower --learning-rate (or check the data), then re-run with --force") from e
+    train_seconds = time.time() - t
+    val1 = evaluate(model, data.task, tok, data.validation, cfg.max_length)
+    baseline = majority_baseline(data.task, data.train.labels, data.validation.labels)
+    theta1_hash = _save_final(model, tok, out, run.method, theta0_info["theta0_hash"])
+    record.update(
+        status="complete", theta0_hash=theta0_info["theta0_hash"], theta1_hash=theta1_hash,
+        validation={"theta0": theta0_info["validation"], "theta1": val1, "majority_baseline": baseline},
+        collapsed=bool(val1["metric"] <= baseline + 1e-9),
+        train_loss=float(result.training_loss), train_steps=int(result.global_step),
+        seconds={"train": train_seconds, "total": time.time() - t_start})
+    atomic_write_json(out / layout.RUN_CONFIG, record)
+
+
+def _data_info(data) -> dict:
+    return {"task": data.task.name, "metric": data.task.metric, "num_labels": data.task.num_labels,
+            "train_size": len(data.train), "validation_size": len(data.validation),
+            "train_source": data.full_train.source, "train_fingerprint": data.train.fingerprint(),
+            "validation_fingerprint": data.validation.fingerprint()}
+
+
+def _save_final(model, tok, out: Path, method: str, theta0_hash: str) -> str:
+    """ckpt_final: the full model (FFT) or the adapter (LoRA), written atomically."""
+    if method == "lora":
+        from peft import get_peft_model_state_dict
+        h = state_dict_hash(get_peft_model_state_dict(model))
+    else:
+        h = state_dict_hash(model.state_dict())
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        atomic_write_json(Path(tmp) / layout.ADAPTER_META, {"theta0_hash": theta0_hash, "theta1_hash": h})
+        atomic_copytree(tmp, out / layout.CKPT_FINAL)
+    return h

@@ -1,0 +1,78 @@
+"""Fine-tuning with transformers' Trainer: FFT or LoRA from theta0 (no files of ours).
+
+The caller owns where things are written; this module only turns theta0 and the training
+examples into theta1.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import torch
+
+from headplast.arch.adapters import ArchAdapter
+from headplast.train.config import TrainConfig
+from headplast.train.lora import adapted_modules, make_lora_model, resolve_targets
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def trainable_model(model, adapter: ArchAdapter, cfg: TrainConfig):
+    """The model to train and a description of what is adapted: every parameter (FFT), or
+    LoRA on exactly the resolved target modules (with the task head trained in full)."""
+    from transformers import set_seed
+
+    if cfg.method == "lora":
+        targets = resolve_targets(adapter, model, cfg.lora_targets)
+        # LoRA's A matrices are drawn at random: seed them from the run (this torch seeds every
+        # process differently, and Trainer only seeds when it is built, after this)
+        set_seed(cfg.seed)
+        model = make_lora_model(model, adapter, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets)
+        return model, adapted_modules(model)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model, "all parameters (full fine-tuning)"
+
+
+def training_args(cfg: TrainConfig, tmp: str):
+    from transformers import TrainingArguments
+
+    cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=tmp, num_train_epochs=cfg.num_epochs, per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_ratio,
+        lr_scheduler_type="linear", seed=cfg.seed, data_seed=cfg.seed, save_strategy="no",
+        eval_strategy="no", logging_strategy="epoch", report_to="none", use_cpu=not cuda,
+        dataloader_pin_memory=cuda, disable_tqdm=False,
+        # batches of similar length: dynamic padding then wastes little compute (big win on CPU)
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random")
+
+
+def _make_trainer(model, args, ds, tok):
+    from transformers import DataCollatorWithPadding, Trainer
+
+    class GuardedTrainer(Trainer):
+        """Stops at the first non-finite loss instead of training on garbage."""
+
+        def compute_loss(self, model, inputs, *a, **kw):
+            loss = super().compute_loss(model, inputs, *a, **kw)
+            value = loss[0] if isinstance(loss, tuple) else loss
+            if not torch.isfinite(value).all():
+                raise NonFiniteLoss(f"loss became {value.item()} at step {self.state.global_step}")
+            return loss
+
+    return GuardedTrainer(model=model, args=args, train_dataset=ds,
+                          data_collator=DataCollatorWithPadding(tok), processing_class=tok)
+
+
+def fine_tune(model, tok, train_examples, cfg: TrainConfig):
+    """Train `model` in place on the examples; returns Trainer's TrainOutput. Raises NonFiniteLoss."""
+    from headplast.data.tokenize import as_hf_dataset, encode
+
+    ds = as_hf_dataset(encode(tok, train_examples, cfg.max_length))
+    with tempfile.TemporaryDirectory() as tmp:
+        result = _make_trainer(model, training_args(cfg, tmp), ds, tok).train()
+    model.eval()
+    return result
