@@ -7,10 +7,10 @@ from headplast.data.loaders import Examples
 from headplast.data.tokenize import encode
 from headplast.measure.ablation import ablation_importance
 from headplast.measure.naive import naive_importance
-from tiny import ARCHS, tiny_model
+from tiny import ALL_ARCHS, tiny_model
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ALL_ARCHS)
 @pytest.mark.parametrize("ablation", ["zero", "mean"])
 def test_engine_equals_naive_reference(arch, ablation, enc_small, tok, rte):
     task, _ = rte
@@ -60,3 +60,26 @@ def test_regression_task_uses_squared_error(tok):
     ref = naive_importance(model, ad, enc, task, tok.pad_token_id, 2)
     np.testing.assert_allclose(fast.importance, ref.importance, atol=1e-5)
     assert np.isnan(fast.kl).all()
+
+
+@pytest.mark.parametrize("arch", ALL_ARCHS)
+def test_batches_of_one_example(arch, enc_small, tok, rte):
+    """A batch of one is ambiguous for 'per-example' arguments (DeBERTa's relative positions are
+    [1, T, T] too): the engine must still repeat only what is per example."""
+    task, _ = rte
+    model = tiny_model(arch, init=0.3)
+    ad = get_adapter(model)
+    one = type(enc_small)(enc_small.features[:3], enc_small.labels[:3])
+    fast = ablation_importance(model, ad, one, task, tok.pad_token_id, batch_size=1, max_tokens=10_000,
+                               progress=False)
+    ref = naive_importance(model, ad, one, task, tok.pad_token_id, batch_size=1)
+    np.testing.assert_allclose(fast.losses, ref.losses, atol=1e-5, rtol=0)
+
+
+def test_kl_is_never_negative():
+    from headplast.measure.ablation import kl_base_to
+    import torch
+
+    logits = torch.randn(64, 3)
+    assert (kl_base_to(logits, logits.clone()) == 0).all()
+    assert (kl_base_to(logits, logits + 1e-7 * torch.randn(64, 3)) >= 0).all()

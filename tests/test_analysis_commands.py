@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -88,3 +89,35 @@ def test_missing_measurement_names_the_command(tmp_path, capsys):
     assert main(["plot", str(d)]) == 2
     err = capsys.readouterr().err
     assert "update.jsonl is missing" in err and f"headplast measure {d}" in err
+
+
+def test_aggregate_when_every_run_of_a_method_collapsed(tmp_path, capsys):
+    """np.stack of an empty list crashed here; now it writes what it can and says why."""
+    for seed in (1, 2):
+        make_run(tmp_path, "FFT", seed)
+        make_run(tmp_path, "LoRA_r8", seed, collapsed=True, val_metric=0.5)
+    assert main(["aggregate", "--seeds", "1", "2", "--output-root", str(tmp_path), *FAST]) == 0
+    m = json.loads((tmp_path / "MULTI_SEED" / "aggregate_metrics.json").read_text())
+    assert m["methods_without_runs"] == ["LoRA_r8"] and m["per_method"]["LoRA_r8"] == {}
+    assert m["per_method"]["FFT"]["rho(I_pre,U)"]["n"] == 2
+    assert [e["seed"] for e in m["excluded_runs"]] == [1, 2]
+    assert all("no better than the majority class" in e["reason"] for e in m["excluded_runs"])
+    text = (tmp_path / "MULTI_SEED" / "summary.txt").read_text()
+    assert "LoRA_r8: no run left to aggregate" in text and "excluded LoRA_r8 seed 1: collapsed" in text
+
+
+def test_compare_uncertainty_is_the_wider_of_heads_and_examples(runs, capsys):
+    assert main(["compare", "--seed", "1", "--output-root", str(runs), *FAST]) == 0
+    m = json.loads((runs / "COMPARE" / "RTE" / "seed1" / "compare_metrics.json").read_text())
+    for name in ("rho(I_pre,U)", "rho(I_post,U)", "rho(I_pre,I_post)"):
+        d = m["key_statistics"][name]
+        (lo, hi), (hl, hh), (el, eh) = d["ci95"], d["ci95_heads"], d["ci95_examples"]
+        assert lo == min(hl, el) and hi == max(hh, eh)
+        assert d["exceeds_uncertainty"] == (lo > 0 or hi < 0)
+    for s in m["stats"].values():
+        for name, p in s["pairs"].items():  # every pair involves I_pre or I_post: both CIs
+            assert len(p["ci95_examples"]) == 2 and len(p["ci95"]) == 2, name
+            d = p.get("disattenuated")
+            assert d is None or np.isnan(d) or -1 <= d <= 1
+        for r in s["reliability"].values():
+            assert -1 <= r["reliability"] <= 1

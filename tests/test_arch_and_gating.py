@@ -5,7 +5,7 @@ from headplast.arch import get_adapter, supported_model_types
 from headplast.data.tokenize import sorted_batches
 from headplast.errors import HeadplastError
 from headplast.measure.gating import head_gates
-from tiny import ARCHS, tiny_model
+from tiny import ALL_ARCHS, tiny_model
 
 
 def _batch(enc, tok, n=6):
@@ -18,7 +18,7 @@ def _hook_count(model):
     return sum(len(m._forward_pre_hooks) for m in model.modules())
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ALL_ARCHS)
 def test_adapter_locates_qkvo_and_task_head(arch, enc_small, tok):
     model = tiny_model(arch)
     ad = get_adapter(model)
@@ -43,7 +43,7 @@ def test_unknown_model_type_lists_supported():
     assert all(t in str(e.value) for t in supported_model_types()) and "register" in str(e.value)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ALL_ARCHS)
 def test_gates_at_one_reproduce_logits_exactly_and_unhook(arch, enc_small, tok):
     model = tiny_model(arch, init=0.3)
     ad = get_adapter(model)

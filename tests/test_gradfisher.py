@@ -7,7 +7,7 @@ from headplast.data.tokenize import collate
 from headplast.measure.ablation import example_losses
 from headplast.measure.gating import head_gates
 from headplast.measure.gradfisher import grad_fisher
-from tiny import ARCHS, tiny_model
+from tiny import ALL_ARCHS, tiny_model
 
 N = 6
 
@@ -17,7 +17,7 @@ def _one(enc, i):
     return b, b.pop("labels")
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ALL_ARCHS)
 def test_gate_gradients_equal_finite_differences_and_fisher_equals_loop(arch, enc_small, tok, rte):
     task, _ = rte
     enc = type(enc_small)(enc_small.features[:N], enc_small.labels[:N])

@@ -106,18 +106,18 @@ def test_counter_examples_by_hand():
 def test_aggregation_means_cis_and_paired_tests_by_hand():
     fft = [0.30, 0.20, 0.25, 0.35, 0.10]
     lora = [0.10, 0.15, 0.05, 0.20, 0.00]
-    rows = [{"method": m, "seed": s + 1, "statistic": "rho(I_pre,U)", "value": v, "collapsed": False,
+    rows = [{"method": m, "seed": s + 1, "statistic": "val_metric", "value": v, "collapsed": False,
              "included": True} for m, vals in (("FFT", fft), ("LoRA_r8", lora)) for s, v in enumerate(vals)]
-    rows.append({"method": "LoRA_r8", "seed": 6, "statistic": "rho(I_pre,U)", "value": 9.0, "collapsed": True,
+    rows.append({"method": "LoRA_r8", "seed": 6, "statistic": "val_metric", "value": 9.0, "collapsed": True,
                  "included": False})
-    out = summarise(pd.DataFrame(rows), ["FFT", "LoRA_r8"])
-    d = out["per_method"]["FFT"]["rho(I_pre,U)"]
+    out = summarise(pd.DataFrame(rows), ["FFT", "LoRA_r8"])  # not a correlation: raw scale
+    d = out["per_method"]["FFT"]["val_metric"]
     m, sd = np.mean(fft), np.std(fft, ddof=1)
     h = st.t.ppf(0.975, 4) * sd / np.sqrt(5)
     assert d["mean"] == pytest.approx(m) and d["std"] == pytest.approx(sd)
     assert d["ci95"] == pytest.approx([m - h, m + h])
-    assert out["per_method"]["LoRA_r8"]["rho(I_pre,U)"]["n"] == 5  # collapsed run excluded
-    t = out["paired_tests"]["LoRA_r8 - FFT"]["rho(I_pre,U)"]
+    assert out["per_method"]["LoRA_r8"]["val_metric"]["n"] == 5  # collapsed run excluded
+    t = out["paired_tests"]["LoRA_r8 - FFT"]["val_metric"]
     assert t["t_p"] == pytest.approx(st.ttest_rel(lora, fft).pvalue)
     assert t["wilcoxon_p"] == pytest.approx(st.wilcoxon(lora, fft).pvalue)
     assert t["mean_difference"] == pytest.approx(np.mean(lora) - np.mean(fft))
@@ -133,3 +133,59 @@ def test_kendalls_w_and_head_agreement():
            for s in range(3)}
     ag = head_agreement(dfs)
     assert ag["U"]["mean_pairwise_spearman"] == pytest.approx(1.0) and ag["U"]["kendalls_w"] == pytest.approx(1.0)
+
+
+def test_reliability_stays_in_bounds_for_anticorrelated_halves():
+    """Averaging Spearman-Brown per split explodes near r = -1 (reported -4.03, -5.49 before)."""
+    from headplast.analysis.stats import fisher_z_mean, spearman_brown
+
+    rng = np.random.default_rng(7)
+    # two clusters of examples with opposite importance rankings: random halves disagree
+    sig = rng.normal(size=30)
+    per_ex = np.vstack([sig + 0.01 * rng.normal(size=(20, 30)), -sig + 0.01 * rng.normal(size=(20, 30))])
+    losses = np.hstack([np.zeros((40, 1)), per_ex])
+    r = split_half_reliability(losses)
+    assert -1 <= r["reliability"] <= 1 and all(-1 <= v <= 1 for v in r["range95"])
+    assert spearman_brown(0.5) == pytest.approx(2 / 3) and spearman_brown(-0.9) == -0.9
+    assert fisher_z_mean([0.9, 0.9]) == pytest.approx(0.9)
+    assert fisher_z_mean([0.99, 0.0]) == pytest.approx(np.tanh(np.arctanh(0.99) / 2))
+
+
+def test_disattenuation_only_where_defined():
+    from headplast.analysis.stats import disattenuated
+
+    assert disattenuated(0.3, {"I_pre": 0.64})["disattenuated"] == pytest.approx(0.3 / 0.8)
+    neg = disattenuated(0.09, {"I_pre": -0.3, "I_post": -0.5})  # gave 0.18 from two negatives before
+    assert np.isnan(neg["disattenuated"]) and "I_pre" in neg["disattenuated_note"]
+    big = disattenuated(0.9, {"I_pre": 0.5, "I_post": 0.4})  # gave 2.24 for I_pre~I_post before
+    assert np.isnan(big["disattenuated"]) and big["disattenuated_raw"] > 1 and "exceeds 1" in big["disattenuated_note"]
+    assert disattenuated(0.5, {}) == {}
+
+
+def test_example_bootstrap_equals_explicit_resampling():
+    from headplast.analysis.stats import example_bootstrap_spearman, example_weights
+
+    rng = np.random.default_rng(8)
+    N, n = 30, 12
+    losses = np.hstack([rng.normal(size=(N, 1)), rng.normal(size=(N, n)) + rng.normal(size=n)])
+    u = rng.normal(size=n)
+    t = _table(losses[:, 1:].mean(0) - losses[:, 0].mean(), u)
+    counts = example_weights(N, 50, 0)
+    got = example_bootstrap_spearman(t, {"I_pre": losses}, "I_pre", "U", counts)
+    for b in range(50):
+        idx = np.repeat(np.arange(N), np.rint(counts[b] * N).astype(int))  # the resampled examples
+        imp = (losses[idx, 1:] - losses[idx, :1]).mean(0)
+        assert got[b] == pytest.approx(st.spearmanr(imp, u)[0], abs=1e-9)
+    assert example_bootstrap_spearman(t, {}, "I_pre", "U", counts) is None
+
+
+def test_seed_aggregate_of_correlations_stays_in_bounds():
+    """A t-interval on the raw scale gave [-0.85, +1.34] for three seeds of rho."""
+    d = mean_ci([0.95, 0.2, 0.9], correlation=True)
+    assert -1 <= d["ci95"][0] <= d["mean"] <= d["ci95"][1] <= 1 and d["scale"] == "Fisher z"
+    z = np.arctanh([0.95, 0.2, 0.9])
+    assert d["mean"] == pytest.approx(np.tanh(z.mean()))
+    h = st.t.ppf(0.975, 2) * z.std(ddof=1) / np.sqrt(3)
+    assert d["ci95"] == pytest.approx([np.tanh(z.mean() - h), np.tanh(z.mean() + h)])
+    raw = mean_ci([0.95, 0.2, 0.9])
+    assert raw["ci95"][1] > 1  # what the raw scale does

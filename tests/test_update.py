@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 from headplast.arch import get_adapter
 from headplast.measure.update import merged_peft_model, qkvo_weights, update_magnitude
 from headplast.train.lora import make_lora_model, resolve_targets
-from tiny import ARCHS, tiny_model, tiny_model_dir
+from tiny import ALL_ARCHS, ARCHS, tiny_model, tiny_model_dir
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -29,7 +29,7 @@ def test_changing_one_head_changes_only_its_u(arch, kind):
     assert res.Urel[1, 2] > 0 and res.Urel[0].max() == 0
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ALL_ARCHS)
 def test_lora_update_equals_merge_and_by_hand(arch, tmp_path):
     d = tiny_model_dir(arch, tmp_path / "theta0")
     from headplast.arch.loading import load_model

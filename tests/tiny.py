@@ -9,6 +9,10 @@ import torch
 import transformers as tf
 
 ARCHS = ("bert", "roberta", "electra", "deberta-v2", "distilbert", "mpnet")
+# DeBERTa as released: v3 shares the position projections with Q/K (share_att_key); v2-xlarge
+# and -xxlarge also mix the embeddings into layer 0's output with a conv layer
+VARIANTS = ("deberta-v2:shared", "deberta-v2:conv")
+ALL_ARCHS = ARCHS + VARIANTS
 
 
 def tiny_tokenizer(path: Path):
@@ -23,7 +27,9 @@ def tiny_tokenizer(path: Path):
 
 def tiny_config(arch: str, num_labels: int = 2, layers: int = 2, heads: int = 4, hidden: int = 32,
                 init: float = 0.02):
-    """init: weight init scale; larger values make heads matter more (non-trivial importance)."""
+    """init: weight init scale; larger values make heads matter more (non-trivial importance).
+    arch may name a variant: 'deberta-v2:shared' or 'deberta-v2:conv' (see VARIANTS)."""
+    arch, _, variant = arch.partition(":")
     common = dict(vocab_size=200, num_labels=num_labels, pad_token_id=0, max_position_embeddings=300,
                   initializer_range=init)
     if arch == "distilbert":
@@ -37,6 +43,10 @@ def tiny_config(arch: str, num_labels: int = 2, layers: int = 2, heads: int = 4,
     if arch == "deberta-v2":
         kw.update(relative_attention=True, position_buckets=16, max_relative_positions=64,
                   pos_att_type=["p2c", "c2p"], type_vocab_size=0, position_biased_input=False)
+        if variant in ("shared", "conv"):
+            kw.update(share_att_key=True, norm_rel_ebd="layer_norm")
+        if variant == "conv":
+            kw.update(conv_kernel_size=3, conv_act="gelu")
     if arch in ("bert", "roberta", "electra"):
         kw["type_vocab_size"] = 2
     return cls(**kw)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
-from headplast.analysis.stats import spearman
+from headplast.analysis.stats import fisher_z_mean, spearman
 
 HEADLINE = ("rho(I_pre,U)", "rho(I_pre,Urel)", "partial_rho(I_pre,U)", "top_k(I_pre,U)",
             "n_important_but_static", "n_plastic_but_unimportant", "rho(I_post,U)", "rho(I_pre,I_post)",
@@ -36,17 +36,33 @@ def flat_stats(stats: dict, cases: dict, info: dict) -> dict:
     return out
 
 
-def mean_ci(values) -> dict:
+CORRELATIONS = ("rho(", "partial_rho(", "kendall_tau(", "disattenuated_rho(", "reliability(")
+
+
+def is_correlation(statistic: str) -> bool:
+    """Statistics bounded by [-1, 1], averaged across seeds on Fisher's z scale."""
+    return statistic.startswith(CORRELATIONS)
+
+
+def mean_ci(values, correlation: bool = False) -> dict:
+    """Mean, standard deviation and 95% t-interval over seeds. For a correlation the mean and the
+    interval are computed on Fisher's z scale (atanh) and transformed back, so both stay in
+    [-1, 1]; 'std' is then the spread of the raw values."""
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], float)
     n = len(v)
     if n == 0:
         return {"n": 0, "mean": math.nan, "std": math.nan, "ci95": [math.nan, math.nan]}
-    m = float(v.mean())
+    z = np.arctanh(np.clip(v, -0.999999, 0.999999)) if correlation else v
+    back = np.tanh if correlation else (lambda x: x)
+    m = float(fisher_z_mean(v)) if correlation else float(v.mean())
     if n == 1:
         return {"n": 1, "mean": m, "std": math.nan, "ci95": [math.nan, math.nan]}
-    sd = float(v.std(ddof=1))
-    h = float(st.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
-    return {"n": n, "mean": m, "std": sd, "ci95": [m - h, m + h]}
+    h = float(st.t.ppf(0.975, n - 1) * z.std(ddof=1) / math.sqrt(n))
+    lo, hi = back(z.mean() - h), back(z.mean() + h)
+    out = {"n": n, "mean": m, "std": float(v.std(ddof=1)), "ci95": [float(lo), float(hi)]}
+    if correlation:
+        out["scale"] = "Fisher z"
+    return out
 
 
 def paired_tests(a, b) -> dict:
@@ -80,10 +96,12 @@ def head_agreement(per_seed: dict[int, pd.DataFrame], columns=("U", "I_pre", "I_
     """How reproducible each head-level measure is across seeds."""
     out = {}
     seeds = sorted(per_seed)
+    if not seeds:
+        return {col: {"mean_pairwise_spearman": math.nan, "kendalls_w": math.nan, "n_seeds": 0} for col in columns}
     for col in columns:
         mats = np.stack([per_seed[s][col].to_numpy(float) for s in seeds])
         pair_rhos = [spearman(mats[i], mats[j]) for i, j in itertools.combinations(range(len(seeds)), 2)]
-        out[col] = {"mean_pairwise_spearman": float(np.mean(pair_rhos)) if pair_rhos else math.nan,
+        out[col] = {"mean_pairwise_spearman": fisher_z_mean(pair_rhos) if pair_rhos else math.nan,
                     "kendalls_w": kendalls_w(mats), "n_seeds": len(seeds)}
     return out
 
@@ -91,7 +109,7 @@ def head_agreement(per_seed: dict[int, pd.DataFrame], columns=("U", "I_pre", "I_
 def summarise(table: pd.DataFrame, methods: list[str]) -> dict:
     """table: tidy rows (method, seed, statistic, value, collapsed, included)."""
     inc = table[table.included]
-    per_method = {m: {s: mean_ci(g.value) for s, g in inc[inc.method == m].groupby("statistic")}
+    per_method = {m: {s: mean_ci(g.value, is_correlation(s)) for s, g in inc[inc.method == m].groupby("statistic")}
                   for m in methods}
     tests = {}
     for ma, mb in itertools.combinations(methods, 2):

@@ -89,16 +89,38 @@ def within_layer_permutation_p(a, b, layers, n_perm: int, seed: int) -> float:
     return float((1 + np.sum(null >= obs - 1e-12)) / (1 + n_perm))
 
 
+def fisher_z_mean(r) -> float:
+    """Mean of correlations on Fisher's z scale (atanh), transformed back: stays in [-1, 1]."""
+    r = np.asarray(r, float)
+    r = r[np.isfinite(r)]
+    if len(r) == 0:
+        return math.nan
+    if np.ptp(r) == 0:  # all equal (also +-1, where atanh is infinite)
+        return float(r[0])
+    return float(np.tanh(np.mean(np.arctanh(np.clip(r, -0.999999, 0.999999)))))
+
+
+def spearman_brown(r: float) -> float:
+    """Reliability of the whole from the correlation r of two halves: 2r / (1 + r).
+
+    Defined for r >= 0; a negative half correlation (no reliability) is returned uncorrected,
+    where the formula would run off to minus infinity."""
+    return float(2 * r / (1 + r)) if r >= 0 else float(r)
+
+
 def split_half_reliability(losses: np.ndarray, n_splits: int = 100, seed: int = 0) -> dict:
     """Reliability of the importance ranking over heads, from per-example losses [N, 1 + n_heads].
 
-    Examples are split at random into halves; importance is computed on each half; the
-    Spearman correlation between halves is Spearman-Brown corrected: 2r / (1 + r).
+    Examples are split at random into halves and importance is computed on each half. The
+    Spearman correlations between halves are averaged on Fisher's z scale and the mean is
+    Spearman-Brown corrected once, so the result stays in [-1, 1]. 'range95' is where 95% of
+    the single splits fall (each corrected the same way).
     """
     diff = losses[:, 1:] - losses[:, :1]  # [N, heads]
     N = diff.shape[0]
     if N < 4:
-        return {"reliability": math.nan, "half_rho": math.nan, "ci": [math.nan, math.nan], "n_splits": 0}
+        return {"reliability": math.nan, "half_rho": math.nan, "range95": [math.nan, math.nan], "n_splits": 0,
+                "note": "fewer than 4 examples"}
     rng = np.random.default_rng(seed)
     rs = []
     for _ in range(n_splits):
@@ -106,9 +128,55 @@ def split_half_reliability(losses: np.ndarray, n_splits: int = 100, seed: int = 
         h1, h2 = diff[p[: N // 2]].mean(0), diff[p[N // 2:]].mean(0)
         rs.append(spearman(h1, h2))
     rs = np.asarray(rs)
-    sb = 2 * rs / (1 + rs)
-    return {"reliability": float(np.nanmean(sb)), "half_rho": float(np.nanmean(rs)), "ci": percentile_ci(sb),
+    half = fisher_z_mean(rs)
+    lo, hi = percentile_ci(rs)
+    return {"reliability": spearman_brown(half) if np.isfinite(half) else math.nan, "half_rho": half,
+            "range95": [spearman_brown(lo), spearman_brown(hi)] if np.isfinite(lo) else [math.nan, math.nan],
             "n_splits": n_splits}
+
+
+def disattenuated(rho: float, reliabilities: dict) -> dict:
+    """rho / sqrt(product of the reliabilities), where that is defined and meaningful.
+
+    Defined only when every reliability involved is > 0. A value beyond [-1, 1] (errors that
+    correlate, e.g. I_pre and I_post measured on the same examples, or an underestimated
+    reliability) is not reported as a correlation: it is kept as 'disattenuated_raw' with a note.
+    """
+    if not reliabilities:
+        return {}
+    bad = {v: r for v, r in reliabilities.items() if not (np.isfinite(r) and r > 0)}
+    if bad or not np.isfinite(rho):
+        why = ", ".join(f"reliability of {v} is {r:.3f}" for v, r in bad.items()) or "rho undefined"
+        return {"disattenuated": math.nan, "disattenuated_note": f"not defined: {why} (needs every reliability > 0)"}
+    d = rho / math.sqrt(float(np.prod(list(reliabilities.values()))))
+    if abs(d) > 1:
+        return {"disattenuated": math.nan, "disattenuated_raw": d,
+                "disattenuated_note": "exceeds 1 in magnitude: measurement errors correlate (the same eval "
+                                      "examples measure both) or a reliability is underestimated"}
+    return {"disattenuated": float(d)}
+
+
+def example_weights(N: int, n_boot: int, seed: int) -> np.ndarray:
+    """[n_boot, N]: each row the weights (multiplicity / N) of a bootstrap resample of N examples."""
+    rng = np.random.default_rng(seed + 1)
+    return rng.multinomial(N, np.full(N, 1.0 / N), size=n_boot).astype(float) / N
+
+
+def example_bootstrap_spearman(cols, per_example: dict, x: str, y: str, counts: np.ndarray):
+    """Spearman rho of x and y over heads for each resample of the eval examples (rows of
+    `counts`, from example_weights): columns with per-example values (col -> [N, 1 + heads]
+    losses) are recomputed from the resample (the same examples for both), the others stay
+    fixed. None when neither column has per-example values."""
+    if x not in per_example and y not in per_example:
+        return None
+    n_boot = counts.shape[0]
+
+    def resampled(v):
+        if v not in per_example:
+            return np.broadcast_to(np.asarray(cols[v], float), (n_boot, len(cols[v])))
+        m = per_example[v].astype(float)
+        return counts @ (m[:, 1:] - m[:, :1])  # [n_boot, heads]: importance of each resample
+    return _rowwise_pearson(_rank_rows(resampled(x)), _rank_rows(resampled(y)))
 
 
 def pair_stats(a, b, layers, k: int, n_boot: int, n_perm: int, seed: int) -> dict:
@@ -128,21 +196,24 @@ def pair_stats(a, b, layers, k: int, n_boot: int, n_perm: int, seed: int) -> dic
 
 
 def run_stats(table, pairs, per_example: dict | None = None, k: int = 20, n_boot: int = 2000,
-              n_perm: int = 1000, seed: int = 0) -> dict:
-    """stats.json for one run: each (x, y) of `pairs` present in the table, the split-half
-    reliability of every column with per-example values (`per_example`: column -> [N, 1 + heads]),
-    and correlations disattenuated by those reliabilities."""
-    rel = {name: split_half_reliability(m, seed=seed) for name, m in (per_example or {}).items() if m is not None}
+              n_perm: int = 1000, seed: int = 0, n_boot_examples: int = 1000) -> dict:
+    """stats.json for one run: each (x, y) of `pairs` present in the table, with a bootstrap CI
+    over heads ('ci95') and, where a column has per-example values, one over eval examples
+    ('ci95_examples'); the split-half reliability of every column with per-example values
+    (`per_example`: column -> [N, 1 + heads]); correlations disattenuated by those reliabilities."""
+    per_example = {c: m for c, m in (per_example or {}).items() if m is not None}
+    rel = {name: split_half_reliability(m, seed=seed) for name, m in per_example.items()}
     out = {}
     for x, y in pairs:
         if x not in table or y not in table:
             continue
         s = pair_stats(table[x].to_numpy(), table[y].to_numpy(), table["layer"].to_numpy(), k, n_boot, n_perm,
                        seed)
-        den = np.prod([rel[v]["reliability"] for v in (x, y) if v in rel]) if any(v in rel for v in (x, y)) \
-            else math.nan
-        s["disattenuated"] = float(s["spearman"] / math.sqrt(den)) if np.isfinite(den) and den > 0 and \
-            np.isfinite(s["spearman"]) else math.nan
+        ex = None if not per_example else example_bootstrap_spearman(
+            table, per_example, x, y, example_weights(len(next(iter(per_example.values()))), n_boot_examples, seed))
+        if ex is not None and np.isfinite(s["spearman"]):
+            s["ci95_examples"] = percentile_ci(ex)
+        s.update(disattenuated(s["spearman"], {v: rel[v]["reliability"] for v in (x, y) if v in rel}))
         out[f"{x}~{y}"] = s
     return {"n_heads": int(len(table)), "k": k, "n_boot": n_boot, "n_perm": n_perm, "seed": seed,
-            "reliability": rel, "pairs": out}
+            "n_boot_examples": n_boot_examples, "reliability": rel, "pairs": out}

@@ -29,6 +29,20 @@ def _classifier_on_seq(model, seq):  # the classifier takes seq[:, 0] itself
     return model.classifier(seq)
 
 
+def _deberta_after_layer(model, i: int):
+    """DeBERTa-v2 with conv_kernel_size > 0 mixes the embeddings into layer 0's output."""
+    conv = model.deberta.encoder.conv
+    if i != 0 or conv is None:
+        return None
+    return lambda h, h0, mask: conv(h0, h, mask)
+
+
+def _deberta_reuses_projections(config) -> bool:
+    """share_att_key: query_proj and key_proj also project the relative position embeddings."""
+    return bool(getattr(config, "relative_attention", False) and getattr(config, "share_att_key", False)
+                and getattr(config, "pos_att_type", None))
+
+
 def _distilbert_head(model, seq):
     x = torch.relu(model.pre_classifier(seq[:, 0]))
     return model.classifier(model.dropout(x))
@@ -47,6 +61,18 @@ class ArchAdapter:
     n_heads_attr: str = "num_attention_heads"
     hidden_attr: str = "hidden_size"
     returns_tuple: bool = False  # layer.forward returns (hidden, ...) rather than hidden
+    # keyword arguments of a layer call that are the same for every example (never repeated
+    # along the batch when the ablation engine replays a layer for several copies of a batch)
+    shared_layer_args: tuple[str, ...] = ()
+    # (model, layer index) -> None, or f(h, h0, mask) applied to that layer's output by the
+    # encoder before the next layer (h0: the first layer's input, mask: [B, T] attention mask)
+    after_layer: Callable | None = None
+    # config -> whether Q/K/V/O are also applied to inputs shared by the whole batch (then
+    # per-example gradients need batches of one example)
+    reuses_projections_fn: Callable | None = None
+    # paths from a layer to other modules whose rows belong to heads (not part of Q/K/V/O, so
+    # not in U, the gradient scores or LoRA's default targets; listed in measure_meta.json)
+    other_head_modules: tuple[str, ...] = ()
 
     # --- shape -------------------------------------------------------------
     def num_layers(self, config) -> int:
@@ -81,6 +107,15 @@ class ArchAdapter:
         s = self.head_slice(config, head)
         return weight[:, s] if kind == "o" else weight[s, :]
 
+    def unmeasured_head_modules(self, model) -> list[str]:
+        """Full names of the `other_head_modules` this model has."""
+        names = dict(model.named_modules())
+        return [n for l in range(self.num_layers(model.config)) for p in self.other_head_modules
+                if (n := f"{self.base}.{self.layers}.{l}.{p}") in names]
+
+    def reuses_projections(self, config) -> bool:
+        return bool(self.reuses_projections_fn and self.reuses_projections_fn(config))
+
     def layer_output(self, out):
         return out[0] if self.returns_tuple or isinstance(out, tuple) else out
 
@@ -114,7 +149,11 @@ register(ArchAdapter("electra", "electra", "encoder.layer", _BERT_QKVO, _BERT_FF
 register(ArchAdapter("deberta-v2", "deberta", "encoder.layer",
                      ("attention.self.query_proj", "attention.self.key_proj",
                       "attention.self.value_proj", "attention.output.dense"), _BERT_FFN,
-                     ("pooler", "classifier"), _pooler_then_classifier("pooler"), returns_tuple=True))
+                     ("pooler", "classifier"), _pooler_then_classifier("pooler"), returns_tuple=True,
+                     shared_layer_args=("relative_pos", "rel_embeddings"), after_layer=_deberta_after_layer,
+                     reuses_projections_fn=_deberta_reuses_projections,
+                     # share_att_key=False: separate projections of the relative positions, per head
+                     other_head_modules=("attention.self.pos_key_proj", "attention.self.pos_query_proj")))
 register(ArchAdapter("distilbert", "distilbert", "transformer.layer",
                      ("attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin"),
                      ("ffn.lin1", "ffn.lin2"), ("pre_classifier", "classifier"), _distilbert_head,

@@ -11,8 +11,6 @@ The result is exactly what a full forward pass with the head gated would give.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import numpy as np
 import torch
 from torch.nn import functional as F
@@ -23,8 +21,9 @@ from headplast.data.metrics import metric_value, predictions
 from headplast.data.tokenize import Encoded, sorted_batches
 from headplast.errors import HeadplastError
 from headplast.measure.declare import Inputs, Measurement
-from headplast.measure.fastpath import FAST_PATHS, additive_mask
+from headplast.measure.fastpath import FAST_PATHS
 from headplast.measure.gating import capture_o_inputs, head_gates
+from headplast.measure.replay import Replay
 from headplast.measure.results import ImportanceResult
 
 
@@ -37,63 +36,10 @@ def example_losses(logits: torch.Tensor, labels: torch.Tensor, regression: bool)
 
 
 def kl_base_to(base_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """KL(p_base || p) per example [B]."""
-    lp_base = F.log_softmax(base_logits.float(), -1)
-    return (lp_base.exp() * (lp_base - F.log_softmax(logits.float(), -1))).sum(-1)
-
-
-@contextmanager
-def record_layer_inputs(model, adapter: ArchAdapter):
-    """Yields a list that fills with (args, kwargs) of each layer call during a forward pass."""
-    calls: list = []
-    handles = [layer.register_forward_pre_hook(lambda m, a, kw: calls.append((a, kw)), with_kwargs=True)
-               for layer in adapter.layer_modules(model)]
-    try:
-        yield calls
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _repeat(x, k: int, B: int):
-    """Repeat every per-example tensor (leading dim B) k times along the batch."""
-    if torch.is_tensor(x):
-        return x.repeat(k, *([1] * (x.dim() - 1))) if x.dim() >= 1 and x.shape[0] == B and k > 1 else x
-    if isinstance(x, (list, tuple)):
-        return type(x)(_repeat(v, k, B) for v in x)
-    if isinstance(x, dict):
-        return {key: _repeat(v, k, B) for key, v in x.items()}
-    return x
-
-
-def run_from_layer(model, adapter: ArchAdapter, calls, start: int, hidden: torch.Tensor, k: int, B: int):
-    """Run layers start..L-1 on `hidden` [k*B, T, D], reusing each layer's recorded arguments."""
-    for i in range(start, len(calls)):
-        args, kwargs = calls[i]
-        out = adapter.layer_modules(model)[i](hidden, *_repeat(args[1:], k, B), **_repeat(kwargs, k, B))
-        hidden = adapter.layer_output(out)
-    return adapter.logits(model, hidden)
-
-
-def run_ablated_fast(model, adapter: ArchAdapter, fast, calls, ctx, attn_mask, l: int, k: int, B: int):
-    """Logits [k*B, C] with layer l's O input `ctx` gated by the installed hooks.
-
-    Restarts at O of layer l, runs the middle layers in full and the last one for token 0.
-    """
-    layers = adapter.layer_modules(model)
-    L = len(layers)
-    h_in = calls[l][0][0]
-    if l == L - 1:  # only token 0 of the last layer reaches the classifier
-        return adapter.logits(model, fast.finish(layers[l], _repeat(ctx[:, :1], k, B), _repeat(h_in[:, :1], k, B)))
-    h = fast.finish(layers[l], _repeat(ctx, k, B), _repeat(h_in, k, B))
-    for i in range(l + 1, L - 1):
-        args, kwargs = calls[i]
-        h = adapter.layer_output(layers[i](h, *_repeat(args[1:], k, B), **_repeat(kwargs, k, B)))
-    if fast.first_token_context is None:
-        return run_from_layer(model, adapter, calls, L - 1, h, k, B)
-    add_mask = _repeat(additive_mask(attn_mask, h.dtype), k, B)
-    c0 = fast.first_token_context(layers[L - 1], h, add_mask, _repeat(calls[L - 1], k, B))
-    return adapter.logits(model, fast.finish(layers[L - 1], c0, h[:, :1]))
+    """KL(p_base || p) per example [B], in float64; rounding can still leave about -1e-17 where
+    the two are equal, so it is clamped at 0 (KL is never negative)."""
+    lp_base = F.log_softmax(base_logits.double(), -1)
+    return (lp_base.exp() * (lp_base - F.log_softmax(logits.double(), -1))).sum(-1).clamp_min(0.0)
 
 
 def _to(batch: dict, device) -> dict:
@@ -141,8 +87,8 @@ def ablation_importance(model, adapter: ArchAdapter, enc: Encoded, task, pad_id:
         batch = _to(batch, device)
         labels = batch.pop("labels")
         B, T = batch["input_ids"].shape
-        with record_layer_inputs(model, adapter) as calls, capture_o_inputs(model, adapter) as ctxs:
-            base = model(**batch).logits
+        rp = Replay(model, adapter, batch)
+        base = rp.logits
         losses[idx, 0] = example_losses(base, labels, task.is_regression).double().cpu().numpy()
         logits_all[idx, 0] = base.float().cpu().numpy()
         k_max = _chunk_size(H, B, T, max_tokens)
@@ -154,11 +100,7 @@ def ablation_importance(model, adapter: ArchAdapter, enc: Encoded, task, pad_id:
                 for j, h in enumerate(heads):
                     gates[j * B:(j + 1) * B, h] = 0.0
                 with head_gates(model, adapter, {l: gates}, means):
-                    if fast is None:
-                        out = run_from_layer(model, adapter, calls, l, _repeat(calls[l][0][0], k, B), k, B)
-                    else:
-                        out = run_ablated_fast(model, adapter, fast, calls, ctxs[l], batch["attention_mask"],
-                                               l, k, B)
+                    out = rp.run_from(l, rp.input_of(l, k), k) if fast is None else rp.from_o_input(fast, l, k)
                 for j, h in enumerate(heads):
                     lg = out[j * B:(j + 1) * B]
                     col = 1 + l * H + h

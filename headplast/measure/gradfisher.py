@@ -21,31 +21,57 @@ from headplast.measure.declare import Inputs, Measurement
 from headplast.measure.results import GradFisherResult
 
 
+def _head_sq(G: torch.Tensor, kind: str, H: int) -> torch.Tensor:
+    """[B, out, in] per-example weight gradients -> [B, H] squared norms of each head's part."""
+    if kind == "o":  # head h owns columns h*d:(h+1)*d of W_O
+        return G.pow(2).sum(1).view(G.shape[0], H, -1).sum(-1)
+    return G.pow(2).sum(2).view(G.shape[0], H, -1).sum(-1)  # and rows h*d:(h+1)*d of W_Q, W_K, W_V
+
+
 @contextmanager
-def per_example_sq_norms(model, adapter: ArchAdapter, acc: torch.Tensor):
-    """Accumulate into acc[L, H] the sum over examples of ||d loss_x / d W_head||^2 (Q/K/V/O weights)."""
+def per_example_sq_norms(model, adapter: ArchAdapter, acc: torch.Tensor, B: int):
+    """Accumulate into acc[L, H] the sum over examples of ||d loss_x / d W_head||^2 (Q/K/V/O weights).
+
+    A module applied more than once in a forward pass (DeBERTa with share_att_key also applies
+    Q and K to the relative position embeddings) gets, per example, the sum of its calls'
+    gradients before squaring. A call on an input shared by the batch (leading dim 1) only
+    yields the batch's summed gradient, so it is exact only for batches of one example: the
+    caller must then use B = 1 (ArchAdapter.reuses_projections).
+    """
     L, H = acc.shape
     handles = []
+    pending: dict = {}  # (layer, kind) -> [calls whose gradient has not arrived, summed G]
 
-    def make(layer, kind):
+    def add(key, G):
+        entry = pending[key]
+        entry[0] -= 1
+        entry[1] = G if entry[1] is None else entry[1] + G
+        if entry[0] == 0:
+            acc[key[0]] += _head_sq(pending.pop(key)[1], key[1], H).sum(0).to(acc.dtype)
+
+    def make(key):
         def fwd(module, args, out):
-            x = args[0].detach()  # [B, T, in]
+            x = args[0].detach()  # [B, T, in], or [1, S, in] for an input shared by the batch
+            if x.shape[0] != B and B != 1:
+                raise RuntimeError(f"{key}: an input shared by the batch needs per-example batches of 1")
+            pending.setdefault(key, [0, None])[0] += 1
 
-            def on_grad(g):  # g: [B, T, out]
+            def on_grad(g):  # g: [b, T, out]
                 dt = torch.float64 if g.dtype == torch.float64 else torch.float32
-                G = torch.einsum("bto,bti->boi", g.to(dt), x.to(dt))  # per-example dW [B, out, in]
-                if kind == "o":  # head h owns columns h*d:(h+1)*d of W_O
-                    sq = G.pow(2).sum(1).view(G.shape[0], H, -1).sum(-1)
-                else:  # and rows h*d:(h+1)*d of W_Q, W_K, W_V
-                    sq = G.pow(2).sum(2).view(G.shape[0], H, -1).sum(-1)
-                acc[layer] += sq.sum(0).to(acc.dtype)
+                add(key, torch.einsum("bto,bti->boi", g.to(dt), x.to(dt)))  # per-example dW [b, out, in]
             out.register_hook(on_grad)
         return fwd
+
+    def flush():  # calls whose output did not reach the loss: square what arrived
+        for key in list(pending):
+            entry = pending.pop(key)
+            if entry[1] is not None:
+                acc[key[0]] += _head_sq(entry[1], key[1], H).sum(0).to(acc.dtype)
     try:
         for l in range(L):
             for kind in KINDS:
-                handles.append(adapter.linear(model, l, kind).register_forward_hook(make(l, kind)))
-        yield acc
+                handles.append(adapter.linear(model, l, kind).register_forward_hook(make((l, kind))))
+        yield flush
     finally:
         for h in handles:
             h.remove()
@@ -78,6 +104,8 @@ def grad_fisher(model, adapter: ArchAdapter, enc: Encoded, task, pad_id: int, ba
             p.requires_grad_(False)
         for w in weights.values():
             w.requires_grad_(True)
+        if adapter.reuses_projections(model.config):
+            batch_size = 1  # see per_example_sq_norms
         for _, batch in tqdm(list(sorted_batches(enc, batch_size, pad_id)), desc="grad/fisher",
                              disable=not progress):
             batch = {k: v.to(device) for k, v in batch.items()}
@@ -86,9 +114,10 @@ def grad_fisher(model, adapter: ArchAdapter, enc: Encoded, task, pad_id: int, ba
             gates = torch.ones(B, L, H, device=device, requires_grad=True)  # per-example gates
             for w in weights.values():
                 w.grad = None
-            with head_gates(model, adapter, gates), per_example_sq_norms(model, adapter, fisher_sum):
+            with head_gates(model, adapter, gates), per_example_sq_norms(model, adapter, fisher_sum, B) as flush:
                 loss = example_losses(model(**batch).logits, labels, task.is_regression).sum()
                 loss.backward()  # sum of per-example losses: each gate row sees only its example
+                flush()
             gg = gates.grad.double().cpu().numpy()  # [B, L, H] = d loss_x / d g
             g_abs += np.abs(gg).sum(0)
             g_sq += (gg ** 2).sum(0)

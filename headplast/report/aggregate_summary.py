@@ -7,7 +7,8 @@ from headplast.analysis.across import HEADLINE
 
 def _fmt_ci(d):
     lo, hi = d["ci95"]
-    return f"{d['mean']:+.4f} ± {d['std']:.4f} (95% CI [{lo:+.4f}, {hi:+.4f}], n={d['n']})"
+    scale = ", mean and CI on Fisher's z scale" if d.get("scale") == "Fisher z" else ""
+    return f"{d['mean']:+.4f} ± {d['std']:.4f} (95% CI [{lo:+.4f}, {hi:+.4f}], n={d['n']}{scale})"
 
 
 def aggregate_summary(m) -> str:
@@ -17,6 +18,10 @@ def aggregate_summary(m) -> str:
         state = "excluded" if m["collapsed_excluded"] else "included"
         lines.append(f"Collapsed runs ({state}): " + ", ".join(f"{c['method']} seed {c['seed']}"
                                                               for c in m["collapsed_runs"]))
+    for e in m.get("excluded_runs", []):
+        lines.append(f"  excluded {e['method']} seed {e['seed']}: {e['reason']}")
+    for meth in m.get("methods_without_runs", []):
+        lines.append(f"{meth}: no run left to aggregate (every seed was excluded)")
     for s in HEADLINE:
         lines += ["", f"## {s}"]
         for meth in m["methods"]:

@@ -16,9 +16,14 @@ def compare_summary(m: dict) -> str:
         d = keys[name]
         lo, hi = d["ci95"]
         f = "d" if name.startswith("n_") else ".4f"  # counts are integers
-        return [f"  {title}:", f"    {la}: {d[la]:{f}}", f"    {lb}: {d[lb]:{f}}",
-                f"    difference ({lb} - {la}): {d['difference']:+{f}}  95% CI [{lo:+.4f}, {hi:+.4f}]"
-                f"  {'(exceeds noise)' if d['exceeds_uncertainty'] else '(within noise)'}"]
+        lines = [f"  {title}:", f"    {la}: {d[la]:{f}}", f"    {lb}: {d[lb]:{f}}",
+                 f"    difference ({lb} - {la}): {d['difference']:+{f}}  95% CI [{lo:+.4f}, {hi:+.4f}]"
+                 f"  {'(exceeds noise)' if d['exceeds_uncertainty'] else '(within noise)'}"]
+        if d.get("ci95_examples"):
+            (hl, hh), (el, eh) = d["ci95_heads"], d["ci95_examples"]
+            lines.append(f"    (CI = union of resampling heads [{hl:+.4f}, {hh:+.4f}] and eval examples "
+                         f"[{el:+.4f}, {eh:+.4f}])")
+        return lines
     out.append("## 1. Spearman correlation (importance vs update)")
     out += block("rho(I_pre,U)", "rho(I_pre, U)") + block("rho(I_pre,Urel)", "rho(I_pre, Urel)")
     out += block("rho(I_post,U)", "rho(I_post, U)") + block("rho(I_pre,I_post)", "rho(I_pre, I_post)")

@@ -87,14 +87,22 @@ def _write_aggregate(cfg: AggregateConfig, out: Path) -> None:
         keep = {s: runs[(lab, s)]["df"] for s in cfg.seeds
                 if cfg.include_collapsed or not runs[(lab, s)]["info"]["collapsed"]}
         agreement[lab] = head_agreement(keep)
+    excluded = [] if cfg.include_collapsed else [
+        {"method": m, "seed": s, "reason": _collapse_reason(runs[(m, s)]["info"])} for m, s in collapsed]
     metrics = {"task": cfg.task, "methods": list(cfg.methods), "seeds": list(cfg.seeds),
-               "collapsed_runs": [{"method": m, "seed": s} for m, s in collapsed],
+               "collapsed_runs": [{"method": m, "seed": s} for m, s in collapsed], "excluded_runs": excluded,
+               "methods_without_runs": [m for m in cfg.methods if not summary["per_method"][m]],
                "collapsed_excluded": not cfg.include_collapsed, **summary, "head_agreement": agreement,
                "runs": {f"{m}/seed{s}": r["info"] for (m, s), r in runs.items()}}
     _write_table(table, out, "runs_table")
     atomic_write_json(out / "aggregate_metrics.json", metrics)
     atomic_write_text(out / "summary.txt", aggregate_summary(metrics))
     multi_seed_figure(table, summary, out / "multi_seed_stats.png", cfg.task)
+
+
+def _collapse_reason(info: dict) -> str:
+    return (f"collapsed: validation {info['val_metric_name']} {info['val_metric']:.4f} is no better than the "
+            f"majority class ({info['majority']:.4f}); --include-collapsed keeps it")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from headplast.report.compare_summary import compare_summary
 from headplast.report.findings import findings
 from headplast.steps.analyse_step import analysed
 from headplast.steps.outcome import Outcome, recorded_step
-from headplast.steps.runs import check_comparable, input_hashes, measured_run, resolve_task, run_info
+from headplast.steps.runs import (check_comparable, input_hashes, load_per_example, measured_run, resolve_task,
+                                  run_info)
 from headplast.store import layout, records
 from headplast.store.io import atomic_write_json, atomic_write_text
 
@@ -54,7 +55,9 @@ def _write_compare(cfg: CompareConfig, dirs: dict, out: Path) -> None:
     for lab, d in dirs.items():
         dfs[lab], stats[lab], cases[lab] = analysed(d, cfg.analysis)
     a = cfg.analysis
-    keys = key_statistics(dfs, a.top_k, a.top_quantile, a.bottom_quantile, a.n_boot, a.seed)
+    keys = key_statistics(dfs, a.top_k, a.top_quantile, a.bottom_quantile, a.n_boot, a.seed,
+                          per_example={lab: load_per_example(d) for lab, d in dirs.items()},
+                          n_boot_examples=a.n_boot_examples)
     n = len(next(iter(dfs.values())))
     first = infos[cfg.labels[0]]
     val = {lab: infos[lab]["val_metric"] for lab in cfg.labels}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from headplast.arch.adapters import get_adapter
 from headplast.arch.loading import load_model, load_tokenizer
 from headplast.data.prepare import prepare_from_config
 from headplast.data.subset import check_same_subset, make_eval_subset
@@ -153,6 +154,20 @@ def _measure_one(m: Measurement, ctx: MeasureContext, force: bool) -> str | floa
     return how
 
 
+def _head_parameters(model) -> dict:
+    """What 'a head's parameters' are in this model, and which per-head parameters are left out."""
+    ad = get_adapter(model)
+    other = ad.unmeasured_head_modules(model)
+    out = {"included": "rows of " + ", ".join(ad.qkvo[:3]) + f" and columns of {ad.qkvo[3]} (weights; "
+                       "biases are excluded from U and the gradient scores)",
+           "not_included": other}
+    if other:
+        out["note"] = ("these modules also have per-head rows (DeBERTa with share_att_key=False projects the "
+                       "relative positions separately); by the definition of U (SPEC 2.2.4) they are not part of "
+                       "U, the gradient/Fisher scores or LoRA's default targets")
+    return out
+
+
 def _summary(d: Path, step: str) -> dict:
     rec = records.read_record(d, step)
     return {"key": rec["key"], "seconds": rec["seconds"], "shared_from": rec.get("shared_from"),
@@ -169,8 +184,10 @@ def run_measure(run_dir: str | Path, cfg: MeasureConfig = MeasureConfig(), force
         check_same_subset(read_json(subset_path), ctx.subset.to_dict())
     atomic_write_json(subset_path, ctx.subset.to_dict())
     timings = {m.name: _measure_one(m, ctx, force) for m in registry.MEASUREMENTS}
+    theta0 = ctx.model("theta0", exact=True)
     meta = {"settings": {**asdict(cfg), "eval_source": ctx.subset.eval_source, "eval_size": ctx.subset.size,
                          "max_length": ctx.max_length},
+            "head_parameters": _head_parameters(theta0),
             "measurements": {m.name: {"needs": list(m.needs), **_summary(d, m.name)} for m in registry.MEASUREMENTS}}
     atomic_write_json(d / layout.MEASURE_META, meta)
     status = "skipped" if set(timings.values()) == {"skipped"} else "ran"

@@ -1,0 +1,107 @@
+"""Record one unmodified forward pass of a batch, then replay the layers above any point for k
+modified copies of the batch at once (the engine behind exact ablation).
+
+A change at layer l (a gated head, patched weights) leaves everything below l as it was, so
+the replay starts from the recorded input of layer l (or of its output projection O) and
+runs only the layers above, for k variants stacked along the batch. Every layer gets the
+arguments the encoder gave it in the recorded pass (masks, position biases, ...), repeated
+for the k copies; and whatever the encoder does between layers (DeBERTa's conv after layer
+0) is done too, so the result is exactly what a full forward pass would give.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from headplast.arch.adapters import ArchAdapter
+from headplast.measure.fastpath import FastPath, additive_mask
+from headplast.measure.gating import capture_o_inputs
+
+
+@contextmanager
+def record_layer_inputs(model, adapter: ArchAdapter):
+    """Yields a list that fills with (args, kwargs) of each layer call during a forward pass."""
+    calls: list = []
+    handles = [layer.register_forward_pre_hook(lambda m, a, kw: calls.append((a, kw)), with_kwargs=True)
+               for layer in adapter.layer_modules(model)]
+    try:
+        yield calls
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class Replay:
+    """The recorded pass of one batch [B, T]; `logits` are the unmodified model's."""
+
+    def __init__(self, model, adapter: ArchAdapter, batch: dict):
+        self.model, self.adapter = model, adapter
+        self.layers = adapter.layer_modules(model)
+        self.L = len(self.layers)
+        self.mask = batch["attention_mask"]  # [B, T]
+        self.B = self.mask.shape[0]
+        with record_layer_inputs(model, adapter) as calls, capture_o_inputs(model, adapter) as ctxs:
+            self.logits = model(**batch).logits  # [B, C]
+        self.calls, self.ctxs = calls, ctxs  # per layer: (args, kwargs); input of O [B, T, D]
+
+    def rep(self, x, k: int):
+        """Repeat every per-example tensor (leading dim B) k times along the batch."""
+        if torch.is_tensor(x):
+            return x.repeat(k, *([1] * (x.dim() - 1))) if k > 1 and x.dim() >= 1 and x.shape[0] == self.B else x
+        if isinstance(x, (list, tuple)):
+            return type(x)(self.rep(v, k) for v in x)
+        return x
+
+    def _arguments(self, i: int, k: int):
+        args, kwargs = self.calls[i]
+        shared = self.adapter.shared_layer_args  # e.g. DeBERTa's relative positions: [1, T, T] even if B = 1
+        return self.rep(args[1:], k), {n: v if n in shared else self.rep(v, k) for n, v in kwargs.items()}
+
+    def input_of(self, i: int, k: int) -> torch.Tensor:
+        return self.rep(self.calls[i][0][0], k)  # [k*B, T, D]
+
+    def _after(self, i: int):
+        return self.adapter.after_layer(self.model, i) if self.adapter.after_layer else None
+
+    def finish_layer(self, i: int, h: torch.Tensor, k: int) -> torch.Tensor:
+        """What the encoder does to layer i's output before the next layer (usually nothing)."""
+        op = self._after(i)
+        return h if op is None else op(h, self.input_of(0, k), self.rep(self.mask, k))
+
+    def layer(self, i: int, h: torch.Tensor, k: int) -> torch.Tensor:
+        args, kwargs = self._arguments(i, k)
+        return self.finish_layer(i, self.adapter.layer_output(self.layers[i](h, *args, **kwargs)), k)
+
+    def run_from(self, start: int, h: torch.Tensor, k: int) -> torch.Tensor:
+        """Logits [k*B, C] of layers start..L-1 run on `h` [k*B, T, D]."""
+        for i in range(start, self.L):
+            h = self.layer(i, h, k)
+        return self.adapter.logits(self.model, h)
+
+    def from_o_input(self, fast: FastPath, l: int, k: int) -> torch.Tensor:
+        """Logits [k*B, C] when layer l's O input is changed by hooks the caller installed.
+
+        Restarts at O of layer l (attention below O is unchanged), runs the middle layers in
+        full and, where the family allows, the last layer for token 0 only (all the task head reads).
+        """
+        ctx, h_in = self.ctxs[l], self.calls[l][0][0]
+        last = self.L - 1
+        if l == last and self._after(l) is None:
+            return self.adapter.logits(self.model, fast.finish(self.layers[l], self.rep(ctx[:, :1], k),
+                                                               self.rep(h_in[:, :1], k)))
+        h = self.finish_layer(l, fast.finish(self.layers[l], self.rep(ctx, k), self.rep(h_in, k)), k)
+        if l == last:
+            return self.adapter.logits(self.model, h)
+        for i in range(l + 1, last):
+            h = self.layer(i, h, k)
+        if fast.first_token_context is None or self._after(last) is not None:
+            return self.run_from(last, h, k)
+        add_mask = self.rep(additive_mask(self.mask, h.dtype), k)
+        c0 = fast.first_token_context(self.layers[last], h, add_mask, self._arguments_call(last, k))
+        return self.adapter.logits(self.model, fast.finish(self.layers[last], c0, h[:, :1]))
+
+    def _arguments_call(self, i: int, k: int):
+        args, kwargs = self._arguments(i, k)
+        return (self.calls[i][0][:1] + tuple(args), kwargs)
