@@ -84,3 +84,17 @@ def test_batched_gates_equal_separate_runs(arch, attn, enc_small, tok):
             assert torch.allclose(model(**one).logits[0], batched[i], atol=1e-5)
     with torch.no_grad():  # a zero gate really changes the output
         assert not torch.allclose(model(**{k: v[:1] for k, v in b.items()}).logits[0], batched[0], atol=1e-6)
+
+
+def test_per_head_modules_outside_qkvo_are_named():
+    """DeBERTa with share_att_key=False projects relative positions with its own per-head modules,
+    which U and the gradient scores leave out: measure_meta.json lists them."""
+    separate = tiny_model("deberta-v2")
+    assert get_adapter(separate).unmeasured_head_modules(separate) == [
+        f"deberta.encoder.layer.{l}.attention.self.{p}" for l in range(2) for p in ("pos_key_proj", "pos_query_proj")]
+    shared = tiny_model("deberta-v2:shared")
+    assert get_adapter(shared).unmeasured_head_modules(shared) == []
+    assert get_adapter(shared).reuses_projections(shared.config) and not \
+        get_adapter(separate).reuses_projections(separate.config)
+    bert = tiny_model("bert")
+    assert get_adapter(bert).unmeasured_head_modules(bert) == []

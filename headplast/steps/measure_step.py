@@ -21,9 +21,9 @@ from headplast.data.prepare import prepare_from_config
 from headplast.data.subset import check_same_subset, make_eval_subset
 from headplast.data.tokenize import encode
 from headplast.errors import HeadplastError
+from headplast.measure import registry
 from headplast.measure.config import MeasureConfig
 from headplast.measure.declare import Measurement
-from headplast.measure import registry
 from headplast.measure.update import merged_peft_model
 from headplast.steps.outcome import Outcome, fresh_or_refuse, run_recorded
 from headplast.steps.train_step import train_command
@@ -184,11 +184,12 @@ def run_measure(run_dir: str | Path, cfg: MeasureConfig = MeasureConfig(), force
         check_same_subset(read_json(subset_path), ctx.subset.to_dict())
     atomic_write_json(subset_path, ctx.subset.to_dict())
     timings = {m.name: _measure_one(m, ctx, force) for m in registry.MEASUREMENTS}
-    theta0 = ctx.model("theta0", exact=True)
-    meta = {"settings": {**asdict(cfg), "eval_source": ctx.subset.eval_source, "eval_size": ctx.subset.size,
-                         "max_length": ctx.max_length},
-            "head_parameters": _head_parameters(theta0),
-            "measurements": {m.name: {"needs": list(m.needs), **_summary(d, m.name)} for m in registry.MEASUREMENTS}}
-    atomic_write_json(d / layout.MEASURE_META, meta)
     status = "skipped" if set(timings.values()) == {"skipped"} else "ran"
+    if status == "ran" or not (d / layout.MEASURE_META).exists():
+        meta = {"settings": {**asdict(cfg), "eval_source": ctx.subset.eval_source, "eval_size": ctx.subset.size,
+                             "max_length": ctx.max_length},
+                "head_parameters": _head_parameters(ctx.model("theta0", exact=True)),
+                "measurements": {m.name: {"needs": list(m.needs), **_summary(d, m.name)}
+                                 for m in registry.MEASUREMENTS}}
+        atomic_write_json(d / layout.MEASURE_META, meta)
     return Outcome(status, d, "", timings)
