@@ -32,7 +32,6 @@ from headplast.store.io import (atomic_copyfile, atomic_save_npy, atomic_write_j
                                 clean_temporaries, read_json, state_dict_hash, text_key)
 
 log = logging.getLogger("headplast")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _retrain(rc: dict | None, run_dir: Path) -> str:
@@ -120,9 +119,10 @@ class MeasureContext:
         """The model on the compute device and dtype; a copy when that changes it, so the fp32
         weights used for weight differences are never rounded."""
         p = next(model.parameters())
-        if p.device == self.device and p.dtype == DTYPES[self.cfg.dtype]:
+        dtype = getattr(torch, self.cfg.dtype)  # one of measure.config.DTYPES
+        if p.device == self.device and p.dtype == dtype:
             return model
-        return copy.deepcopy(model).to(self.device, DTYPES[self.cfg.dtype])
+        return copy.deepcopy(model).to(self.device, dtype)
 
 
 def _write(m: Measurement, ctx: MeasureContext, base: Path) -> None:

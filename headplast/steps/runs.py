@@ -115,8 +115,7 @@ def check_comparable(infos: list[dict], what: str) -> None:
 def input_hashes(run_dir: str | Path) -> dict[str, str]:
     """Content hashes of everything the analysis of a run reads (for the keys of analysis steps)."""
     d = Path(run_dir)
-    out = {f"{m.name}/{f}": h for m, rec in zip(registry.MEASUREMENTS, verified_measurements(d).values())
-           for f, h in rec["outputs"].items()}
+    out = {f"{name}/{f}": h for name, rec in verified_measurements(d).items() for f, h in rec["outputs"].items()}
     for name in (layout.RUN_CONFIG, layout.EVAL_SUBSET):
         out[name] = file_sha256(d / name)
     return out

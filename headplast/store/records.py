@@ -90,8 +90,8 @@ def freshness(base: str | Path, step: str, key: str) -> Freshness:
     return Freshness("fresh")
 
 
-def verify(base: str | Path, step: str, fix: str, files=None) -> dict:
-    """The record of a finished step, after checking its outputs (or `files` of them) are unaltered.
+def verify(base: str | Path, step: str, fix: str) -> dict:
+    """The record of a finished step, after checking its outputs are unaltered.
 
     Raises a HeadplastError naming the first altered, truncated or missing file and `fix`.
     """
@@ -99,18 +99,11 @@ def verify(base: str | Path, step: str, fix: str, files=None) -> dict:
     rec = read_record(base, step)
     if rec is None:
         raise HeadplastError(f"{base} has no record of step '{step}' ({record_path(base, step)} is missing)", fix)
-    wanted = rec["outputs"] if files is None else {
-        f: h for f, h in rec["outputs"].items() if any(f == x or f.startswith(x.rstrip("/") + "/") for x in files)}
-    for rel, h in wanted.items():
-        p = base / rel
+    bad = changed_outputs(base, rec)
+    if bad:
+        p = base / bad[0]
         if not p.is_file():
             raise HeadplastError(f"{p} is missing (step '{step}' wrote it)", fix)
-        if file_sha256(p) != h:
-            raise HeadplastError(f"{p} was altered, truncated or replaced after step '{step}' wrote it "
-                                 f"(its content hash differs from {record_path(base, step)})", fix)
+        raise HeadplastError(f"{p} was altered, truncated or replaced after step '{step}' wrote it "
+                             f"(its content hash differs from {record_path(base, step)})", fix)
     return rec
-
-
-def output_hash(base: str | Path, step: str, rel: str) -> str | None:
-    rec = read_record(base, step)
-    return None if rec is None else rec["outputs"].get(rel)
