@@ -181,6 +181,30 @@ def _results(root: Path) -> dict:
     return out
 
 
+def _tree(root: Path) -> dict:
+    return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in root.rglob("*") if p.name != layout.PIPELINE_LOG}
+
+
+def _rerun_read_only(args, a: Path, tmp_path, capsys):
+    """Finished results are only read on a rerun: nothing is written, so a read-only copy works."""
+    before = _tree(a)
+    cli(*args, "--output-root", a, capsys=capsys)
+    assert _tree(a) == before
+    ro = tmp_path / "read_only"
+    ro.mkdir()
+    if subprocess.run(["mount", "--bind", str(a), str(ro)], capture_output=True).returncode != 0:
+        return  # no bind mounts here (not root): the snapshot above is the check
+    try:
+        assert subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)]).returncode == 0
+        text = cli(*args, "--output-root", ro, capsys=capsys)
+        assert "not updating" in text and "=== compare FFT vs LoRA_r8" in text
+        assert main([*map(str, args[:-4]), "--n-boot", "302", "--n-perm", "200", "--output-root", str(ro)]) == 2
+        err = capsys.readouterr().err
+        assert "is read-only, and this step has to write there" in err and "Traceback" not in err
+    finally:
+        subprocess.run(["umount", str(ro)])
+
+
 def test_pipeline_runs_resumes_and_survives_kill_9(tmp_path, capsys):
     model = tiny_model_dir("roberta", tmp_path / "tiny", init=0.3)
     args = ["pipeline", "--model", model, "--ranks", 4, 8, *SMALL, *STATS]
@@ -206,6 +230,20 @@ def test_pipeline_runs_resumes_and_survives_kill_9(tmp_path, capsys):
     assert ra.keys() == rb.keys() and len(ra) > 30
     assert [k for k in ra if ra[k] != rb[k]] == []
     assert not [p for p in b.rglob(".*.tmp")]  # no temporary file left behind
+    assert not list(b.rglob(".*.lock"))  # the locks the killed runs left were recovered, then released
+
+    # two pipelines at once on one root: one waits for the other, the results are those of one run
+    c = tmp_path / "c"
+    procs = [subprocess.Popen([sys.executable, "-m", "headplast", *map(str, args), "--output-root", str(c)],
+                              cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    logs = [p.communicate()[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [t[-3000:] for t in logs]
+    assert any("waiting: " in t and "is in use by pid" in t for t in logs)
+    rc_ = _results(c)
+    assert [k for k in ra if ra[k] != rc_.get(k)] == [] and rc_.keys() == ra.keys()
+
+    _rerun_read_only(args, a, tmp_path, capsys)
 
     # a changed analysis setting re-runs exactly the analysis steps
     cli(*args[:-4], "--n-boot", "301", "--n-perm", "200", "--output-root", a, capsys=capsys)

@@ -137,3 +137,79 @@ def test_a_new_measurement_is_one_declaration(trained, monkeypatch):
     stats = json.loads((fft / "stats.json").read_text())
     assert "I_pre~w0_norm" in stats["pairs"]
     assert (fft / ".steps" / "w0_norm.json").exists()
+
+
+def _copy(run, tmp_path):
+    d = tmp_path / run.parent.parent.name / run.parent.name / run.name
+    shutil.copytree(run, d)
+    return d
+
+
+def _refused(argv, capsys, *expected):
+    from headplast.cli.main import main
+
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("headplast: error: ") and "Traceback" not in err
+    for e in expected:
+        assert e in err, err
+    return err
+
+
+def test_altered_truncated_or_swapped_checkpoints_are_refused(trained, tmp_path, capsys):
+    """ckpt_final as training wrote it, or exit 2 naming the file and the command that rebuilds the run."""
+    from safetensors.torch import load_file, save_file
+
+    root, fft, lora = trained
+    def rebuild(d):  # the command that reproduces the run where it is
+        return ["headplast train --task RTE --method fft --seed 1", "--max-train-samples 32", "--num-epochs 1 ",
+                f"--output-root {d.parents[2]}", "--force"]
+    d = _copy(fft, tmp_path / "altered")  # 64 values of one query weight
+    f = d / "ckpt_final" / "model.safetensors"
+    w = load_file(f)
+    q = next(k for k in w if "query.weight" in k)
+    w[q].view(-1)[:64] += 1.0
+    save_file(w, f, metadata={"format": "pt"})
+    for force in ([], ["--force"]):
+        _refused(["measure", d, *force], capsys, "ckpt_final/model.safetensors was altered, truncated or replaced",
+                 *rebuild(d))
+    d = _copy(fft, tmp_path / "truncated")
+    f = d / "ckpt_final" / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:1000])
+    for force in ([], ["--force"]):
+        _refused(["measure", d, *force], capsys, "ckpt_final/model.safetensors was altered, truncated", *rebuild(d))
+    d = _copy(fft, tmp_path / "swapped")  # another valid model in its place
+    shutil.rmtree(d / "ckpt_final")
+    shutil.copytree(d / "ckpt_init", d / "ckpt_final")
+    _refused(["measure", d, "--force"], capsys, "ckpt_final/", "was altered, truncated or replaced", *rebuild(d))
+    d = _copy(lora, tmp_path / "swapped_lora")
+    a = load_file(d / "ckpt_final" / "adapter_model.safetensors")
+    save_file({k: v * 1.5 for k, v in a.items()}, d / "ckpt_final" / "adapter_model.safetensors")
+    _refused(["measure", d], capsys, "ckpt_final/adapter_model.safetensors was altered",
+             "headplast train --task RTE --method lora --seed 1", "--lora-r 4 --lora-alpha 8")
+
+
+def test_edited_measurement_files_are_refused_where_read(trained, tmp_path, capsys):
+    root, fft, lora = trained
+    run_measure(fft, QUIET)
+    d = _copy(fft, tmp_path)
+    p = d / "importance_pre.jsonl"
+    rows = p.read_text().splitlines()
+    rows[2] = rows[2].replace('"importance": ', '"importance": 1').replace('"importance": 1-', '"importance": -1')
+    p.write_text("\n".join(rows) + "\n")  # still valid JSON, one value changed
+    for argv in (["plot", d, "--n-boot", "50", "--n-perm", "20"], ["measure", d]):
+        _refused(argv, capsys, "importance_pre.jsonl", "altered, truncated or", f"headplast measure {d} --force")
+
+
+def test_temporaries_of_a_killed_step_are_removed(trained, tmp_path):
+    from headplast.analysis.config import AnalysisConfig
+    from headplast.steps.analyse_step import run_analyse
+
+    root, fft, lora = trained
+    run_measure(lora, QUIET)
+    d = _copy(lora, tmp_path)
+    left = [d / ".fig_I_vs_U.png.k3j2x.tmp", d / ".stats.json.a8f1.tmp"]  # as a kill during plotting leaves them
+    for p in left:
+        p.write_bytes(b"partial")
+    run_analyse(d, AnalysisConfig(n_boot=50, n_perm=20))
+    assert not any(p.exists() for p in left) and (d / "fig_I_vs_U.png").exists()

@@ -7,6 +7,7 @@ configs cannot drift apart.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 import warnings
@@ -67,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "predict how much fine-tuning changes it?")
     p.add_argument("-v", "--verbose", action="store_true", help="log what each step does")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    p.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS",
+                   help="how long to wait for a folder another headplast process is writing (default: as long "
+                        "as it runs; 0: fail at once)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     t = sub.add_parser("train", help="build theta0 and fine-tune (FFT or LoRA)")
@@ -103,15 +107,35 @@ def main(argv=None) -> int:
 
         hf_logging.set_verbosity_error()  # e.g. the "classifier MISSING" load report of every θ0
         hf_logging.disable_progress_bar()  # per-file loading bars; our steps have their own
+    from headplast.store import locks
+
+    locks.set_timeout(args.lock_timeout)
     try:
         return args.func(args)
     except HeadplastError as e:
         if args.debug:
             raise
-        print(f"headplast: error: {e.problem}", file=sys.stderr)
-        if e.fix:
-            print(f"  fix: {e.fix}", file=sys.stderr)
-        return 2
+        return _error(e.problem, e.fix)
+    except OSError as e:  # the file system refused: a user's problem, not a bug
+        if args.debug or e.errno not in _FS_ERRORS:
+            raise
+        return _error(f"cannot write {e.filename or 'a file'}: {e.strerror}",
+                      "choose a writable --output-root with free space (finished steps are only read)")
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("headplast: interrupted; finished steps are kept and the next run resumes", file=sys.stderr)
+        return 130
+
+
+_FS_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+
+
+def _error(problem: str, fix: str | None) -> int:
+    print(f"headplast: error: {problem}", file=sys.stderr)
+    if fix:
+        print(f"  fix: {fix}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -59,6 +59,8 @@ def read_tsv(path: Path, header: bool = True) -> tuple[list[str] | None, list[li
     with open(path, encoding="utf-8-sig", newline="") as f:
         rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     rows = [r for r in rows if r]
+    if header and not rows:
+        raise HeadplastError(f"{path} holds no examples (empty)", "supply the task's GLUE TSV with its data rows")
     return (rows[0], rows[1:]) if header else (None, rows)
 
 
@@ -71,16 +73,38 @@ def _column(header, spec) -> int:
     return header.index(spec)
 
 
-def _label_id(task: TaskSpec, raw: str):
-    if task.is_regression:
-        return float(raw)
-    if raw in task.label_names:
-        return task.label_names.index(raw)
-    return int(raw)
+def _label_id(task: TaskSpec, raw: str, where: str):
+    """A label as the task's id; anything else is an error naming the row and the valid labels."""
+    try:
+        if task.is_regression:
+            return float(raw)
+        if raw in task.label_names:
+            return task.label_names.index(raw)
+        if int(raw) in range(task.num_labels):
+            return int(raw)
+    except ValueError:
+        pass
+    valid = "a number" if task.is_regression else \
+        f"{', '.join(task.label_names)} or their ids 0..{task.num_labels - 1}"
+    raise HeadplastError(f"{where}: label '{raw}' is not a label of {task.name} (valid: {valid})",
+                         f"fix or remove that row; the file must be {task.name}'s GLUE TSV")
+
+
+def _check_rows(path: Path, header, rows) -> None:
+    if not rows:
+        raise HeadplastError(f"{path} holds no examples ({'only a header' if header else 'empty'})",
+                             "supply the task's GLUE TSV with its data rows")
+    width = len(header) if header else len(rows[0])
+    for i, r in enumerate(rows):
+        if len(r) != width:
+            raise HeadplastError(f"{path}: line {i + 1 + bool(header)} has {len(r)} tab-separated columns, the "
+                                 f"{'header' if header else 'first row'} has {width} (a tab inside a text?)",
+                                 "remove the stray tab (or the row); the file must be the GLUE TSV, unmodified")
 
 
 def _load_glue_tsv(task: TaskSpec, path: Path, split: str) -> Examples:
     header, rows = read_tsv(path, task.tsv_header)
+    _check_rows(path, header, rows)
     cols = [_column(header, c) for c in task.tsv_columns]
     lab = _column(header, task.tsv_label)
     texts, labels = [], []
@@ -89,7 +113,7 @@ def _load_glue_tsv(task: TaskSpec, path: Path, split: str) -> Examples:
             raise HeadplastError(f"{path}: row {i + 2} has {len(r)} columns, expected more",
                                  "the file must be the tab-separated GLUE file, unmodified")
         texts.append(tuple(r[c] for c in cols))
-        labels.append(_label_id(task, r[lab]))
+        labels.append(_label_id(task, r[lab], f"{path} line {i + 1 + bool(header)}"))
     dtype = np.float32 if task.is_regression else np.int64
     return Examples(tuple(texts), np.asarray(labels, dtype=dtype), split, str(path))
 
@@ -144,14 +168,29 @@ def load_custom(custom: CustomData, split: str) -> tuple[Examples, tuple[str, ..
     if missing:
         raise HeadplastError(f"{path}: columns {missing} not found (has {list(rows[0])})",
                              "set --text-columns and --label-column to the file's column names")
+    for i, r in enumerate(rows):
+        if None in r or None in r.values():  # more or fewer fields than the header
+            raise HeadplastError(f"{path}: line {i + 2} has {'more' if None in r else 'fewer'} fields than the "
+                                 "header (a stray delimiter?)", "fix or remove that row")
     texts = tuple(tuple(str(r[c]) for c in custom.text_columns) for r in rows)
     raw = [r[custom.label_column] for r in rows]
     names = _custom_label_names(custom)
     if not names:
-        labels = np.asarray([float(v) for v in raw], dtype=np.float32)
-    else:
-        labels = np.asarray([names.index(str(v)) for v in raw], dtype=np.int64)
-    return Examples(texts, labels, split, str(path)), names
+        return Examples(texts, np.asarray(_floats(raw, path), dtype=np.float32), split, str(path)), names
+    unseen = sorted({str(v) for v in raw} - set(names))
+    if unseen:
+        raise HeadplastError(f"{path}: labels {unseen[:5]} do not occur in the training file "
+                             f"{custom.train_file} (its labels: {list(names)[:10]})",
+                             "use the same label values in both files")
+    return Examples(texts, np.asarray([names.index(str(v)) for v in raw], dtype=np.int64), split, str(path)), names
+
+
+def _floats(raw, path: Path) -> list[float]:
+    try:
+        return [float(v) for v in raw]
+    except ValueError as e:
+        raise HeadplastError(f"{path}: {e} (labels of a regression task must be numbers)",
+                             "fix that label; the training file's labels were all numbers") from None
 
 
 def _custom_label_names(custom: CustomData) -> tuple[str, ...]:

@@ -11,7 +11,7 @@ import pandas as pd
 from headplast.analysis.across import flat_stats, head_agreement, summarise
 from headplast.analysis.config import AnalysisConfig
 from headplast.errors import HeadplastError
-from headplast.options import opt, option
+from headplast.options import NONNEGATIVE, POSITIVE, opt, option, validate
 from headplast.plotting.across_plots import multi_seed_figure, rank_figures
 from headplast.report.aggregate_summary import aggregate_summary
 from headplast.steps.analyse_step import analysed
@@ -61,12 +61,15 @@ def _runs_key(step: str, cfg, labels, seeds) -> str:
 class AggregateConfig:
     task: str = option("RTE", "GLUE task (any case, dash optional)")
     methods: tuple[str, ...] = option(("FFT", "LoRA_r8"), "run labels: FFT LoRA_r8 ...", aliases=("--method",))
-    seeds: tuple[int, ...] = option((1, 2, 3, 4, 5), "seeds to aggregate")
+    seeds: tuple[int, ...] = option((1, 2, 3, 4, 5), "seeds to aggregate", **NONNEGATIVE)
     output_root: str = option("outputs", "root under which runs are found and written")
     out_dir: str | None = option(None, "default: <output-root>/MULTI_SEED", aliases=("--out_dir",))
     include_collapsed: bool = option(False, "keep runs no better than the majority class")
     analysis: AnalysisConfig = field(default=AnalysisConfig(), metadata=opt(cli=False))
     force: bool = option(False, "redo even if up to date")
+
+    def __post_init__(self):
+        validate(self)
 
 
 def run_aggregate(cfg: AggregateConfig) -> Outcome:
@@ -108,12 +111,15 @@ def _collapse_reason(info: dict) -> str:
 @dataclass(frozen=True)
 class RanksConfig:
     task: str = option("RTE", "GLUE task (any case, dash optional)")
-    seed: int = option(1, "seed of the runs")
-    ranks: tuple[int, ...] = option((4, 8, 16, 32), "LoRA ranks to compare")
+    seed: int = option(1, "seed of the runs", **NONNEGATIVE)
+    ranks: tuple[int, ...] = option((4, 8, 16, 32), "LoRA ranks to compare", **POSITIVE)
     output_root: str = option("outputs", "root under which runs are found and written")
     out_dir: str | None = option(None, "default: <output-root>/RANK_COMPARISON", aliases=("--out_dir",))
     analysis: AnalysisConfig = field(default=AnalysisConfig(), metadata=opt(cli=False))
     force: bool = option(False, "redo even if up to date")
+
+    def __post_init__(self):
+        validate(self)
 
     @property
     def labels(self) -> list[str]:

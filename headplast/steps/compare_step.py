@@ -8,7 +8,7 @@ from pathlib import Path
 from headplast.analysis.compare import key_statistics
 from headplast.analysis.config import AnalysisConfig
 from headplast.errors import HeadplastError
-from headplast.options import opt, option
+from headplast.options import NONNEGATIVE, opt, option, validate
 from headplast.plotting import compare_plots as cp
 from headplast.report.compare_summary import compare_summary
 from headplast.report.findings import findings
@@ -25,12 +25,15 @@ OUTPUTS = (*layout.COMPARE_FIGURES, layout.COMPARE_METRICS, layout.COMPARE_SUMMA
 @dataclass(frozen=True)
 class CompareConfig:
     task: str = option("RTE", "GLUE task (any case, dash optional)")
-    seed: int = option(1, "seed of the two runs")
+    seed: int = option(1, "seed of the two runs", **NONNEGATIVE)
     labels: tuple[str, ...] = option(("FFT", "LoRA_r8"), "the two runs, e.g. FFT LoRA_r8")
     output_root: str = option("outputs", "root under which runs are found and written")
     out_dir: str | None = option(None, "default: <output-root>/COMPARE/<task>/seed<seed>", aliases=("--out_dir",))
     analysis: AnalysisConfig = field(default=AnalysisConfig(), metadata=opt(cli=False))
     force: bool = option(False, "redo even if up to date")
+
+    def __post_init__(self):
+        validate(self)
 
     def out(self) -> Path:
         return Path(self.out_dir) if self.out_dir else layout.compare_dir(self.output_root, self.task, self.seed)

@@ -27,7 +27,7 @@ from headplast.measure.declare import Measurement
 from headplast.measure.update import merged_peft_model
 from headplast.steps.outcome import Outcome, fresh_or_refuse, run_recorded
 from headplast.steps.train_step import train_command
-from headplast.store import layout, records
+from headplast.store import layout, locks, records
 from headplast.store.io import (atomic_copyfile, atomic_save_npy, atomic_write_json, atomic_write_jsonl,
                                 clean_temporaries, read_json, state_dict_hash, text_key)
 
@@ -37,7 +37,7 @@ log = logging.getLogger("headplast")
 def _retrain(rc: dict | None, run_dir: Path) -> str:
     if not rc or "config" not in rc:
         return f"headplast train ... (no usable run_config.json in {run_dir})"
-    return train_command(rc["config"])
+    return train_command({**rc["config"], "output_root": str(layout.root_of(run_dir))})
 
 
 def load_run(run_dir: Path) -> dict:
@@ -134,23 +134,27 @@ def _write(m: Measurement, ctx: MeasureContext, base: Path) -> None:
     atomic_write_jsonl(base / m.file, res.rows())
 
 
+def _key(m: Measurement, ctx: MeasureContext) -> str:
+    return records.step_key(m.name, ctx.cfg.settings(m.settings), ctx.needs_hashes(m))
+
+
 def _measure_one(m: Measurement, ctx: MeasureContext, force: bool) -> str | float:
-    d = ctx.dir
-    key = records.step_key(m.name, ctx.cfg.settings(m.settings), ctx.needs_hashes(m))
+    d, key = ctx.dir, _key(m, ctx)
     if fresh_or_refuse(d, m.name, key, force, f"re-run `headplast measure {d} --force`"):
         return "skipped"
     if not m.shared:
         return round(run_recorded(d, m.name, key, m.outputs, lambda: _write(m, ctx, d)), 2)
     store = layout.shared_dir(layout.root_of(d), m.name, ctx.task.name, key)
     how: str | float = "shared"  # computed already for a run with the same theta0
-    if force or not records.freshness(store, m.name, key).fresh:
-        how = round(run_recorded(store, m.name, key, m.outputs, lambda: _write(m, ctx, store)), 2)
+    with locks.hold(store, f"the shared {m.name} {store}"):
+        if force or not records.freshness(store, m.name, key).fresh:
+            how = round(run_recorded(store, m.name, key, m.outputs, lambda: _write(m, ctx, store)), 2)
 
-    def copy_in():
-        records.verify(store, m.name, f"re-run `headplast measure {d} --force`")
-        for f in m.outputs:
-            atomic_copyfile(store / f, d / f)
-    run_recorded(d, m.name, key, m.outputs, copy_in, shared_from=str(store))
+        def copy_in():
+            records.verify(store, m.name, f"re-run `headplast measure {d} --force`")
+            for f in m.outputs:
+                atomic_copyfile(store / f, d / f)
+        run_recorded(d, m.name, key, m.outputs, copy_in, shared_from=str(store))
     return how
 
 
@@ -174,10 +178,28 @@ def _summary(d: Path, step: str) -> dict:
             "record": str(records.record_path(d, step).relative_to(d))}
 
 
+def _up_to_date(ctx: MeasureContext) -> bool:
+    """Every measurement fresh and the eval subset as recorded: nothing to do, nothing written."""
+    d = ctx.dir
+    fix = f"re-run `headplast measure {d} --force`"
+    if not all([fresh_or_refuse(d, m.name, _key(m, ctx), False, fix) for m in registry.MEASUREMENTS]):
+        return False
+    return (d / layout.MEASURE_META).exists() and (d / layout.EVAL_SUBSET).exists() \
+        and read_json(d / layout.EVAL_SUBSET) == ctx.subset.to_dict()
+
+
 def run_measure(run_dir: str | Path, cfg: MeasureConfig = MeasureConfig(), force: bool = False) -> Outcome:
     """Measure one trained run; timings: {measurement: seconds, 'shared' or 'skipped'}."""
     ctx = MeasureContext(Path(run_dir), cfg)
     d = ctx.dir
+    if not force and _up_to_date(ctx):
+        return Outcome("skipped", d, "", {m.name: "skipped" for m in registry.MEASUREMENTS})
+    with locks.hold(d, f"{d} (measure)"):
+        return _measure_all(ctx, force)
+
+
+def _measure_all(ctx: MeasureContext, force: bool) -> Outcome:
+    d, cfg = ctx.dir, ctx.cfg
     clean_temporaries(d)
     subset_path = d / layout.EVAL_SUBSET
     if subset_path.exists() and not force:

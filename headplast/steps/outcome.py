@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from headplast.errors import HeadplastError
-from headplast.store import records
+from headplast.store import locks, records
 from headplast.store.io import clean_temporaries
 
 
@@ -46,9 +46,18 @@ def run_recorded(base: Path, step: str, key: str, outputs, compute, **extra) -> 
 
 
 def recorded_step(base: Path, step: str, key: str, outputs, write, force: bool, detail=lambda: "",
-                  fix: str = "") -> Outcome:
-    """The freshness rule as one call: skip `step` when up to date, else `write()` and record it."""
+                  fix: str = "", check=lambda: None) -> Outcome:
+    """The freshness rule as one call: skip `step` when up to date, else `write()` and record it.
+
+    Up-to-date steps are only read (no lock, nothing written: a read-only copy of finished
+    results works). Otherwise the folder is locked, freshness is checked again (another
+    process may have just done the work), `check()` validates the inputs before anything
+    is removed, and only then the step runs."""
     if fresh_or_refuse(base, step, key, force, fix):
         return Outcome("skipped", base, detail())
-    run_recorded(base, step, key, outputs, write)
+    with locks.hold(base, f"{base} (step '{step}')"):
+        if fresh_or_refuse(base, step, key, force, fix):
+            return Outcome("skipped", base, detail())
+        check()
+        run_recorded(base, step, key, outputs, write)
     return Outcome("ran", base, detail())

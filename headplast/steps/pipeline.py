@@ -14,9 +14,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from headplast.analysis.config import AnalysisConfig
+from headplast.arch.loading import resolve_model
+from headplast.data.prepare import prepare_from_config
 from headplast.errors import HeadplastError
 from headplast.measure.config import MeasureConfig
-from headplast.options import opt, option
+from headplast.options import NONNEGATIVE, POSITIVE, opt, option, validate
 from headplast.report.lines import timings_line
 from headplast.steps.across_steps import AggregateConfig, RanksConfig, run_aggregate, run_ranks
 from headplast.steps.analyse_step import run_analyse
@@ -25,7 +27,7 @@ from headplast.steps.measure_step import run_measure
 from headplast.steps.outcome import Outcome
 from headplast.steps.train_step import run_id, run_train
 from headplast.store import layout
-from headplast.store.io import atomic_write_json
+from headplast.store.io import atomic_write_json, check_output_root
 from headplast.train.config import METHODS, TrainConfig
 
 
@@ -36,11 +38,14 @@ class PipelineConfig:
     measure: MeasureConfig = field(default=MeasureConfig(), metadata=opt(cli=False))
     analysis: AnalysisConfig = field(default=AnalysisConfig(), metadata=opt(cli=False))
     tasks: tuple[str, ...] = option(("RTE",), "GLUE tasks", aliases=("--task",))
-    seeds: tuple[int, ...] = option((1,), "seeds (several: aggregated across seeds)", aliases=("--seed",))
+    seeds: tuple[int, ...] = option((1,), "seeds (several: aggregated across seeds)", aliases=("--seed",), **NONNEGATIVE)
     methods: tuple[str, ...] = option(METHODS, "fft and/or lora", choices=METHODS)
-    ranks: tuple[int, ...] = option((8,), "LoRA ranks (several: compared across ranks)", aliases=("--lora-r",))
-    lora_alpha: float | None = option(None, "LoRA alpha (default: 2 * r, as the guide does)")
+    ranks: tuple[int, ...] = option((8,), "LoRA ranks (several: compared across ranks)", aliases=("--lora-r",), **POSITIVE)
+    lora_alpha: float | None = option(None, "LoRA alpha (default: 2 * r, as the guide does)", **POSITIVE)
     force: bool = option(False, "redo every step even if up to date")
+
+    def __post_init__(self):
+        validate(self)
 
     def run_configs(self, task: str, seed: int) -> list[TrainConfig]:
         base = replace(self.train, task=task, seed=seed, force=self.force)
@@ -58,6 +63,7 @@ class Runner:
     def __init__(self, root: Path):
         self.root = root
         self.log: list[dict] = []
+        self.unlogged = False
 
     def step(self, name: str, fn) -> Outcome:
         print(f"\n=== {name}", flush=True)
@@ -75,7 +81,14 @@ class Runner:
 
     def _log(self, name, status, secs, detail):
         self.log.append({"step": name, "status": status, "seconds": round(secs, 2), "result": detail})
-        atomic_write_json(self.root / layout.PIPELINE_LOG, {"steps": self.log})
+        try:
+            atomic_write_json(self.root / layout.PIPELINE_LOG, {"steps": self.log})
+        except OSError as e:  # a read-only copy of finished results: every step was only read
+            if any(s["status"] == "ran" for s in self.log):
+                raise
+            if not self.unlogged:
+                print(f"(not updating {self.root / layout.PIPELINE_LOG}: {e.strerror})", flush=True)
+            self.unlogged = True
 
 
 def _one_run(runner: Runner, cfg: PipelineConfig, tcfg: TrainConfig) -> Path:
@@ -87,9 +100,19 @@ def _one_run(runner: Runner, cfg: PipelineConfig, tcfg: TrainConfig) -> Path:
     return out
 
 
+def preflight(cfg: PipelineConfig) -> None:
+    """Check every input (output root, data of each task, model) before any step runs."""
+    check_output_root(cfg.train.output_root)
+    for task in cfg.tasks:
+        prepare_from_config(cfg.run_configs(task, cfg.seeds[0])[0])
+    resolve_model(cfg.train.model)
+
+
 def run_pipeline(cfg: PipelineConfig) -> dict:
+    preflight(cfg)
     root = Path(cfg.train.output_root)
-    root.mkdir(parents=True, exist_ok=True)
+    if not root.exists():
+        root.mkdir(parents=True)
     runner = Runner(root)
     outputs: dict = {"runs": [], "compare": [], "aggregate": [], "ranks": []}
     common = dict(output_root=str(root), analysis=cfg.analysis, force=cfg.force)

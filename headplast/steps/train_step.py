@@ -18,8 +18,8 @@ from headplast.errors import HeadplastError
 from headplast.options import as_flags
 from headplast.report.lines import train_line
 from headplast.steps.outcome import Outcome, recorded_step
-from headplast.store import layout, records
-from headplast.store.io import (atomic_copytree, atomic_write_json, read_json, state_dict_hash, text_key)
+from headplast.store import layout, locks, records
+from headplast.store.io import (atomic_copytree, check_output_root, atomic_write_json, read_json, state_dict_hash, text_key)
 from headplast.store.provenance import provenance
 from headplast.train.config import METHODS, TrainConfig
 from headplast.train.evaluate import evaluate
@@ -65,13 +65,22 @@ def _refuse_other_run(out: Path, cfg: TrainConfig) -> None:
                              "pass --force to overwrite it, or choose another --output-root")
 
 
-def ensure_theta0(cfg: TrainConfig, model_path: str, tok, data) -> tuple[Path, dict]:
-    """Build theta0 once per (model, task, seed, head-init, ...) and share it between runs."""
+def ensure_theta0(cfg: TrainConfig, model_path: str, tok, data, dest: Path) -> dict:
+    """Build theta0 once per (model, task, seed, head-init, ...), shared between runs, and copy it
+    to `dest`. The shared entry is locked while it is built or copied."""
     key = text_key({"model": cfg.model or "default", **cfg.theta0_key_fields()})
     store = layout.shared_dir(cfg.output_root, "theta0", data.task.name, key)
-    state = records.freshness(store, "theta0", key)
-    if state.fresh and not cfg.force:
-        return store, read_json(store / layout.THETA0_INFO)
+    with locks.hold(store, f"the shared theta0 {store}"):
+        state = records.freshness(store, "theta0", key)
+        if state.fresh and not cfg.force:
+            info = read_json(store / layout.THETA0_INFO)
+        else:
+            info = _build_theta0(cfg, model_path, tok, data, store, key, state)
+        atomic_copytree(store, dest, ignore_hidden=True)
+    return info
+
+
+def _build_theta0(cfg: TrainConfig, model_path: str, tok, data, store: Path, key: str, state) -> dict:
     if state.state == "changed":
         log.warning("shared theta0 %s was altered (%s): rebuilding it", store, state.detail)
     t = time.time()
@@ -86,31 +95,34 @@ def ensure_theta0(cfg: TrainConfig, model_path: str, tok, data) -> tuple[Path, d
         atomic_write_json(Path(tmp) / layout.THETA0_INFO, info)
         atomic_copytree(tmp, store)
     records.write_record(store, "theta0", key, ["."], seconds=info["seconds"])
-    return store, info
+    return info
 
 
 def run_train(cfg: TrainConfig) -> Outcome:
-    """Train one run; skips it when the same run is already complete and unaltered."""
+    """Train one run; skips it when the same run is already complete and unaltered. Inputs (the
+    data, the model, an existing other run) are checked before anything is built or removed."""
     if cfg.model and Path(cfg.model).is_dir():  # a local model is recorded by its absolute path
         cfg = replace(cfg, model=str(Path(cfg.model).resolve()))
     run = run_id(cfg)
-    out = layout.run_dir(cfg.output_root, run)
-    key = train_key(cfg)
-    _refuse_other_run(out, cfg)
-    return recorded_step(out, "train", key, OUTPUTS, lambda: _train(cfg, run, out), cfg.force,
+    out = layout.run_dir(check_output_root(cfg.output_root), run)
+    inputs: dict = {}
+
+    def check():
+        _refuse_other_run(out, cfg)
+        inputs["data"] = prepare_from_config(cfg)
+        inputs["model_path"] = resolve_model(cfg.model)
+
+    return recorded_step(out, "train", train_key(cfg), OUTPUTS, lambda: _train(cfg, run, out, **inputs), cfg.force,
                          lambda: train_line(read_json(out / layout.RUN_CONFIG)),
-                         fix=f"re-run `{train_command(cfg.to_dict())} --force`")
+                         fix=f"re-run `{train_command(cfg.to_dict())} --force`", check=check)
 
 
-def _train(cfg: TrainConfig, run: layout.RunId, out: Path) -> None:
+def _train(cfg: TrainConfig, run: layout.RunId, out: Path, data, model_path: str) -> None:
     for stale in (out / layout.RUN_CONFIG, out / layout.CKPT_FINAL):  # a re-run starts clean
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
     t_start = time.time()
-    data = prepare_from_config(cfg)
-    model_path = resolve_model(cfg.model)
     tok = load_tokenizer(model_path)
-    theta0_dir, theta0_info = ensure_theta0(cfg, model_path, tok, data)
-    atomic_copytree(theta0_dir, out / layout.CKPT_INIT, ignore_hidden=True)
+    theta0_info = ensure_theta0(cfg, model_path, tok, data, out / layout.CKPT_INIT)
     model = load_model(str(out / layout.CKPT_INIT))
     adapter = get_adapter(model)
     model, adapted = trainable_model(model, adapter, cfg)

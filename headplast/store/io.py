@@ -23,6 +23,8 @@ import numpy as np
 from headplast.errors import HeadplastError
 
 TMP_SUFFIX = ".tmp"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: mkstemp/mkdtemp create 0600/0700, the final file gets the usual mode
 
 
 @contextmanager
@@ -38,6 +40,7 @@ def atomic_path(path: str | Path, directory: bool = False):
         tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, (0o777 if directory else 0o666) & ~_UMASK)
         if directory and path.exists():
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old.", suffix=TMP_SUFFIX))
             os.replace(path, old / path.name)  # move the old folder aside, then swap in the new one
@@ -61,6 +64,18 @@ def clean_temporaries(folder: str | Path) -> list[Path]:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             removed.append(p)
     return removed
+
+
+def check_output_root(root: str | Path) -> Path:
+    """An output root must be a folder (or not exist yet: it is created when first written)."""
+    root = Path(root)
+    for p in (root, *root.parents):
+        if p.exists() and not p.is_dir():
+            raise HeadplastError(f"--output-root {root}: {p} is a file, not a folder",
+                                 "pass a folder for --output-root (it is created if missing)")
+        if p.exists():
+            break
+    return root
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from headplast.options import option
+from headplast.errors import HeadplastError
+from headplast.options import FRACTION, NONNEGATIVE, POSITIVE, option, validate
 
 # LoRA: 5e-4 (common for base-size models trained for many epochs) left MiniLM-L6 below the
 # majority class on RTE after 3 epochs (0.498); two runs at 2e-3 gave 0.545 and 0.502. Both stay
@@ -21,7 +22,7 @@ METHODS = ("fft", "lora")
 class TrainConfig:
     task: str = option("RTE", "GLUE task (any case, dash optional) or a name for custom data")
     method: str = option("fft", "fft (every parameter) or lora", choices=METHODS)
-    seed: int = option(1, "seed of theta0's task head, LoRA's init, data order and dropout")
+    seed: int = option(1, "seed of theta0's task head, LoRA's init, data order and dropout", **NONNEGATIVE)
     model: str | None = option(None, "hub id or local directory (default: the embedded MiniLM-L6)")
     output_root: str = option("outputs", "root under which runs are written")
     data_dir: str | None = option(None, "GLUE-format folder: DIR/<TASK>/train.tsv, dev.tsv")
@@ -33,30 +34,39 @@ class TrainConfig:
                                            sep=",")
     label_column: str = option("label", "custom files: the label column")
     # LoRA
-    lora_r: int = option(8, "LoRA rank r")
-    lora_alpha: float = option(16.0, "LoRA scale alpha")
-    lora_dropout: float = option(0.1, "dropout on LoRA's input")
+    lora_r: int = option(8, "LoRA rank r", **POSITIVE)
+    lora_alpha: float = option(16.0, "LoRA scale alpha", **POSITIVE)
+    lora_dropout: float = option(0.1, "dropout on LoRA's input", **FRACTION)
     lora_targets: str = option("attn", "attn (Q,K,V,O; default), attn,ffn, q,v, or full module names")
     # theta0
     head_init: str = option("probe", "probe: fit the task head on the frozen encoder first; random: keep "
                             "the untrained head", choices=("probe", "random"))
-    probe_epochs: int = option(300, "max full-batch steps of the probe (early-stopped on 10%% held out)")
-    probe_lr: float = option(1e-3, "learning rate of the probe")
+    probe_epochs: int = option(300, "max full-batch steps of the probe (early-stopped on 10%% held out)", **POSITIVE)
+    probe_lr: float = option(1e-3, "learning rate of the probe", **POSITIVE)
     # optimisation
-    num_epochs: float = option(3.0, "training epochs")
-    batch_size: int = option(32, "training batch size")
-    learning_rate: float | None = option(None, "default 2e-5 (FFT), 2e-3 (LoRA)")
-    weight_decay: float = option(0.01, "AdamW weight decay")
-    warmup_ratio: float = option(0.06, "fraction of steps with linear warm-up")
-    max_length: int = option(256, "tokens per example (longer ones are truncated)")
+    num_epochs: float = option(3.0, "training epochs", **POSITIVE)
+    batch_size: int = option(32, "training batch size", **POSITIVE)
+    learning_rate: float | None = option(None, "default 2e-5 (FFT), 2e-3 (LoRA)", **POSITIVE)
+    weight_decay: float = option(0.01, "AdamW weight decay", **NONNEGATIVE)
+    warmup_ratio: float = option(0.06, "fraction of steps with linear warm-up", **FRACTION)
+    max_length: int = option(256, "tokens per example (longer ones are truncated)", **POSITIVE)
     group_by_length: bool = option(True, "batches of similar length (little padding)")
-    max_train_samples: int | None = option(None, "train on a fixed random subset of this size")
-    train_subset_seed: int = option(0, "seed of that subset (fixed: seeds vary the optimisation, not the data)")
+    max_train_samples: int | None = option(None, "train on a fixed random subset of this size", **POSITIVE)
+    train_subset_seed: int = option(0, "seed of that subset (fixed: seeds vary the optimisation, not the data)",
+                                    **NONNEGATIVE)
     # eval subset (a holdout subset must be kept out of training)
     eval_source: str = option("validation", "split the eval subset is drawn from",
                               choices=("validation", "holdout", "train"))
-    eval_size: int = option(1024, "examples in the eval subset")
+    eval_size: int = option(1024, "examples in the eval subset", **POSITIVE)
     force: bool = option(False, "redo even if the outputs exist and are up to date")
+
+    def __post_init__(self):
+        validate(self)
+        if bool(self.train_file) != bool(self.validation_file):
+            given, missing = ("--train-file", "--validation-file") if self.train_file else \
+                ("--validation-file", "--train-file")
+            raise HeadplastError(f"{given} was given without {missing}: custom data needs both files",
+                                 f"pass {missing} too (e.g. a held-out part of your data, same columns)")
 
     @property
     def lr(self) -> float:
