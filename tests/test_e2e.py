@@ -83,15 +83,15 @@ def test_guide_workflow_with_scripts(tmp_path, capsys):
     text = sh("compare_fft_lora.sh", 1, "RTE", 8, "--output-root", out, *STATS, cwd=tmp_path)
     assert "## 4." in text
     # a second seed and rank, in-process
-    cli("train", "--method", "fft", "--seed", 2, *common, *SMALL)
-    cli("measure", "--method", "fft", "--seed", 2, "--output-root", out)
-    cli("plot", "--seed", 2, "--output-root", out, *STATS)
+    cli("train", "--task", "RTE", "--method", "fft", "--seed", 2, *common, *SMALL)
+    cli("measure", "--task", "RTE", "--method", "fft", "--seed", 2, "--output-root", out)
+    cli("plot", "--task", "RTE", "--seed", 2, "--output-root", out, *STATS)
     for seed in (1, 2):
-        cli("train", "--method", "lora", "--seed", seed, "--lora-r", 4, "--lora-alpha", 8, *common, *SMALL)
-        cli("measure", "--method", "lora", "--seed", seed, "--lora-r", 4, "--output-root", out)
-        cli("plot", "--seed", seed, "--method-label", "LoRA_r4", "--output-root", out, *STATS)
-    cli("train", "--method", "lora", "--seed", 2, "--lora-r", 8, "--lora-alpha", 16, *common, *SMALL)
-    cli("measure", "--method", "lora", "--seed", 2, "--lora-r", 8, "--output-root", out)
+        cli("train", "--task", "RTE", "--method", "lora", "--seed", seed, "--lora-r", 4, "--lora-alpha", 8, *common, *SMALL)
+        cli("measure", "--task", "RTE", "--method", "lora", "--seed", seed, "--lora-r", 4, "--output-root", out)
+        cli("plot", "--task", "RTE", "--seed", seed, "--method-label", "LoRA_r4", "--output-root", out, *STATS)
+    cli("train", "--task", "RTE", "--method", "lora", "--seed", 2, "--lora-r", 8, "--lora-alpha", 16, *common, *SMALL)
+    cli("measure", "--task", "RTE", "--method", "lora", "--seed", 2, "--lora-r", 8, "--output-root", out)
     for d in [out / "FFT" / "RTE" / f"seed{s}" for s in (1, 2)] + [out / "LoRA" / "RTE" / "seed1_r8"] + \
              [out / "LoRA" / "RTE" / f"seed{s}_r4" for s in (1, 2)]:
         _check_run(d)
@@ -206,15 +206,22 @@ def _rerun_read_only(args, a: Path, tmp_path, capsys):
 
 
 def test_pipeline_runs_resumes_and_survives_kill_9(tmp_path, capsys):
+    """The default pipeline (SST-2: its recipe measures on a train holdout) on a tiny model."""
     model = tiny_model_dir("roberta", tmp_path / "tiny", init=0.3)
     args = ["pipeline", "--model", model, "--ranks", 4, 8, *SMALL, *STATS]
     a = tmp_path / "a"
     text = cli(*args, "--output-root", a, capsys=capsys)
-    assert "=== train FFT RTE seed 1" in text and "## 4. Main findings" in text
-    for d in (a / "FFT" / "RTE" / "seed1", a / "LoRA" / "RTE" / "seed1_r4", a / "LoRA" / "RTE" / "seed1_r8"):
+    assert "=== train FFT SST-2 seed 1" in text
+    answer = text[text.index("ANSWER (SST-2, seed 1)"):].splitlines()
+    assert answer[1].startswith("  FFT: important heads change ") and "ρ(I_pre, U) = " in answer[1]
+    assert answer[2].startswith("  LoRA_r4: ") and answer[3].startswith("  FFT vs LoRA_r4: ")
+    for d in (a / "FFT" / "SST-2" / "seed1", a / "LoRA" / "SST-2" / "seed1_r4", a / "LoRA" / "SST-2" / "seed1_r8"):
         _check_run(d)
+    rc = json.loads((a / "FFT" / "SST-2" / "seed1" / "run_config.json").read_text())
+    assert rc["config"]["eval_source"] == "holdout" and rc["defaults"]["filled"]["eval_source"] == "SST-2 recipe"
+    assert "num_epochs" not in rc["defaults"]["filled"] and "tuning set" in rc["defaults"]["why"]  # given: kept
     for r in (4, 8):  # one comparison per rank (only the first was written before)
-        m = json.loads((a / "COMPARE" / "RTE" / f"seed1_r{r}" / "compare_metrics.json").read_text())
+        m = json.loads((a / "COMPARE" / "SST-2" / f"seed1_r{r}" / "compare_metrics.json").read_text())
         assert m["labels"] == ["FFT", f"LoRA_r{r}"]
     first = _statuses(a)
     assert len(first) == 12 and set(first.values()) == {"ran"}

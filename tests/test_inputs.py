@@ -1,7 +1,6 @@
 """Bad input is refused before any work starts: exit 2, `headplast: error: ... fix: ...`, no
 traceback, nothing built (no theta0) and nothing already written lost."""
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -93,7 +92,7 @@ def test_bad_data_is_refused_before_theta0(cmd, name, corrupt, message, tiny_mod
     d = _rte(tmp_path)
     corrupt(d)
     out = tmp_path / "out"
-    argv = [cmd, "--model", str(tiny_model), "--data-dir", str(d.parent), "--data-source", "local",
+    argv = [cmd, "--task", "RTE", "--model", str(tiny_model), "--data-dir", str(d.parent), "--data-source", "local",
             "--output-root", str(out), "--max-train-samples", "16", "--eval-size", "8"]
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -141,7 +140,7 @@ def test_output_root_that_is_a_file(tiny_model, tmp_path, capsys):
 def test_force_with_bad_data_keeps_the_finished_run(tiny_model, tmp_path, capsys):
     d = _rte(tmp_path)
     out = tmp_path / "out"
-    argv = ["train", "--model", str(tiny_model), "--data-dir", str(d.parent), "--data-source", "local",
+    argv = ["train", "--task", "RTE", "--model", str(tiny_model), "--data-dir", str(d.parent), "--data-source", "local",
             "--output-root", str(out), "--max-train-samples", "16", "--eval-size", "8", "--num-epochs", "1",
             "--probe-epochs", "5"]
     assert main(argv) == 0

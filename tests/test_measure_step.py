@@ -18,7 +18,7 @@ QUIET = MeasureConfig(progress=False)
 @pytest.fixture(scope="module")
 def trained(model_dirs, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    kw = dict(model=str(model_dirs["bert"]), output_root=str(root), max_train_samples=32, num_epochs=1,
+    kw = dict(task="RTE", model=str(model_dirs["bert"]), output_root=str(root), max_train_samples=32, num_epochs=1,
               batch_size=8, probe_epochs=10, eval_size=12, max_length=40, learning_rate=5e-3)
     fft = run_train(TrainConfig(method="fft", **kw)).path
     lora = run_train(TrainConfig(method="lora", lora_r=4, lora_alpha=8, **kw)).path
@@ -85,7 +85,7 @@ def test_adapter_from_another_theta0_is_refused(trained, tmp_path):
 
     root, fft, lora = trained
     other_model = tiny_model_dir("bert", tmp_path / "other_model", seed=5)  # other pretrained weights
-    other = run_train(TrainConfig(model=str(other_model), output_root=str(tmp_path), method="lora",
+    other = run_train(TrainConfig(task="RTE", model=str(other_model), output_root=str(tmp_path), method="lora",
                                   seed=1, lora_r=4, lora_alpha=8, max_train_samples=32, num_epochs=1,
                                   batch_size=8, probe_epochs=10, eval_size=12, max_length=40)).path
     mixed = tmp_path / "mixed" / "LoRA" / "RTE" / "seed1_r4"

@@ -48,7 +48,7 @@ def test_lora_targets_can_add_ffn_or_name_modules():
 
 
 def _cfg(model_dir, out, **kw):
-    base = dict(model=str(model_dir), output_root=str(out), max_train_samples=32, num_epochs=1, batch_size=8,
+    base = dict(task="RTE", model=str(model_dir), output_root=str(out), max_train_samples=32, num_epochs=1, batch_size=8,
                 probe_epochs=10, eval_size=16, max_length=48)
     return TrainConfig(**{**base, **kw})
 
@@ -149,3 +149,33 @@ def test_lora_training_is_reproducible_across_processes(model_dirs, tmp_path):
             rc = json.loads((tmp_path / "LoRA" / "RTE" / "seed1_r4" / "run_config.json").read_text())
             hashes.append(rc["theta1_hash"])
     assert hashes[0] == hashes[1]
+
+
+RECIPE_CASES = [
+    # (config, expected resolved values, expected sources)
+    (dict(task="sst2"), dict(num_epochs=1.0, max_train_samples=8000, eval_source="holdout", eval_size=6000,
+                             learning_rate=2e-5), "SST-2 recipe"),
+    (dict(task="SST-2", method="lora"), dict(learning_rate=2e-3, eval_source="holdout"), "SST-2 recipe"),
+    (dict(task="RTE", method="lora"), dict(num_epochs=3.0, max_train_samples=None, eval_source="validation",
+                                           eval_size=1024, learning_rate=2e-3), "guide default"),
+    (dict(task="mine", train_file="a.csv", validation_file="b.csv"), dict(num_epochs=3.0, eval_size=1024),
+     "guide default"),
+]
+
+
+@pytest.mark.parametrize("given,expected,source", RECIPE_CASES)
+def test_unset_fields_get_the_task_recipe_or_the_guide_default(given, expected, source):
+    from headplast.train.recipes import resolve
+
+    cfg, sources = resolve(TrainConfig(**given))
+    assert {k: getattr(cfg, k) for k in expected} == expected
+    assert {sources[k] for k in expected} == {source}
+    assert resolve(cfg)[0] == cfg  # idempotent
+
+
+def test_values_the_user_gives_are_kept():
+    from headplast.train.recipes import resolve
+
+    cfg, sources = resolve(TrainConfig(task="SST-2", num_epochs=2.0, eval_source="validation"))
+    assert (cfg.num_epochs, cfg.eval_source, cfg.eval_size) == (2.0, "validation", 6000)
+    assert "num_epochs" not in sources and "eval_source" not in sources

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import sys
 import warnings
@@ -51,12 +52,17 @@ def cmd_pipeline(a) -> int:
                            analysis=config_from_args(AnalysisConfig, a, "s_"))
     out = run_pipeline(cfg)
     print("\n" + "=" * 60)
-    print(f"done: outputs under {cfg.train.output_root}/")
+    for p in out["compare"]:  # the answer first, then where everything is
+        m = json.loads((p / layout.COMPARE_METRICS).read_text())
+        print(f"ANSWER ({m['task']}, seed {m['seed']}): does a head's importance before fine-tuning predict "
+              "how much fine-tuning changes it?")
+        print("\n".join(f"  {line}" for line in m["headline"]) + "\n")
+    print(f"outputs under {cfg.train.output_root}/")
     for key in ("runs", "compare", "aggregate", "ranks"):
         for p in out[key]:
             print(f"  {key:9s} {p}")
     for p in out["compare"]:
-        print("\n" + (p / layout.COMPARE_SUMMARY).read_text())
+        print(f"details: {p / layout.COMPARE_SUMMARY} (statistics, counter-examples, findings) and the figures beside it")
     return 0
 
 

@@ -23,7 +23,8 @@ class MeasureConfig:
     dtype: str = option("float32", "dtype of the forward passes (fp32 is what the tests prove exact)",
                         choices=DTYPES)
     device: str | None = option(None, "cpu, cuda, cuda:1 (default: cuda if available)")
-    max_tokens: int = option(1 << 14, "tokens per ablation pass (heads of a layer are batched together)", **POSITIVE)
+    max_tokens: int = option(1 << 12, "tokens per ablation pass (heads of a layer are batched together; 4096 was "
+                             "fastest on 2 CPU cores for short SST-2 examples, 1.2-1.4x faster than 16384)", **POSITIVE)
     progress: bool = option(True, "progress bars")
 
     def __post_init__(self):

@@ -11,6 +11,9 @@ def compare_summary(m: dict) -> str:
     keys, k = m["key_statistics"], m["k"]
     out = [RULE, f"Comparison: {la} vs {lb}  ({m['task']}, seed {m['seed']}, {m['n_heads']} heads, "
                  f"eval subset {m['eval_subset_size']} examples)", RULE, ""]
+    if m.get("headline"):
+        out += ["## Answer: does importance before fine-tuning predict the update?"]
+        out += [f"  {line}" for line in m["headline"]] + [""]
 
     def block(name, title):
         d = keys[name]

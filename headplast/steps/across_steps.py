@@ -59,7 +59,7 @@ def _runs_key(step: str, cfg, labels, seeds) -> str:
 
 @dataclass(frozen=True)
 class AggregateConfig:
-    task: str = option("RTE", "GLUE task (any case, dash optional)")
+    task: str | None = option(None, "GLUE task (default: the one task with runs under --output-root)")
     methods: tuple[str, ...] = option(("FFT", "LoRA_r8"), "run labels: FFT LoRA_r8 ...", aliases=("--method",))
     seeds: tuple[int, ...] = option((1, 2, 3, 4, 5), "seeds to aggregate", **NONNEGATIVE)
     output_root: str = option("outputs", "root under which runs are found and written")
@@ -110,7 +110,7 @@ def _collapse_reason(info: dict) -> str:
 
 @dataclass(frozen=True)
 class RanksConfig:
-    task: str = option("RTE", "GLUE task (any case, dash optional)")
+    task: str | None = option(None, "GLUE task (default: the one task with runs under --output-root)")
     seed: int = option(1, "seed of the runs", **NONNEGATIVE)
     ranks: tuple[int, ...] = option((4, 8, 16, 32), "LoRA ranks to compare", **POSITIVE)
     output_root: str = option("outputs", "root under which runs are found and written")

@@ -12,6 +12,7 @@ from headplast.options import NONNEGATIVE, opt, option, validate
 from headplast.plotting import compare_plots as cp
 from headplast.report.compare_summary import compare_summary
 from headplast.report.findings import findings
+from headplast.report.headline import headline
 from headplast.steps.analyse_step import analysed
 from headplast.steps.outcome import Outcome, recorded_step
 from headplast.steps.runs import (check_comparable, input_hashes, load_per_example, measured_run, resolve_task,
@@ -24,7 +25,7 @@ OUTPUTS = (*layout.COMPARE_FIGURES, layout.COMPARE_METRICS, layout.COMPARE_SUMMA
 
 @dataclass(frozen=True)
 class CompareConfig:
-    task: str = option("RTE", "GLUE task (any case, dash optional)")
+    task: str | None = option(None, "GLUE task (default: the one task with runs under --output-root)")
     seed: int = option(1, "seed of the two runs", **NONNEGATIVE)
     labels: tuple[str, ...] = option(("FFT", "LoRA_r8"), "the two runs, e.g. FFT LoRA_r8")
     output_root: str = option("outputs", "root under which runs are found and written")
@@ -71,6 +72,7 @@ def _write_compare(cfg: CompareConfig, dirs: dict, out: Path) -> None:
          "runs": infos, "validation": val, "key_statistics": keys, "stats": stats, "cases": cases,
          "analysis_config": asdict(a)}
     m["findings"] = findings(keys, tuple(cfg.labels), stats, val, a.top_k)
+    m["headline"] = headline(m)
     names = dict(zip(("i_vs_u", "stats", "update_dist", "headwise"), layout.COMPARE_FIGURES))
     cp.compare_i_vs_u(dfs, stats, out / names["i_vs_u"])
     cp.compare_stats(m, stats, out / names["stats"])

@@ -16,6 +16,7 @@ from pathlib import Path
 from headplast.analysis.config import AnalysisConfig
 from headplast.arch.loading import resolve_model
 from headplast.data.prepare import prepare_from_config
+from headplast.data.tasks import DEFAULT_TASK
 from headplast.errors import HeadplastError
 from headplast.measure.config import MeasureConfig
 from headplast.options import NONNEGATIVE, POSITIVE, opt, option, validate
@@ -29,6 +30,7 @@ from headplast.steps.train_step import run_id, run_train
 from headplast.store import layout
 from headplast.store.io import atomic_write_json, check_output_root
 from headplast.train.config import METHODS, TrainConfig
+from headplast.train.recipes import resolve
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ class PipelineConfig:
     train: TrainConfig = field(default=TrainConfig(), metadata=opt(cli=False))
     measure: MeasureConfig = field(default=MeasureConfig(), metadata=opt(cli=False))
     analysis: AnalysisConfig = field(default=AnalysisConfig(), metadata=opt(cli=False))
-    tasks: tuple[str, ...] = option(("RTE",), "GLUE tasks", aliases=("--task",))
+    tasks: tuple[str, ...] = option((DEFAULT_TASK,), "GLUE tasks", aliases=("--task",))
     seeds: tuple[int, ...] = option((1,), "seeds (several: aggregated across seeds)", aliases=("--seed",), **NONNEGATIVE)
     methods: tuple[str, ...] = option(METHODS, "fft and/or lora", choices=METHODS)
     ranks: tuple[int, ...] = option((8,), "LoRA ranks (several: compared across ranks)", aliases=("--lora-r",), **POSITIVE)
@@ -104,7 +106,7 @@ def preflight(cfg: PipelineConfig) -> None:
     """Check every input (output root, data of each task, model) before any step runs."""
     check_output_root(cfg.train.output_root)
     for task in cfg.tasks:
-        prepare_from_config(cfg.run_configs(task, cfg.seeds[0])[0])
+        prepare_from_config(resolve(cfg.run_configs(task, cfg.seeds[0])[0])[0])
     resolve_model(cfg.train.model)
 
 

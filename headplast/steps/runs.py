@@ -28,11 +28,19 @@ def train_fix(run: layout.RunId) -> str:
             f"bash scripts/measure_lora.sh {run.seed} {run.task} {r}")
 
 
-def resolve_task(root, task: str) -> str:
+def resolve_task(root, task: str | None) -> str:
     """The folder name of a task: a GLUE task's canonical name ('sst2' -> 'SST-2'), or the name of
-    custom data that has runs under `root`."""
-    from headplast.data.tasks import get_task
+    custom data that has runs under `root`. None: the one task with runs under `root` (the
+    default task when there are none)."""
+    from headplast.data.tasks import DEFAULT_TASK, get_task
 
+    if task is None:
+        found = sorted({p.name for kind in ("FFT", "LoRA") if (Path(root) / kind).is_dir()
+                        for p in (Path(root) / kind).iterdir() if p.is_dir()})
+        if len(found) > 1:
+            raise HeadplastError(f"{root} holds runs of several tasks ({', '.join(found)})",
+                                 "pass --task to say which one")
+        task = found[0] if found else DEFAULT_TASK
     if any((Path(root) / kind / task).is_dir() for kind in ("FFT", "LoRA")):
         return task
     return get_task(task).name

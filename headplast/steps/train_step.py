@@ -21,6 +21,7 @@ from headplast.steps.outcome import Outcome, recorded_step
 from headplast.store import layout, locks, records
 from headplast.store.io import (atomic_copytree, check_output_root, atomic_write_json, read_json, state_dict_hash, text_key)
 from headplast.store.provenance import provenance
+from headplast.train import recipes
 from headplast.train.config import METHODS, TrainConfig
 from headplast.train.evaluate import evaluate
 from headplast.train.fit import NonFiniteLoss, fine_tune, trainable_model
@@ -103,6 +104,7 @@ def run_train(cfg: TrainConfig) -> Outcome:
     data, the model, an existing other run) are checked before anything is built or removed."""
     if cfg.model and Path(cfg.model).is_dir():  # a local model is recorded by its absolute path
         cfg = replace(cfg, model=str(Path(cfg.model).resolve()))
+    cfg, defaults = recipes.resolve(cfg)
     run = run_id(cfg)
     out = layout.run_dir(check_output_root(cfg.output_root), run)
     inputs: dict = {}
@@ -112,12 +114,13 @@ def run_train(cfg: TrainConfig) -> Outcome:
         inputs["data"] = prepare_from_config(cfg)
         inputs["model_path"] = resolve_model(cfg.model)
 
-    return recorded_step(out, "train", train_key(cfg), OUTPUTS, lambda: _train(cfg, run, out, **inputs), cfg.force,
+    return recorded_step(out, "train", train_key(cfg), OUTPUTS, lambda: _train(cfg, run, out, defaults, **inputs),
+                         cfg.force,
                          lambda: train_line(read_json(out / layout.RUN_CONFIG)),
                          fix=f"re-run `{train_command(cfg.to_dict())} --force`", check=check)
 
 
-def _train(cfg: TrainConfig, run: layout.RunId, out: Path, data, model_path: str) -> None:
+def _train(cfg: TrainConfig, run: layout.RunId, out: Path, defaults: dict, data, model_path: str) -> None:
     for stale in (out / layout.RUN_CONFIG, out / layout.CKPT_FINAL):  # a re-run starts clean
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
     t_start = time.time()
@@ -129,7 +132,7 @@ def _train(cfg: TrainConfig, run: layout.RunId, out: Path, data, model_path: str
     record = {"run": run.__dict__, "label": run.label, "config": cfg.run_fields(), "model_path": model_path,
               "status": "training", "theta0": theta0_info, "data": _data_info(data), "adapted_modules": adapted,
               "trainable": trainable_audit(model, adapter), "command": train_command(cfg.to_dict()),
-              **provenance()}
+              "defaults": {"filled": defaults, "why": recipes.why(data.task.name)}, **provenance()}
     t = time.time()
     try:
         result = fine_tune(model, tok, data.train, cfg)

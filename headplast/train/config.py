@@ -8,19 +8,18 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from headplast.data.tasks import DEFAULT_TASK
 from headplast.errors import HeadplastError
 from headplast.options import FRACTION, NONNEGATIVE, POSITIVE, option, validate
 
-# LoRA: 5e-4 (common for base-size models trained for many epochs) left MiniLM-L6 below the
-# majority class on RTE after 3 epochs (0.498); two runs at 2e-3 gave 0.545 and 0.502. Both stay
-# near chance on that hard task; 2e-3 at least moves the adapter within 3 epochs. See README.
-DEFAULT_LR = {"fft": 2e-5, "lora": 2e-3}
+# Unset fields (None) are filled per task by train/recipes.py (the default experiment's values
+# for SST-2, the guide's for every other task) when a run starts; run_config.json records which.
 METHODS = ("fft", "lora")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    task: str = option("RTE", "GLUE task (any case, dash optional) or a name for custom data")
+    task: str = option(DEFAULT_TASK, "GLUE task (any case, dash optional) or a name for custom data")
     method: str = option("fft", "fft (every parameter) or lora", choices=METHODS)
     seed: int = option(1, "seed of theta0's task head, LoRA's init, data order and dropout", **NONNEGATIVE)
     model: str | None = option(None, "hub id or local directory (default: the embedded MiniLM-L6)")
@@ -44,20 +43,22 @@ class TrainConfig:
     probe_epochs: int = option(300, "max full-batch steps of the probe (early-stopped on 10%% held out)", **POSITIVE)
     probe_lr: float = option(1e-3, "learning rate of the probe", **POSITIVE)
     # optimisation
-    num_epochs: float = option(3.0, "training epochs", **POSITIVE)
+    num_epochs: float | None = option(None, "training epochs (default: SST-2 1, other tasks 3)", **POSITIVE)
     batch_size: int = option(32, "training batch size", **POSITIVE)
-    learning_rate: float | None = option(None, "default 2e-5 (FFT), 2e-3 (LoRA)", **POSITIVE)
+    learning_rate: float | None = option(None, "default: 2e-5 (FFT), 2e-3 (LoRA)", **POSITIVE)
     weight_decay: float = option(0.01, "AdamW weight decay", **NONNEGATIVE)
     warmup_ratio: float = option(0.06, "fraction of steps with linear warm-up", **FRACTION)
     max_length: int = option(256, "tokens per example (longer ones are truncated)", **POSITIVE)
     group_by_length: bool = option(True, "batches of similar length (little padding)")
-    max_train_samples: int | None = option(None, "train on a fixed random subset of this size", **POSITIVE)
+    max_train_samples: int | None = option(None, "train on a fixed random subset of this size (default: SST-2 "
+                                           "8000, other tasks all; a value >= the split's size means all)", **POSITIVE)
     train_subset_seed: int = option(0, "seed of that subset (fixed: seeds vary the optimisation, not the data)",
                                     **NONNEGATIVE)
     # eval subset (a holdout subset must be kept out of training)
-    eval_source: str = option("validation", "split the eval subset is drawn from",
-                              choices=("validation", "holdout", "train"))
-    eval_size: int = option(1024, "examples in the eval subset", **POSITIVE)
+    eval_source: str | None = option(None, "split the eval subset is drawn from (default: SST-2 holdout, other "
+                                     "tasks validation)", choices=("validation", "holdout", "train"))
+    eval_size: int | None = option(None, "examples in the eval subset (default: SST-2 6000, other tasks 1024)",
+                                   **POSITIVE)
     force: bool = option(False, "redo even if the outputs exist and are up to date")
 
     def __post_init__(self):
@@ -70,11 +71,12 @@ class TrainConfig:
 
     @property
     def lr(self) -> float:
-        return self.learning_rate if self.learning_rate is not None else DEFAULT_LR[self.method]
+        if self.learning_rate is None:
+            raise ValueError("learning_rate is unset: resolve the config first (train.recipes.resolve)")
+        return self.learning_rate
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["learning_rate"] = self.lr
         d["text_columns"] = list(self.text_columns)
         return d
 

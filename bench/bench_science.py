@@ -1,0 +1,117 @@
+"""Benchmark of the science: does the default experiment answer the question, for every seed?
+
+Runs the main job (`headplast pipeline`, every default) once per seed, each as its own
+process and timed, then tabulates per seed: validation metric of theta0, FFT and LoRA and
+the majority class; split-half reliability of I_pre and I_post (per method); rho(I_pre, U)
+with its 95% CI (the wider of the bootstraps over heads and over eval examples) for both
+methods; wall time. Each bar of the default experiment is checked:
+
+  theta0 >= majority + 0.10; FFT and LoRA >= theta0 + 0.05, neither collapsed;
+  reliability of I_pre and I_post >= 0.8; eval subset >= 800 examples; wall time <= 25 min.
+
+    python bench/bench_science.py                          # seeds 1 2 3 into bench_science_out/
+    python bench/bench_science.py --seeds 1 --extra --eval-size 3000
+
+Writes bench/results/science.md and science.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BARS = {"theta0_above_majority": 0.10, "tuned_above_theta0": 0.05, "reliability": 0.8, "eval_size": 800,
+        "seconds": 25 * 60}
+
+
+def _ci(p: dict) -> list:
+    a, b = p["ci95"], p.get("ci95_examples")
+    return a if not b else [min(a[0], b[0]), max(a[1], b[1])]
+
+
+def _rel(stats: dict, which: str) -> float:
+    v = stats["reliability"].get(which, {}).get("reliability")
+    return math.nan if v is None else v
+
+
+def row(root: Path, seed: int, seconds: float) -> dict:
+    cmp_dirs = sorted((root / "COMPARE").glob(f"*/seed{seed}"))
+    m = json.loads((cmp_dirs[0] / "compare_metrics.json").read_text())
+    fft, lora = m["labels"]
+    v = m["validation"]
+    r = {"seed": seed, "task": m["task"], "eval_size": m["eval_subset_size"], "majority": v["majority"],
+         "theta0": v["theta0"], fft: v[fft], lora: v[lora], "seconds": seconds, "labels": [fft, lora]}
+    for lab in (fft, lora):
+        st = m["stats"][lab]
+        p = st["pairs"]["I_pre~U"]
+        r[f"rel_I_pre_{lab}"], r[f"rel_I_post_{lab}"] = _rel(st, "I_pre"), _rel(st, "I_post")
+        r[f"rho_{lab}"], r[f"ci_{lab}"] = p["spearman"], _ci(p)
+        r[f"collapsed_{lab}"] = m["runs"][lab]["collapsed"]
+    r["headline"] = m["headline"]
+    r["bars"] = bars(r)
+    return r
+
+
+def bars(r: dict) -> dict:
+    fft, lora = r["labels"]
+    rels = [r[f"rel_{w}_{lab}"] for w in ("I_pre", "I_post") for lab in (fft, lora)]
+    return {"theta0 >= majority + 0.10": r["theta0"] >= r["majority"] + BARS["theta0_above_majority"],
+            f"{fft} >= theta0 + 0.05": r[fft] >= r["theta0"] + BARS["tuned_above_theta0"],
+            f"{lora} >= theta0 + 0.05": r[lora] >= r["theta0"] + BARS["tuned_above_theta0"],
+            "none collapsed": not (r[f"collapsed_{fft}"] or r[f"collapsed_{lora}"]),
+            "reliabilities >= 0.8": all(x >= BARS["reliability"] for x in rels),
+            "eval subset >= 800": r["eval_size"] >= BARS["eval_size"],
+            "time <= 25 min": r["seconds"] <= BARS["seconds"]}
+
+
+def table(rows: list[dict]) -> list[str]:
+    fft, lora = rows[0]["labels"]
+    out = [f"| seed | majority | θ0 | {fft} | {lora} | rel. I_pre | rel. I_post {fft} | rel. I_post {lora} | "
+           f"ρ(I_pre,U) {fft} [95% CI] | ρ(I_pre,U) {lora} [95% CI] | eval N | wall min | bars met |",
+           "|---|" + "---:|" * 11 + "---|"]
+    for r in rows:
+        ok = [k for k, v in r["bars"].items() if not v]
+        out.append(f"| {r['seed']} | {r['majority']:.3f} | {r['theta0']:.3f} | {r[fft]:.3f} | {r[lora]:.3f} | "
+                   f"{r[f'rel_I_pre_{fft}']:.2f} | {r[f'rel_I_post_{fft}']:.2f} | {r[f'rel_I_post_{lora}']:.2f} | "
+                   f"{r[f'rho_{fft}']:+.2f} [{r[f'ci_{fft}'][0]:+.2f}, {r[f'ci_{fft}'][1]:+.2f}] | "
+                   f"{r[f'rho_{lora}']:+.2f} [{r[f'ci_{lora}'][0]:+.2f}, {r[f'ci_{lora}'][1]:+.2f}] | "
+                   f"{r['eval_size']} | {r['seconds'] / 60:.1f} | {'all' if not ok else 'NOT: ' + ', '.join(ok)} |")
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--output-root", default="bench_science_out")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "science"))
+    ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="further flags for headplast pipeline")
+    a = ap.parse_args(argv)
+    rows = []
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    for seed in a.seeds:
+        cmd = [sys.executable, "-m", "headplast", "pipeline", "--seeds", str(seed), "--output-root",
+               a.output_root, *a.extra]
+        t = time.time()
+        subprocess.run(cmd, check=True, env=env)
+        rows.append(row(Path(a.output_root), seed, time.time() - t))
+        print("\n".join(table(rows)), flush=True)
+    lines = table(rows)
+    text = "\n".join(["# Default experiment, seeds " + " ".join(map(str, a.seeds)), "", *lines, ""]
+                     + [f"seed {r['seed']}: " + " / ".join(r["headline"]) for r in rows])
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(text + "\n")
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    print(text)
+    return 0 if all(all(r["bars"].values()) for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The answer to the question in three lines, from a comparison's numbers (compare_metrics.json).
+
+    FFT: important heads change more than the others (ρ(I_pre, U) = +0.31, 95% CI [+0.08, +0.52])
+    LoRA_r8: important heads change no differently from the others (ρ = +0.05, 95% CI [-0.20, +0.29])
+    FFT vs LoRA_r8: importance predicts the update less under LoRA_r8 (difference -0.26, 95% CI [-0.49, -0.03])
+
+An interval is the wider of the bootstrap over heads and over eval examples; a claim is made
+only when it excludes 0. Collapsed runs and unreliable importance are said on the line.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def _ci(p: dict) -> list:
+    """The union of the head and the example bootstrap intervals of one correlation."""
+    a = p.get("ci95") or [math.nan, math.nan]
+    b = p.get("ci95_examples")
+    if b is None or not np.isfinite(b).all():
+        return a
+    return [min(a[0], b[0]), max(a[1], b[1])]
+
+
+def _fmt(ci) -> str:
+    return f"95% CI [{ci[0]:+.2f}, {ci[1]:+.2f}]"
+
+
+def method_line(label: str, stats: dict, info: dict) -> str:
+    p = stats["pairs"].get("I_pre~U", {})
+    rho, ci = p.get("spearman", math.nan), _ci(p)
+    if not np.isfinite(rho) or not np.isfinite(ci).all():
+        verdict = "undefined (too few heads or constant values)"
+    elif ci[0] > 0:
+        verdict = "important heads change more than the others"
+    elif ci[1] < 0:
+        verdict = "important heads change less than the others"
+    else:
+        verdict = "important heads change no differently from the others"
+    noise = "; within noise" if verdict.endswith("others") else ""
+    line = f"{label}: {verdict} (ρ(I_pre, U) = {rho:+.2f}, {_fmt(ci)}{noise})"
+    cautions = []
+    if info.get("collapsed"):
+        cautions.append("collapsed: no better than the majority class")
+    rel = stats.get("reliability", {}).get("I_pre", {}).get("reliability", math.nan)
+    if np.isfinite(rel) and rel < 0.8:
+        cautions.append(f"I_pre reliability only {rel:.2f}")
+    return line + (f"; caution: {', '.join(cautions)}" if cautions else "")
+
+
+def difference_line(labels: tuple[str, str], keys: dict) -> str:
+    la, lb = labels
+    d = keys["rho(I_pre,U)"]
+    diff, ci = d["difference"], d["ci95"]
+    if not d["exceeds_uncertainty"]:
+        verdict = "importance predicts the update no differently under the two (within noise)"
+    else:
+        weaker = lb if abs(d[lb]) < abs(d[la]) else la
+        verdict = f"importance predicts the update less under {weaker}"
+    return f"{la} vs {lb}: {verdict} (difference {lb} − {la} {diff:+.2f}, {_fmt(ci)})"
+
+
+def headline(m: dict) -> list[str]:
+    """Three lines: each method's answer, then the difference between them."""
+    labels = tuple(m["labels"])
+    lines = [method_line(lab, m["stats"][lab], m["runs"][lab]) for lab in labels]
+    return lines + [difference_line(labels, m["key_statistics"])]
