@@ -27,6 +27,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from headplast.report.headline import headline  # noqa: E402
 BARS = {"theta0_above_majority": 0.10, "tuned_above_theta0": 0.05, "reliability": 0.8, "eval_size": 800,
         "seconds": 25 * 60}
 
@@ -54,7 +57,7 @@ def row(root: Path, seed: int, seconds: float) -> dict:
         r[f"rel_I_pre_{lab}"], r[f"rel_I_post_{lab}"] = _rel(st, "I_pre"), _rel(st, "I_post")
         r[f"rho_{lab}"], r[f"ci_{lab}"] = p["spearman"], _ci(p)
         r[f"collapsed_{lab}"] = m["runs"][lab]["collapsed"]
-    r["headline"] = m["headline"]
+    r["headline"] = headline(m)  # as the current code words it
     r["bars"] = bars(r)
     return r
 
@@ -92,10 +95,15 @@ def main(argv=None) -> int:
     ap.add_argument("--output-root", default="bench_science_out")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "science"))
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="further flags for headplast pipeline")
+    ap.add_argument("--tabulate-only", action="store_true", help="re-read finished runs (seconds from the last "
+                    "science.json) instead of running them")
     a = ap.parse_args(argv)
     rows = []
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    for seed in a.seeds:
+    if a.tabulate_only:
+        secs = {r["seed"]: r["seconds"] for r in json.loads(Path(a.out).with_suffix(".json").read_text())}
+        rows = [row(Path(a.output_root), s, secs[s]) for s in a.seeds]
+    for seed in [] if a.tabulate_only else a.seeds:
         cmd = [sys.executable, "-m", "headplast", "pipeline", "--seeds", str(seed), "--output-root",
                a.output_root, *a.extra]
         t = time.time()

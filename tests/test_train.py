@@ -157,9 +157,9 @@ RECIPE_CASES = [
                              learning_rate=2e-5), "SST-2 recipe"),
     (dict(task="SST-2", method="lora"), dict(learning_rate=2e-3, eval_source="holdout"), "SST-2 recipe"),
     (dict(task="RTE", method="lora"), dict(num_epochs=3.0, max_train_samples=None, eval_source="validation",
-                                           eval_size=1024, learning_rate=2e-3), "guide default"),
+                                           eval_size=1024, learning_rate=2e-3), "general default"),
     (dict(task="mine", train_file="a.csv", validation_file="b.csv"), dict(num_epochs=3.0, eval_size=1024),
-     "guide default"),
+     "general default"),
 ]
 
 

@@ -2,7 +2,7 @@
 
     FFT: important heads change more than the others (ρ(I_pre, U) = +0.31, 95% CI [+0.08, +0.52])
     LoRA_r8: important heads change no differently from the others (ρ = +0.05, 95% CI [-0.20, +0.29])
-    FFT vs LoRA_r8: importance predicts the update less under LoRA_r8 (difference -0.26, 95% CI [-0.49, -0.03])
+    FFT vs LoRA_r8: ρ(I_pre, U) is lower under LoRA_r8 than under FFT (difference -0.26, 95% CI [-0.49, -0.03])
 
 An interval is the wider of the bootstrap over heads and over eval examples; a claim is made
 only when it excludes 0. Collapsed runs and unreliable importance are said on the line.
@@ -31,6 +31,7 @@ def _fmt(ci) -> str:
 def method_line(label: str, stats: dict, info: dict) -> str:
     p = stats["pairs"].get("I_pre~U", {})
     rho, ci = p.get("spearman", math.nan), _ci(p)
+    noise = ""
     if not np.isfinite(rho) or not np.isfinite(ci).all():
         verdict = "undefined (too few heads or constant values)"
     elif ci[0] > 0:
@@ -38,8 +39,7 @@ def method_line(label: str, stats: dict, info: dict) -> str:
     elif ci[1] < 0:
         verdict = "important heads change less than the others"
     else:
-        verdict = "important heads change no differently from the others"
-    noise = "; within noise" if verdict.endswith("others") else ""
+        verdict, noise = "important heads change no differently from the others", "; within noise"
     line = f"{label}: {verdict} (ρ(I_pre, U) = {rho:+.2f}, {_fmt(ci)}{noise})"
     cautions = []
     if info.get("collapsed"):
@@ -57,8 +57,7 @@ def difference_line(labels: tuple[str, str], keys: dict) -> str:
     if not d["exceeds_uncertainty"]:
         verdict = "importance predicts the update no differently under the two (within noise)"
     else:
-        weaker = lb if abs(d[lb]) < abs(d[la]) else la
-        verdict = f"importance predicts the update less under {weaker}"
+        verdict = f"ρ(I_pre, U) is {'higher' if diff > 0 else 'lower'} under {lb} than under {la}"
     return f"{la} vs {lb}: {verdict} (difference {lb} − {la} {diff:+.2f}, {_fmt(ci)})"
 
 

@@ -12,9 +12,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-# what a field left unset becomes when the task has no recipe (the guide's values)
+# what a field left unset becomes when the task has no recipe: the guide's setup (3 epochs on the
+# whole train split, eval subset from the validation split); learning rates as below
 GUIDE = {"num_epochs": 3.0, "max_train_samples": None, "eval_source": "validation", "eval_size": 1024}
 GUIDE_LR = {"fft": 2e-5, "lora": 2e-3}
+GENERAL_WHY = ("no recipe for this task: the guide's setup (3 epochs, whole train split, eval subset from the "
+               "validation split); learning rates FFT 2e-5 (the usual value for BERT-family encoders) and LoRA "
+               "2e-3 (chosen for SST-2 on a tuning set of training examples, bench/tune_defaults.py; not tuned "
+               "for this task: run `python bench/tune_defaults.py --task <task> --max-train-samples N` to choose "
+               "on held-out training examples)")
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,7 @@ def resolve(cfg):
         if recipe and name in recipe.values:
             value, sources[name] = recipe.values[name], f"{task} recipe"
         else:
-            value, sources[name] = guide, "guide default"
+            value, sources[name] = guide, "general default"
         filled[name] = value[cfg.method] if isinstance(value, dict) else value
     return replace(cfg, **filled), sources
 
@@ -62,6 +68,6 @@ def _task_name(cfg) -> str:
     return get_task(cfg.task).name
 
 
-def why(task: str) -> str | None:
+def why(task: str) -> str:
     r = RECIPES.get(task)
-    return r.why if r else None
+    return r.why if r else GENERAL_WHY

@@ -1,0 +1,46 @@
+"""The three-line answer says what the intervals say, and nothing more."""
+
+import pytest
+
+from headplast.report.headline import headline
+
+
+def _metrics(ci_fft, ci_lora, diff_ci, rho=(0.3, -0.3), collapsed=False, rel=0.9):
+    def stats(r, ci):
+        return {"pairs": {"I_pre~U": {"spearman": r, "ci95": ci, "ci95_examples": None}},
+                "reliability": {"I_pre": {"reliability": rel}}}
+    exceeds = diff_ci[0] > 0 or diff_ci[1] < 0
+    return {"labels": ["FFT", "LoRA_r8"],
+            "stats": {"FFT": stats(rho[0], ci_fft), "LoRA_r8": stats(rho[1], ci_lora)},
+            "runs": {"FFT": {"collapsed": False}, "LoRA_r8": {"collapsed": collapsed}},
+            "key_statistics": {"rho(I_pre,U)": {"FFT": rho[0], "LoRA_r8": rho[1], "difference": rho[1] - rho[0],
+                                                "ci95": diff_ci, "exceeds_uncertainty": exceeds}}}
+
+
+CASES = [
+    ((0.1, 0.5), (-0.5, -0.1), (-0.9, -0.2),
+     ["FFT: important heads change more than the others (ρ(I_pre, U) = +0.30, 95% CI [+0.10, +0.50])",
+      "LoRA_r8: important heads change less than the others (ρ(I_pre, U) = -0.30, 95% CI [-0.50, -0.10])",
+      "FFT vs LoRA_r8: ρ(I_pre, U) is lower under LoRA_r8 than under FFT (difference LoRA_r8 − FFT -0.60, "
+      "95% CI [-0.90, -0.20])"]),
+    ((-0.1, 0.5), (-0.5, 0.1), (-0.9, 0.1),
+     ["FFT: important heads change no differently from the others (ρ(I_pre, U) = +0.30, 95% CI [-0.10, +0.50]; "
+      "within noise)",
+      "LoRA_r8: important heads change no differently from the others (ρ(I_pre, U) = -0.30, 95% CI [-0.50, +0.10]; "
+      "within noise)",
+      "FFT vs LoRA_r8: importance predicts the update no differently under the two (within noise) (difference "
+      "LoRA_r8 − FFT -0.60, 95% CI [-0.90, +0.10])"]),
+]
+
+
+@pytest.mark.parametrize("ci_fft,ci_lora,diff_ci,expected", CASES)
+def test_each_line_follows_its_interval(ci_fft, ci_lora, diff_ci, expected):
+    assert headline(_metrics(ci_fft, ci_lora, diff_ci)) == expected
+
+
+def test_the_wider_interval_decides_and_cautions_are_said():
+    m = _metrics((0.1, 0.5), (0.1, 0.5), (-0.1, 0.1), collapsed=True, rel=0.5)
+    m["stats"]["FFT"]["pairs"]["I_pre~U"]["ci95_examples"] = [-0.05, 0.4]  # examples disagree: not a claim
+    lines = headline(m)
+    assert "no differently" in lines[0] and "95% CI [-0.05, +0.50]" in lines[0]
+    assert lines[1].endswith("caution: collapsed: no better than the majority class, I_pre reliability only 0.50")
