@@ -142,7 +142,7 @@ def test_lora_training_is_reproducible_across_processes(model_dirs, tmp_path):
               "--max-length", "48"]
     hashes = []
     for method, extra in (("fft", []), ("lora", []), ("lora", ["--force"])):
-        r = subprocess.run([sys.executable, "-m", "headplast", "train", "--method", method, "--lora-r", "4",
+        r = subprocess.run([sys.executable, "-m", "headplast", "train", "--task", "RTE", "--method", method, "--lora-r", "4",
                             "--lora-alpha", "8", *common, *extra], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-3000:]
         if method == "lora":  # theta0 comes from _shared/ both times
