@@ -29,14 +29,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from headplast.analysis.compare import union_ci  # noqa: E402
 from headplast.report.headline import headline  # noqa: E402
 BARS = {"theta0_above_majority": 0.10, "tuned_above_theta0": 0.05, "reliability": 0.8, "eval_size": 800,
         "seconds": 25 * 60}
-
-
-def _ci(p: dict) -> list:
-    a, b = p["ci95"], p.get("ci95_examples")
-    return a if not b else [min(a[0], b[0]), max(a[1], b[1])]
 
 
 def _rel(stats: dict, which: str) -> float:
@@ -55,7 +51,7 @@ def row(root: Path, seed: int, seconds: float) -> dict:
         st = m["stats"][lab]
         p = st["pairs"]["I_pre~U"]
         r[f"rel_I_pre_{lab}"], r[f"rel_I_post_{lab}"] = _rel(st, "I_pre"), _rel(st, "I_post")
-        r[f"rho_{lab}"], r[f"ci_{lab}"] = p["spearman"], _ci(p)
+        r[f"rho_{lab}"], r[f"ci_{lab}"] = p["spearman"], union_ci(p["ci95"], p.get("ci95_examples"))
         r[f"collapsed_{lab}"] = m["runs"][lab]["collapsed"]
     r["headline"] = headline(m)  # as the current code words it
     r["bars"] = bars(r)

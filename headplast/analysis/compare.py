@@ -27,7 +27,7 @@ def _boot_cases(df, idx, top_q, bottom_q, which):
     return out
 
 
-def _union(a: list, b: list | None) -> list:
+def union_ci(a: list, b: list | None) -> list:
     """The wider interval: the union of the two (b may be absent)."""
     if b is None or not np.isfinite(b).all():
         return a
@@ -56,7 +56,7 @@ def key_statistics(dfs: dict, k: int, top_q: float, bottom_q: float, n_boot: int
     def add(name, va, vb, boot_diff, ex_diff=None):
         ci_heads = percentile_ci(boot_diff)
         ci_ex = None if ex_diff is None else percentile_ci(ex_diff)
-        ci = _union(ci_heads, ci_ex)
+        ci = union_ci(ci_heads, ci_ex)
         exceeds = bool(np.isfinite(ci).all() and (ci[0] > 0 or ci[1] < 0))
         out[name] = {la: va, lb: vb, "difference": vb - va, "ci95": ci, "ci95_heads": ci_heads,
                      "ci95_examples": ci_ex, "exceeds_uncertainty": exceeds}

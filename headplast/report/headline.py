@@ -14,14 +14,12 @@ import math
 
 import numpy as np
 
+from headplast.analysis.compare import union_ci
+
 
 def _ci(p: dict) -> list:
     """The union of the head and the example bootstrap intervals of one correlation."""
-    a = p.get("ci95") or [math.nan, math.nan]
-    b = p.get("ci95_examples")
-    if b is None or not np.isfinite(b).all():
-        return a
-    return [min(a[0], b[0]), max(a[1], b[1])]
+    return union_ci(p.get("ci95") or [math.nan, math.nan], p.get("ci95_examples"))
 
 
 def _fmt(ci) -> str:

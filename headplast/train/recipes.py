@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from headplast.data.prepare import task_name
+
 # what a field left unset becomes when the task has no recipe: the guide's setup (3 epochs on the
 # whole train split, eval subset from the validation split); learning rates as below
 GUIDE = {"num_epochs": 3.0, "max_train_samples": None, "eval_source": "validation", "eval_size": 1024}
@@ -46,7 +48,7 @@ def resolve(cfg):
     """(cfg with every unset field filled, {field: where its value came from}).
 
     cfg: a TrainConfig. Fields the user set are kept as given."""
-    task = _task_name(cfg)
+    task = task_name(cfg.task, bool(cfg.train_file))
     recipe = RECIPES.get(task)
     filled, sources = {}, {}
     for name, guide in {**GUIDE, "learning_rate": GUIDE_LR}.items():
@@ -58,14 +60,6 @@ def resolve(cfg):
             value, sources[name] = guide, "general default"
         filled[name] = value[cfg.method] if isinstance(value, dict) else value
     return replace(cfg, **filled), sources
-
-
-def _task_name(cfg) -> str:
-    if cfg.train_file:
-        return cfg.task
-    from headplast.data.tasks import get_task
-
-    return get_task(cfg.task).name
 
 
 def why(task: str) -> str:
