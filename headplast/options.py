@@ -96,3 +96,20 @@ def as_flags(config, skip=()) -> list[str]:
         elif value is not None:
             out += [flag_name(f), str(value)]
     return out
+
+
+def config_from_dict(cls, d: dict):
+    """A config (nested configs included) from its `dataclasses.asdict` form, e.g. read from JSON."""
+    from dataclasses import fields, is_dataclass
+
+    kw = {}
+    for f in fields(cls):
+        if f.name not in d:
+            continue
+        v = d[f.name]
+        if is_dataclass(f.default):
+            v = config_from_dict(type(f.default), v)
+        elif isinstance(v, list):
+            v = tuple(v)
+        kw[f.name] = v
+    return cls(**kw)

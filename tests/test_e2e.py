@@ -19,6 +19,7 @@ from headplast.cli.main import main
 from headplast.measure import registry
 from headplast.store import layout
 from headplast.store.io import read_jsonl
+from outputs import results
 from tiny import tiny_model_dir
 
 pytestmark = pytest.mark.slow
@@ -163,24 +164,6 @@ def _run_until(args, marker: str, delay: float, cwd) -> None:
     p.stdout.close()
 
 
-def _results(root: Path) -> dict:
-    """Every measurement, statistic and comparison under a root, without paths and timings."""
-    def clean(o):
-        if isinstance(o, dict):
-            return {k: clean(v) for k, v in o.items() if k not in ("dir", "run", "runs", "seconds")}
-        return [clean(v) for v in o] if isinstance(o, list) else o
-    out = {}
-    for f in sorted(root.rglob("*")):
-        rel = str(f.relative_to(root))
-        if "_shared" in rel or "/." in "/" + rel or not f.is_file():
-            continue
-        if f.suffix in (".jsonl", ".npy", ".csv"):
-            out[rel] = f.read_bytes()
-        elif f.name in ("stats.json", "cases.json", "compare_metrics.json", "rank_metrics.json"):
-            out[rel] = clean(json.loads(f.read_text()))
-    return out
-
-
 def _tree(root: Path) -> dict:
     return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in root.rglob("*") if p.name != layout.PIPELINE_LOG}
 
@@ -233,7 +216,7 @@ def test_pipeline_runs_resumes_and_survives_kill_9(tmp_path, capsys):
     _run_until([*args, "--output-root", b], "=== train LoRA_r4", 1.0, tmp_path)
     _run_until([*args, "--output-root", b], "=== measure LoRA_r8", 1.5, tmp_path)
     cli(*args, "--output-root", b, capsys=capsys)
-    ra, rb = _results(a), _results(b)
+    ra, rb = results(a), results(b)
     assert ra.keys() == rb.keys() and len(ra) > 30
     assert [k for k in ra if ra[k] != rb[k]] == []
     assert not [p for p in b.rglob(".*.tmp")]  # no temporary file left behind
@@ -247,7 +230,7 @@ def test_pipeline_runs_resumes_and_survives_kill_9(tmp_path, capsys):
     logs = [p.communicate()[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [t[-3000:] for t in logs]
     assert any("waiting: " in t and "is in use by pid" in t for t in logs)
-    rc_ = _results(c)
+    rc_ = results(c)
     assert [k for k in ra if ra[k] != rc_.get(k)] == [] and rc_.keys() == ra.keys()
 
     _rerun_read_only(args, a, tmp_path, capsys)

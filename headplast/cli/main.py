@@ -10,8 +10,8 @@ import argparse
 import errno
 import json
 import logging
+import os
 import sys
-import warnings
 
 from headplast.cli import analysis_cmds
 from headplast.cli.options import add_config_args, config_from_args
@@ -66,9 +66,43 @@ def cmd_pipeline(a) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def cmd_sweep(a) -> int:
     from headplast.analysis.config import AnalysisConfig
     from headplast.steps.pipeline import PipelineConfig
+    from headplast.sweep.config import SweepConfig
+    from headplast.sweep.run import run_sweep
+
+    pipeline = config_from_args(PipelineConfig, a, "p_", train=config_from_args(TrainConfig, a),
+                                measure=config_from_args(MeasureConfig, a, "m_"),
+                                analysis=config_from_args(AnalysisConfig, a, "s_"))
+    cfg = config_from_args(SweepConfig, a, "w_", pipeline=pipeline)
+    out = run_sweep(cfg)
+    print(("\n" if not cfg.status else "") + out["table"])
+    if cfg.status:
+        return 0
+    states = {r.status for r in out["jobs"]}
+    if cfg.engine == "slurm" and not cfg.wait and out["submitted"]:
+        print(f"follow: headplast sweep --status --output-root {cfg.pipeline.train.output_root} (same flags); "
+              "rerun the same command to resubmit what failed")
+        return 0
+    return 0 if states == {"done"} else 1
+
+
+def _add_experiment_args(parser) -> None:
+    """The pipeline's flags: the experiment, training, measurement, statistics."""
+    from headplast.analysis.config import AnalysisConfig
+    from headplast.steps.pipeline import PipelineConfig
+
+    add_config_args(parser, PipelineConfig, dest_prefix="p_", title="experiment")
+    add_config_args(parser, TrainConfig, exclude=("task", "method", "seed", "lora_r", "lora_alpha", "force"),
+                    title="training")
+    add_config_args(parser, MeasureConfig, exclude=("eval_size", "eval_source"), dest_prefix="m_",
+                    title="measurement")
+    add_config_args(parser, AnalysisConfig, dest_prefix="s_", title="statistics")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from headplast.sweep.config import SweepConfig
 
     p = argparse.ArgumentParser(prog="headplast", description="Does how much an attention head matters "
                                 "predict how much fine-tuning changes it?")
@@ -94,12 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("pipeline", help="the guide's whole experiment: train, measure, plot, compare (+ "
                                          "aggregate over seeds, compare ranks)")
-    add_config_args(pl, PipelineConfig, dest_prefix="p_", title="experiment")
-    add_config_args(pl, TrainConfig, exclude=("task", "method", "seed", "lora_r", "lora_alpha", "force"),
-                    title="training")
-    add_config_args(pl, MeasureConfig, exclude=("eval_size", "eval_source"), dest_prefix="m_", title="measurement")
-    add_config_args(pl, AnalysisConfig, dest_prefix="s_", title="statistics")
+    _add_experiment_args(pl)
     pl.set_defaults(func=cmd_pipeline)
+
+    sw = sub.add_parser("sweep", help="the pipeline's runs as jobs on an engine: local, ray (one GPU box or a "
+                                      "Ray cluster), slurm (job arrays via submitit); --status follows them")
+    add_config_args(sw, SweepConfig, dest_prefix="w_", title="sweep")
+    _add_experiment_args(sw)
+    sw.set_defaults(func=cmd_sweep)
     return p
 
 
@@ -107,16 +143,14 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if not args.verbose:
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        from transformers.utils import logging as hf_logging
+        from headplast.sweep.worker import quiet_libraries
 
-        hf_logging.set_verbosity_error()  # e.g. the "classifier MISSING" load report of every θ0
-        hf_logging.disable_progress_bar()  # per-file loading bars; our steps have their own
+        quiet_libraries()
     from headplast.store import locks
 
     locks.set_timeout(args.lock_timeout)
     try:
+        _one_process()
         return args.func(args)
     except HeadplastError as e:
         if args.debug:
@@ -132,6 +166,17 @@ def main(argv=None) -> int:
             raise
         print("headplast: interrupted; finished steps are kept and the next run resumes", file=sys.stderr)
         return 130
+
+
+def _one_process() -> None:
+    """Each run is one process on one device. Under `accelerate launch` / torchrun every process would
+    run the whole step and wait on the others' locks, so that is refused up front."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.isdigit() and int(world) > 1:
+        raise HeadplastError(f"headplast was started as one of {world} processes (WORLD_SIZE={world}: accelerate "
+                             "launch or torchrun); one run uses one process and one device",
+                             "run it without accelerate launch / torchrun; to use several GPUs run several runs "
+                             "at once: headplast sweep --engine ray --gpus-per-job 1")
 
 
 _FS_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)

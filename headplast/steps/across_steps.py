@@ -33,13 +33,15 @@ def _collect(root, task, labels, seeds, acfg):
     return runs
 
 
-def _tidy(runs, include_collapsed: bool) -> pd.DataFrame:
+def _tidy(runs, include_collapsed: bool, root) -> pd.DataFrame:
+    """One row per (run, statistic); run_dir relative to the output root, so a moved root stays valid."""
     rows = []
     for (lab, s), r in runs.items():
         col = bool(r["info"]["collapsed"])
         for k, v in r["flat"].items():
             rows.append({"method": lab, "seed": s, "statistic": k, "value": float(v) if v is not None else np.nan,
-                         "collapsed": col, "included": include_collapsed or not col, "run_dir": r["dir"]})
+                         "collapsed": col, "included": include_collapsed or not col,
+                         "run_dir": str(Path(r["dir"]).resolve().relative_to(Path(root).resolve()))})
     return pd.DataFrame(rows)
 
 
@@ -82,7 +84,7 @@ def run_aggregate(cfg: AggregateConfig) -> Outcome:
 
 def _write_aggregate(cfg: AggregateConfig, out: Path) -> None:
     runs = _collect(cfg.output_root, cfg.task, cfg.methods, cfg.seeds, cfg.analysis)
-    table = _tidy(runs, cfg.include_collapsed)
+    table = _tidy(runs, cfg.include_collapsed, cfg.output_root)
     summary = summarise(table, list(cfg.methods))
     collapsed = sorted({(m, int(s)) for m, s in table[table.collapsed][["method", "seed"]].itertuples(index=False)})
     agreement = {}

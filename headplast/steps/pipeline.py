@@ -62,8 +62,8 @@ class PipelineConfig:
 class Runner:
     """Runs named steps, prints a header and a one-line result each, logs their outcomes."""
 
-    def __init__(self, root: Path):
-        self.root = root
+    def __init__(self, log_file: Path | None):
+        self.log_file = log_file  # None: keep the log in memory only (a sweep job records its own)
         self.log: list[dict] = []
         self.unlogged = False
 
@@ -83,17 +83,20 @@ class Runner:
 
     def _log(self, name, status, secs, detail):
         self.log.append({"step": name, "status": status, "seconds": round(secs, 2), "result": detail})
+        if self.log_file is None:
+            return
         try:
-            atomic_write_json(self.root / layout.PIPELINE_LOG, {"steps": self.log})
+            atomic_write_json(self.log_file, {"steps": self.log})
         except OSError as e:  # a read-only copy of finished results: every step was only read
             if any(s["status"] == "ran" for s in self.log):
                 raise
             if not self.unlogged:
-                print(f"(not updating {self.root / layout.PIPELINE_LOG}: {e.strerror})", flush=True)
+                print(f"(not updating {self.log_file}: {e.strerror})", flush=True)
             self.unlogged = True
 
 
-def _one_run(runner: Runner, cfg: PipelineConfig, tcfg: TrainConfig) -> Path:
+def one_run(runner: Runner, cfg: PipelineConfig, tcfg: TrainConfig) -> Path:
+    """train -> measure -> analyse of one run (the unit of work of a sweep)."""
     run = run_id(tcfg)
     tag = f"{run.label} {run.task} seed {run.seed}"
     out = runner.step(f"train {tag}", lambda: run_train(tcfg)).path
@@ -110,35 +113,62 @@ def preflight(cfg: PipelineConfig) -> None:
     resolve_model(cfg.train.model)
 
 
+def cross_run_seed(runner: Runner, cfg: PipelineConfig, task: str, seed: int) -> dict:
+    """Compare FFT with each LoRA rank of one seed; with several ranks, compare the ranks."""
+    root = Path(cfg.train.output_root)
+    runs = [run_id(t) for t in cfg.run_configs(task, seed)]
+    name, labels = runs[0].task, [r.label for r in runs]
+    loras = [lab for lab in labels if lab != "FFT"]
+    common = dict(output_root=str(root), analysis=cfg.analysis, force=cfg.force)
+    out: dict = {"compare": [], "ranks": []}
+    for lab in loras if "FFT" in labels else []:
+        r = layout.parse_label(lab)[1]
+        where = layout.compare_dir(root, name, seed, r if len(loras) > 1 else None)
+        c = CompareConfig(name, seed, ("FFT", lab), out_dir=str(where), **common)
+        step = runner.step(f"compare FFT vs {lab} {name} seed {seed}", lambda c=c: run_compare(c))
+        out["compare"].append(step.path)
+    if len(loras) > 1:  # one folder per task and seed when there are several (else the guide's)
+        several = len(cfg.tasks) > 1 or len(cfg.seeds) > 1
+        where = layout.rank_dir(root, name, seed) if several else layout.rank_dir(root)
+        rc = RanksConfig(name, seed, tuple(cfg.ranks), out_dir=str(where), **common)
+        out["ranks"].append(runner.step(f"ranks {name} seed {seed}", lambda: run_ranks(rc)).path)
+    return out
+
+
+def aggregate_seeds(runner: Runner, cfg: PipelineConfig, task: str) -> list[Path]:
+    """With several seeds: every statistic across seeds (MULTI_SEED/)."""
+    if len(cfg.seeds) < 2:
+        return []
+    runs = [run_id(t) for t in cfg.run_configs(task, cfg.seeds[0])]
+    root, name = cfg.train.output_root, runs[0].task
+    where = layout.multi_seed_dir(root, name if len(cfg.tasks) > 1 else None)
+    ac = AggregateConfig(name, tuple(r.label for r in runs), tuple(cfg.seeds), output_root=root,
+                         out_dir=str(where), analysis=cfg.analysis, force=cfg.force)
+    return [runner.step(f"aggregate {ac.task} seeds {list(cfg.seeds)}", lambda: run_aggregate(ac)).path]
+
+
+def cross_run_task(runner: Runner, cfg: PipelineConfig, task: str) -> dict:
+    """Every step that reads several runs of a task: each seed's comparisons, then the aggregate."""
+    out: dict = {"compare": [], "ranks": []}
+    for seed in cfg.seeds:
+        for k, v in cross_run_seed(runner, cfg, task, seed).items():
+            out[k] += v
+    out["aggregate"] = aggregate_seeds(runner, cfg, task)
+    return out
+
+
 def run_pipeline(cfg: PipelineConfig) -> dict:
     preflight(cfg)
     root = Path(cfg.train.output_root)
     if not root.exists():
         root.mkdir(parents=True)
-    runner = Runner(root)
+    runner = Runner(root / layout.PIPELINE_LOG)
     outputs: dict = {"runs": [], "compare": [], "aggregate": [], "ranks": []}
-    common = dict(output_root=str(root), analysis=cfg.analysis, force=cfg.force)
     for task in cfg.tasks:
-        labels: dict[str, None] = {}
-        for seed in cfg.seeds:
-            runs = {run_id(t).label: t for t in cfg.run_configs(task, seed)}
-            for tcfg in runs.values():
-                outputs["runs"].append(_one_run(runner, cfg, tcfg))
-            labels.update(dict.fromkeys(runs))
-            name = run_id(next(iter(runs.values()))).task
-            loras = [lab for lab in runs if lab != "FFT"]
-            for lab in loras if "FFT" in runs else []:
-                r = layout.parse_label(lab)[1]
-                out = layout.compare_dir(root, name, seed, r if len(loras) > 1 else None)
-                c = CompareConfig(name, seed, ("FFT", lab), out_dir=str(out), **common)
-                outputs["compare"].append(runner.step(f"compare FFT vs {lab} {name} seed {seed}",
-                                                      lambda c=c: run_compare(c)).path)
-            if len(loras) > 1:
-                rc = RanksConfig(name, seed, tuple(cfg.ranks), **common)
-                outputs["ranks"].append(runner.step(f"ranks {name} seed {seed}", lambda rc=rc: run_ranks(rc)).path)
-        if len(cfg.seeds) > 1:
-            ac = AggregateConfig(name, tuple(labels), tuple(cfg.seeds), **common)
-            outputs["aggregate"].append(runner.step(f"aggregate {name} seeds {list(cfg.seeds)}",
-                                                    lambda ac=ac: run_aggregate(ac)).path)
+        for seed in cfg.seeds:  # each seed's comparisons as soon as its runs are done
+            outputs["runs"] += [one_run(runner, cfg, t) for t in cfg.run_configs(task, seed)]
+            for k, v in cross_run_seed(runner, cfg, task, seed).items():
+                outputs[k] += v
+        outputs["aggregate"] += aggregate_seeds(runner, cfg, task)
     outputs["log"] = runner.log
     return outputs

@@ -99,12 +99,18 @@ def _build_theta0(cfg: TrainConfig, model_path: str, tok, data, store: Path, key
     return info
 
 
+def resolved_config(cfg: TrainConfig) -> tuple[TrainConfig, dict]:
+    """The config a run is trained and keyed with: recipe defaults filled in, a local model by
+    its absolute path. Also {field: where its value came from}."""
+    if cfg.model and Path(cfg.model).is_dir():
+        cfg = replace(cfg, model=str(Path(cfg.model).resolve()))
+    return recipes.resolve(cfg)
+
+
 def run_train(cfg: TrainConfig) -> Outcome:
     """Train one run; skips it when the same run is already complete and unaltered. Inputs (the
     data, the model, an existing other run) are checked before anything is built or removed."""
-    if cfg.model and Path(cfg.model).is_dir():  # a local model is recorded by its absolute path
-        cfg = replace(cfg, model=str(Path(cfg.model).resolve()))
-    cfg, defaults = recipes.resolve(cfg)
+    cfg, defaults = resolved_config(cfg)
     run = run_id(cfg)
     out = layout.run_dir(check_output_root(cfg.output_root), run)
     inputs: dict = {}

@@ -92,9 +92,32 @@ def compare_dir(root: str | Path, task: str, seed: int, rank: int | None = None)
     return Path(root) / "COMPARE" / task / (f"seed{seed}" if rank is None else f"seed{seed}_r{rank}")
 
 
-def multi_seed_dir(root: str | Path) -> Path:
-    return Path(root) / "MULTI_SEED"
+def multi_seed_dir(root: str | Path, task: str | None = None) -> Path:
+    """The guide's MULTI_SEED/; MULTI_SEED/<task>/ when one experiment covers several tasks."""
+    return Path(root) / "MULTI_SEED" / (task or "")
 
 
-def rank_dir(root: str | Path) -> Path:
-    return Path(root) / "RANK_COMPARISON"
+def rank_dir(root: str | Path, task: str | None = None, seed: int | None = None) -> Path:
+    """The guide's RANK_COMPARISON/ (one task, one seed); RANK_COMPARISON/<task>/seed<seed>/ when one
+    experiment compares ranks for several tasks or seeds."""
+    return Path(root) / "RANK_COMPARISON" / (task or "") / ("" if seed is None else f"seed{seed}")
+
+
+SWEEP_DIR = "_sweep"  # a sweep's bookkeeping under the output root: one folder per job, engine logs
+SWEEP_CONFIG = "sweep.json"  # the last sweep started under a root: what `sweep --status` reports on
+JOB_STATE = "state.json"
+JOB_LOG = "log.txt"
+
+
+def sweep_dir(root: str | Path) -> Path:
+    return Path(root) / SWEEP_DIR
+
+
+def job_dir(root: str | Path, name: str) -> Path:
+    """<root>/_sweep/jobs/<job name>/: the job's state.json and log.txt."""
+    return sweep_dir(root) / "jobs" / name
+
+
+def engine_log_dir(root: str | Path, engine: str) -> Path:
+    """Where an engine keeps its own per-job files (submitit's scripts and logs for SLURM)."""
+    return sweep_dir(root) / engine

@@ -1,0 +1,24 @@
+"""What a worker process (a Ray worker, a SLURM job) does with a job."""
+
+from __future__ import annotations
+
+import warnings
+
+
+def quiet_libraries() -> None:
+    """The libraries' own chatter off: our steps print what matters."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # e.g. the "classifier MISSING" load report of every θ0
+    hf_logging.disable_progress_bar()  # per-file loading bars; our steps have their own
+
+
+def work(job, jobs, engine: str, threads: int | None, engine_id: str | None = None) -> dict:
+    """Run one job in this process, its output into the job's log; returns its state (small)."""
+    from headplast.steps.sweep_jobs import run_job
+
+    quiet_libraries()
+    state = run_job(job, jobs, engine, threads, echo=False, engine_id=engine_id)
+    return {"job": job.name, "status": state.get("status"), "seconds": state.get("seconds")}
