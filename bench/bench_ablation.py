@@ -3,10 +3,12 @@
 The naive reference is the original guide's way: one full forward pass per head, batches
 of 128 padded to 256 tokens. Reports the speed ratio, the largest absolute difference
 between the two importance vectors, peak memory of each (separate processes), and the
-engine's achieved FLOP/s next to a measured matmul peak.
+engine's achieved FLOP/s next to a measured matmul peak, and the cost of the update effect (both
+directions, on the same engine) next to the ablation's.
 
     python bench/bench_ablation.py                      # default model, RTE validation (277)
     python bench/bench_ablation.py --eval-size 64 --model DIR
+    python bench/bench_ablation.py --without-naive       # engine vs update effect only
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ def run_one(a) -> dict:
     from headplast.measure.naive import naive_importance
 
     model, ad, enc, task, pad, dev = _setup(a)
+    if a.only == "effect":
+        return run_effect(model, ad, enc, task, pad, dev, a)
     t = time.perf_counter()
     if a.only == "engine":
         res = ablation_importance(model, ad, enc, task, pad, batch_size=a.batch_size, progress=False)
@@ -72,6 +76,25 @@ def run_one(a) -> dict:
             ablation_importance(model, ad, sub, task, pad, batch_size=a.batch_size, progress=False)
         out["flops_per_example"] = fc.get_total_flops() / len(sub)
     return out
+
+
+def run_effect(model, ad, enc, task, pad, dev, a) -> dict:
+    """The update effect (both directions) with theta1 = theta0 plus noise: its cost does not depend
+    on the values, only on the model and the examples."""
+    import copy
+
+    from headplast.measure.effect import update_effect
+
+    g = torch.Generator().manual_seed(0)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(1e-3 * torch.randn(p.shape, generator=g).to(p.device))
+    t = time.perf_counter()
+    update_effect(model, other, ad, enc, task, pad, batch_size=a.batch_size, progress=False)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return {"seconds": time.perf_counter() - t, "peak_mem_mib": _peak_mem(dev)}
 
 
 def matmul_peak(dev, n=3072, reps=5, trials=3) -> float:
@@ -97,38 +120,48 @@ def main() -> None:
     p.add_argument("--eval-size", type=int, default=1024)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default=None)
-    p.add_argument("--only", choices=["engine", "naive"], default=None)
+    p.add_argument("--only", choices=["engine", "naive", "effect"], default=None)
     p.add_argument("--count-flops", action="store_true")
     p.add_argument("--flop-examples", type=int, default=0, help="examples to count FLOPs on (0: all)")
     p.add_argument("--json", default=None, help="also write the figures to this file")
+    p.add_argument("--without-naive", action="store_true",
+                   help="only the engine and the update effect (the naive loop takes ~8x as long)")
     a = p.parse_args()
     if a.only:
         print(json.dumps(run_one(a)))
         return
     res = {}
-    for which in ("engine", "naive"):  # separate processes: honest peak memory for each
+    for which in ("engine", "effect") if a.without_naive else ("engine", "naive", "effect"):
+        # separate processes: honest peak memory for each
         cmd = [sys.executable, __file__, "--only", which, "--task", a.task, "--eval-size", str(a.eval_size),
                "--batch-size", str(a.batch_size)] + (["--model", a.model] if a.model else []) + \
               (["--data-dir", a.data_dir] if a.data_dir else []) + (["--device", a.device] if a.device else []) + \
-              (["--count-flops"] if which == "engine" else [])
+              (["--count-flops"] if which == "engine" and not a.without_naive else [])
         r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
         if r.returncode:
             sys.exit(r.stderr)
         res[which] = json.loads(r.stdout.strip().splitlines()[-1])
-    e, n = res["engine"], res["naive"]
+    e = res["engine"]
     dev = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    peak = matmul_peak(dev)
-    achieved = e["flops_per_example"] * e["n_examples"] / e["seconds"]
     report = {
         "model": a.model or "default (all-MiniLM-L6-v2)", "task": a.task, "examples": e["n_examples"],
         "mean_tokens": round(e["mean_tokens"], 1), "device": str(dev), "torch_threads": torch.get_num_threads(),
-        "engine_seconds": round(e["seconds"], 2), "naive_seconds": round(n["seconds"], 2),
-        "speedup": round(n["seconds"] / e["seconds"], 2),
-        "max_abs_diff_importance": float(np.max(np.abs(np.array(e["importance"]) - np.array(n["importance"])))),
-        "engine_peak_mem_mib": round(e["peak_mem_mib"], 1), "naive_peak_mem_mib": round(n["peak_mem_mib"], 1),
-        "engine_gflops_per_s": round(achieved / 1e9, 2), "matmul_peak_gflops_per_s": round(peak / 1e9, 2),
-        "engine_fraction_of_peak": round(achieved / peak, 3),
-    }
+        "engine_seconds": round(e["seconds"], 2), "engine_peak_mem_mib": round(e["peak_mem_mib"], 1)}
+    if not a.without_naive:
+        n, peak = res["naive"], matmul_peak(dev)
+        achieved = e["flops_per_example"] * e["n_examples"] / e["seconds"]
+        report.update({
+            "naive_seconds": round(n["seconds"], 2), "speedup": round(n["seconds"] / e["seconds"], 2),
+            "max_abs_diff_importance": float(np.max(np.abs(np.array(e["importance"]) - np.array(n["importance"])))),
+            "naive_peak_mem_mib": round(n["peak_mem_mib"], 1),
+            "engine_gflops_per_s": round(achieved / 1e9, 2), "matmul_peak_gflops_per_s": round(peak / 1e9, 2),
+            "engine_fraction_of_peak": round(achieved / peak, 3)})
+    report.update({
+        # the update effect: two patched passes (forward on theta0, reverse on theta1) on the same engine
+        "update_effect_seconds": round(res["effect"]["seconds"], 2),
+        "update_effect_vs_engine": round(res["effect"]["seconds"] / e["seconds"], 2),
+        "update_effect_peak_mem_mib": round(res["effect"]["peak_mem_mib"], 1),
+    })
     for k, v in report.items():
         print(f"{k:28s} {v}")
     if a.json:

@@ -1,12 +1,13 @@
 """Benchmark: one sweep under each engine, wall time and whether the results are identical.
 
-A tiny random RoBERTa (tests/tiny.py), SST-2, 2 seeds x (FFT + LoRA r4) = 4 run jobs and one
-cross-run job, each engine in a fresh process on a fresh output root, 1 CPU per job. The local
-engine is the baseline; Ray starts a local instance; SLURM needs a running cluster (e.g.
-`deploy/slurm/local-cluster.sh start`) and is left out, with the reason, otherwise.
+A tiny random RoBERTa (tests/tiny.py), SST-2, by default 2 seeds x (FFT + LoRA r4 + LoRA r8) = 6
+run jobs and one cross-run job (compare, ranks, aggregate), each engine in a fresh process on a
+fresh output root, 1 CPU per job. The local engine is the baseline; Ray starts a local instance;
+SLURM needs a running cluster (e.g. `deploy/slurm/local-cluster.sh start`) and is left out, with
+the reason, otherwise.
 
     python bench/bench_sweep.py                    # all three engines
-    python bench/bench_sweep.py --engines local ray --seeds 1 2 3
+    python bench/bench_sweep.py --engines local ray --seeds 1 2 3 --ranks 4
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ def results(root: Path) -> dict:
     return of(root)
 
 
-def run(engine: str, model: Path, root: Path, seeds: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "headplast", "sweep", "--engine", engine, "--model", str(model), "--ranks", "4",
+def run(engine: str, model: Path, root: Path, seeds: list[str], ranks: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "headplast", "sweep", "--engine", engine, "--model", str(model), "--ranks", *ranks,
            "--seeds", *seeds, *SMALL, "--cpus-per-job", "1", "--output-root", str(root)]
     if engine == "slurm":
         cmd.append("--wait")
@@ -52,6 +53,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--engines", nargs="+", default=["local", "ray", "slurm"])
     ap.add_argument("--seeds", nargs="+", default=["1", "2"])
+    ap.add_argument("--ranks", nargs="+", default=["4", "8"])
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "sweep.json"))
     a = ap.parse_args()
     sys.path.insert(0, str(REPO / "tests"))
@@ -65,14 +67,14 @@ def main() -> None:
             rows.append({"engine": engine, "skipped": "no SLURM (start one: deploy/slurm/local-cluster.sh start)"})
             continue
         root = work / engine
-        row = run(engine, model, root, a.seeds)
+        row = run(engine, model, root, a.seeds, a.ranks)
         res = results(root)
         ref = res if ref is None else ref
         row["files_compared"] = len(ref)
         row["identical_to_first"] = res == ref
         rows.append(row)
         print(json.dumps(row), flush=True)
-    Path(a.out).write_text(json.dumps({"seeds": a.seeds, "rows": rows}, indent=1))
+    Path(a.out).write_text(json.dumps({"seeds": a.seeds, "ranks": a.ranks, "rows": rows}, indent=1))
     print(f"\n| engine | wall s | jobs | identical to {a.engines[0]} |\n|---|---:|---|---|")
     for r in rows:
         if "skipped" in r:

@@ -38,15 +38,15 @@ def make_run(root: Path, label: str, seed: int, L: int = 4, H: int = 6, N: int =
     g = true_imp + 0.01 * rng.normal(size=n)
     cols = {"U": U, "Urel": U / 3, **{f"U_{k}": U / 2 for k in "qkvo"}, "grad_norm": np.abs(g), "fisher": g ** 2,
             "gate_grad": np.abs(g), "gate_fisher": g ** 2, "taylor": g}
-    for m in registry.MEASUREMENTS:
-        if m.per_example:
-            mat = per_example.get(m.main_column)
+    for m in registry.required():
+        for col, file in m.per_example_files.items():
+            mat = per_example.get(col)
             if mat is None:
                 mat = _per_example(rng, np.abs(rng.normal(size=n)) * 0.05, N, base, 1.0)
-            atomic_save_npy(d / m.per_example, mat)
+            atomic_save_npy(d / file, mat)
             diff = mat[:, 1:] - mat[:, :1]
-            cols.setdefault(m.main_column, diff.mean(0))
-            cols.setdefault(m.column(m.fields[1]), diff.std(0) / 6)
+            cols.setdefault(col, diff.mean(0))
+            cols.setdefault(f"{col}_se", diff.std(0) / 6)
         values = {f: cols.get(m.column(f), np.abs(rng.normal(size=n))) for f in m.fields}
         atomic_write_jsonl(d / m.file, [{"layer": l, "head": h, **{f: float(v[i]) for f, v in values.items()}}
                                         for i, (l, h) in enumerate(heads)])

@@ -11,7 +11,7 @@ from tiny import ALL_ARCHS, tiny_model
 
 
 @pytest.mark.parametrize("arch", ALL_ARCHS)
-@pytest.mark.parametrize("ablation", ["zero", "mean"])
+@pytest.mark.parametrize("ablation", ["zero", "mean", "resample"])
 def test_engine_equals_naive_reference(arch, ablation, enc_small, tok, rte):
     task, _ = rte
     model = tiny_model(arch, init=0.3)
@@ -83,3 +83,17 @@ def test_kl_is_never_negative():
     logits = torch.randn(64, 3)
     assert (kl_base_to(logits, logits.clone()) == 0).all()
     assert (kl_base_to(logits, logits + 1e-7 * torch.randn(64, 3)) >= 0).all()
+
+
+def test_resample_donors_are_a_fixed_derangement_and_align_by_position():
+    import torch
+
+    from headplast.measure.resample import align, derangement
+
+    p = derangement(50)
+    assert sorted(p.tolist()) == list(range(50)) and not (p == np.arange(50)).any()
+    assert (derangement(50) == p).all()  # the same pairs in every run
+    ctx = torch.arange(12.0).view(4, 3)  # donor: 3 real tokens, 1 padding row
+    out = align(ctx, 3, 5)
+    assert torch.equal(out[:3], ctx[:3]) and torch.equal(out[3], ctx[:3].mean(0)) and torch.equal(out[4], out[3])
+    assert torch.equal(align(ctx, 3, 2), ctx[:2])

@@ -34,10 +34,19 @@ def test_plot_writes_tables_and_figures(runs, capsys):
     heads = pd.read_csv(d / "heads.csv")
     assert len(heads) == 24 and {"I_pre", "I_post", "U", "Urel", "fisher", "taylor", "I_pre_se"} <= set(heads)
     st = json.loads((d / "stats.json").read_text())
-    assert len(st["pairs"]) == 9 and st["n_boot"] == 300 and "I_pre" in st["reliability"]
-    assert json.loads((d / "cases.json").read_text())["n_heads"] == 24
+    assert len(st["pairs"]) == 13 and st["n_boot"] == 300 and "I_pre" in st["reliability"]
+    assert {"U~effect_fwd", "I_pre~effect_fwd", "I_post~effect_rev", "U~effect_rev"} <= set(st["pairs"])
+    assert {"effect_fwd", "effect_rev"} <= set(st["reliability"])
+    cases = json.loads((d / "cases.json").read_text())
+    assert cases["n_heads"] == 24
+    for kind in ("moved_but_inert", "small_but_decisive"):  # recomputed here from the heads table
+        assert cases[kind]["expected_if_independent"] == pytest.approx(round(0.2 * 24) * round(0.5 * 24) / 24)
+    top_u = set(heads.U.rank(ascending=False, method="first").le(round(0.2 * 24)).to_numpy().nonzero()[0])
+    low_e = set(heads.effect_fwd.abs().rank(method="first").le(12).to_numpy().nonzero()[0])
+    inert = {(int(heads["layer"][i]), int(heads["head"][i])) for i in top_u & low_e}
+    assert {(c["layer"], c["head"]) for c in cases["moved_but_inert"]["heads"]} == inert
     expected = {"fig_I_vs_U.png": 2, "fig_I_vs_G.png": 4, "fig_stats.png": 2, "fig_Ipre_vs_Ipost.png": 1,
-                "fig_Ipost_corrs.png": 2, "fig_heatmaps.png": 3}
+                "fig_Ipost_corrs.png": 2, "fig_heatmaps.png": 3, "fig_effect.png": 2}
     for name, n in expected.items():
         assert panels(d / name) == n, name
 
@@ -54,7 +63,7 @@ def test_compare_writes_every_file(runs, capsys):
     assert k["difference"] == pytest.approx(k["LoRA_r4"] - k["FFT"]) and isinstance(k["exceeds_uncertainty"], bool)
     assert k["ci95"][0] <= k["difference"] <= k["ci95"][1]
     text = (d / "compare_summary.txt").read_text()
-    assert "## 4. Main findings" in text and f"{k['FFT']:.4f}" in text
+    assert "## 5. Main findings" in text and f"{k['FFT']:.4f}" in text
 
 
 def test_aggregate_and_ranks(runs, capsys):

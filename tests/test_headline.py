@@ -44,3 +44,15 @@ def test_the_wider_interval_decides_and_cautions_are_said():
     lines = headline(m)
     assert "no differently" in lines[0] and "95% CI [-0.05, +0.50]" in lines[0]
     assert lines[1].endswith("caution: collapsed: no better than the majority class, I_pre reliability only 0.50")
+
+
+def test_effect_lines_use_the_wider_interval():
+    from headplast.report.headline import effect_lines
+
+    m = _metrics((0.1, 0.5), (-0.5, -0.1), (-0.9, -0.2))
+    m["stats"]["FFT"]["pairs"].update({"U~effect_fwd": {"spearman": 0.4, "ci95": [0.2, 0.6],
+                                                        "ci95_examples": [-0.05, 0.55]},
+                                       "I_pre~effect_fwd": {"spearman": 0.5, "ci95": [0.3, 0.7]}})
+    assert effect_lines(m) == [  # LoRA_r8 has no update effect here: no line
+        "FFT: the gain a head's own update carries vs its size: ρ(U, effect_fwd) = +0.40 (95% CI [-0.05, +0.60], "
+        "within noise); vs its importance before: ρ(I_pre, effect_fwd) = +0.50 (95% CI [+0.30, +0.70])"]

@@ -213,3 +213,44 @@ def test_temporaries_of_a_killed_step_are_removed(trained, tmp_path):
         p.write_bytes(b"partial")
     run_analyse(d, AnalysisConfig(n_boot=50, n_perm=20))
     assert not any(p.exists() for p in left) and (d / "fig_I_vs_U.png").exists()
+
+
+def test_further_ablations_get_their_own_files_and_statistics(trained, tmp_path):
+    from headplast.analysis.config import AnalysisConfig
+    from headplast.steps.analyse_step import run_analyse
+    import pandas as pd
+
+    _, fft, _ = trained
+    d = tmp_path / "FFT" / "RTE" / "seed1"
+    shutil.copytree(fft, d)
+    run_measure(d, QUIET)
+    t = run_measure(d, MeasureConfig(progress=False, ablation=("zero", "mean", "resample"))).timings
+    # the main importance (zero) is up to date; only the variants and nothing else are computed
+    assert t["importance_pre"] == "skipped" and t["update_effect"] == "skipped"
+    assert all(isinstance(t[f"importance_{w}_{a}"], float) for w in ("post",) for a in ("mean", "resample"))
+    assert "importance_pre_zero" not in t
+    for name in ("importance_pre_mean", "importance_post_resample"):
+        rows = read_jsonl(d / f"{name}.jsonl", 8, ("importance",))
+        assert {r["ablation"] for r in rows} == {name.split("_")[-1]}
+    resample = [r["importance"] for r in read_jsonl(d / "importance_pre_resample.jsonl")]
+    assert resample != [r["importance"] for r in read_jsonl(d / "importance_pre.jsonl")]
+    run_analyse(d, AnalysisConfig(n_boot=200, n_perm=100, n_boot_examples=100))
+    heads = pd.read_csv(d / "heads.csv")
+    assert {"I_pre_mean", "I_post_mean", "I_pre_resample", "I_post_resample"} <= set(heads)
+    st = json.loads((d / "stats.json").read_text())
+    for pair in ("I_pre~I_pre_mean", "I_pre~I_pre_resample", "I_pre_mean~I_pre_resample", "I_pre_resample~U",
+                 "I_post_mean~U", "I_pre_mean~I_post_mean"):
+        assert np.isfinite(st["pairs"][pair]["spearman"]) and len(st["pairs"][pair]["ci95"]) == 2, pair
+    assert "I_pre_resample" in st["reliability"]
+    # measuring with zero alone again keeps the variants (still this run's) and does nothing
+    assert set(run_measure(d, QUIET).timings.values()) == {"skipped"}
+    assert (d / "importance_pre_mean.jsonl").exists()
+
+
+def test_ablation_list_is_checked():
+    with pytest.raises(HeadplastError, match="unknown ablation 'resampel'.*resample"):
+        MeasureConfig(ablation=("zero", "resampel"))
+    with pytest.raises(HeadplastError, match="at most once"):
+        MeasureConfig(ablation=("zero", "zero"))
+    assert MeasureConfig(ablation="zero,mean").ablation == ("zero", "mean")
+    assert MeasureConfig(ablation=("mean",)).settings(("ablation",)) == {"ablation": "mean"}

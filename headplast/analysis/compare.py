@@ -11,7 +11,8 @@ from headplast.analysis.cases import counter_examples
 from headplast.analysis.stats import (bootstrap_indices, bootstrap_spearman, example_bootstrap_spearman,
                                       example_weights, percentile_ci, spearman, top_k_overlap)
 
-RHO_KEYS = (("I_pre", "U"), ("I_pre", "Urel"), ("I_post", "U"), ("I_post", "Urel"), ("I_pre", "I_post"))
+RHO_KEYS = (("I_pre", "U"), ("I_pre", "Urel"), ("I_post", "U"), ("I_post", "Urel"), ("I_pre", "I_post"),
+            ("I_pre", "effect_fwd"), ("U", "effect_fwd"), ("I_post", "effect_rev"), ("U", "effect_rev"))
 
 
 def _boot_topk(a, b, idx, k):

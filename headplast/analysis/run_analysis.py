@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from headplast.analysis.cases import counter_examples
+from headplast.analysis.cases import counter_examples, effect_cases
 from headplast.analysis.config import AnalysisConfig
 from headplast.analysis.stats import run_stats
 
@@ -14,4 +14,6 @@ def analyse(df, pairs, per_example: dict | None = None, cfg: AnalysisConfig = An
     st = run_stats(df, pairs, per_example, cfg.top_k, cfg.n_boot, cfg.n_perm, cfg.seed, cfg.n_boot_examples)
     st["config"] = asdict(cfg)
     cases = counter_examples(df, "I_pre", "U", cfg.top_quantile, cfg.bottom_quantile)
+    if "effect_fwd" in df:
+        cases.update(effect_cases(df, "U", "effect_fwd", cfg.top_quantile, cfg.bottom_quantile))
     return st, cases

@@ -44,6 +44,7 @@ def cmd_measure(a) -> int:
 
 def cmd_pipeline(a) -> int:
     from headplast.analysis.config import AnalysisConfig
+    from headplast.report.headline import effect_lines
     from headplast.steps.pipeline import PipelineConfig, run_pipeline
     from headplast.store import layout
 
@@ -56,7 +57,7 @@ def cmd_pipeline(a) -> int:
         m = json.loads((p / layout.COMPARE_METRICS).read_text())
         print(f"ANSWER ({m['task']}, seed {m['seed']}): does a head's importance before fine-tuning predict "
               "how much fine-tuning changes it?")
-        print("\n".join(f"  {line}" for line in m["headline"]) + "\n")
+        print("\n".join(f"  {line}" for line in m["headline"] + effect_lines(m)) + "\n")
     print(f"outputs under {cfg.train.output_root}/")
     for key in ("runs", "compare", "aggregate", "ranks"):
         for p in out[key]:

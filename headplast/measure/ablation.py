@@ -20,10 +20,12 @@ from headplast.arch.adapters import ArchAdapter, get_adapter
 from headplast.data.metrics import metric_value, predictions
 from headplast.data.tokenize import Encoded, sorted_batches
 from headplast.errors import HeadplastError
+from headplast.measure.config import ABLATIONS
 from headplast.measure.declare import Inputs, Measurement
 from headplast.measure.fastpath import FAST_PATHS
 from headplast.measure.gating import capture_o_inputs, head_gates
 from headplast.measure.replay import Replay
+from headplast.measure.resample import derangement, replacements
 from headplast.measure.results import ImportanceResult
 
 
@@ -77,6 +79,7 @@ def ablation_importance(model, adapter: ArchAdapter, enc: Encoded, task, pad_id:
     device = next(model.parameters()).device
     L, H = adapter.num_layers(model.config), adapter.num_heads(model.config)
     means = head_means(model, adapter, enc, pad_id, batch_size) if ablation == "mean" else None
+    donors = derangement(len(enc)) if ablation == "resample" else None
     fast = FAST_PATHS.get(adapter.model_type) if use_fast_path else None
     N, C = len(enc), task.num_labels
     losses = np.zeros((N, 1 + L * H), dtype=np.float64)
@@ -88,6 +91,8 @@ def ablation_importance(model, adapter: ArchAdapter, enc: Encoded, task, pad_id:
         labels = batch.pop("labels")
         B, T = batch["input_ids"].shape
         rp = Replay(model, adapter, batch)
+        if donors is not None:  # per batch: the donors' outputs on these examples' positions
+            means = replacements(model, adapter, enc, donors[idx], T, pad_id)
         base = rp.logits
         losses[idx, 0] = example_losses(base, labels, task.is_regression).double().cpu().numpy()
         logits_all[idx, 0] = base.float().cpu().numpy()
@@ -131,22 +136,42 @@ def summarize(losses, logits_all, kl, labels, task, ablation, L, H) -> Importanc
                             float(base_metric), task.metric, ablation)
 
 
-def _importance(x: Inputs, which: str) -> ImportanceResult:
+def _importance(x: Inputs, which: str, ablation: str | None = None) -> ImportanceResult:
     model, c = x.model(which), x.cfg
-    return ablation_importance(model, get_adapter(model), x.enc, x.task, x.pad_id, c.batch_size, c.ablation,
-                               c.max_tokens, c.progress)
+    return ablation_importance(model, get_adapter(model), x.enc, x.task, x.pad_id, c.batch_size,
+                               ablation or c.ablation[0], c.max_tokens, c.progress)
+
+
+def _columns(col: str) -> dict:
+    return {"importance": col, "importance_se": f"{col}_se", "metric_delta": f"{col}_metric_delta", "kl": f"{col}_kl"}
 
 
 def _declare(tag: str, which: str, when: str) -> Measurement:
     col = f"I_{tag}"
     return Measurement(
         f"importance_{tag}", ImportanceResult, lambda x: _importance(x, which), needs=(which, "eval"),
-        columns={"importance": col, "importance_se": f"{col}_se", "metric_delta": f"{col}_metric_delta",
-                 "kl": f"{col}_kl"},
-        labels={col: f"importance {when} fine-tuning, {col} (Δ loss, nats)"},
+        columns=_columns(col), labels={col: f"importance {when} fine-tuning, {col} (Δ loss, nats)"},
         pairs=(("I_pre", "I_post"),) if tag == "post" else (),
         settings=("ablation", "dtype"), per_example=f"losses_{tag}.npy")
 
 
+def _declare_variant(tag: str, which: str, when: str, ablation: str) -> Measurement:
+    """Importance under a further ablation of --ablation (computed only when asked for): its rank
+    agreement with the main importance and the other variants, and the main correlations under it."""
+    col, main = f"I_{tag}_{ablation}", f"I_{tag}"
+    others = [f"I_{tag}_{a}" for a in ABLATIONS[ABLATIONS.index(ablation) + 1:]]
+    pairs = ((main, col), *((col, o) for o in others), (col, "U"))
+    if tag == "post":
+        pairs += (("I_pre_" + ablation, col),)
+    return Measurement(
+        f"importance_{tag}_{ablation}", ImportanceResult, lambda x: _importance(x, which, ablation),
+        needs=(which, "eval"), columns=_columns(col),
+        labels={col: f"importance {when} fine-tuning, {ablation} ablation, {col} (Δ loss, nats)"},
+        pairs=pairs, settings=("dtype",), per_example=f"losses_{tag}_{ablation}.npy",
+        enabled=lambda cfg: ablation in cfg.ablation[1:])
+
+
 IMPORTANCE_PRE = _declare("pre", "theta0", "before")
 IMPORTANCE_POST = _declare("post", "theta1", "after")
+VARIANTS = tuple(_declare_variant(tag, which, when, a) for a in ABLATIONS
+                 for tag, which, when in (("pre", "theta0", "before"), ("post", "theta1", "after")))

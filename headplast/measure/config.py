@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from headplast.errors import HeadplastError, did_you_mean
 from headplast.options import POSITIVE, option, validate
 
 DTYPES = ("float32", "float16", "bfloat16")
-ABLATIONS = ("zero", "mean")
+ABLATIONS = ("zero", "mean", "resample")
 
 
 @dataclass(frozen=True)
@@ -15,8 +16,10 @@ class MeasureConfig:
     eval_size: int | None = option(None, "examples in the eval subset (default: as recorded at training)", **POSITIVE)
     eval_source: str | None = option(None, "split of the eval subset (default: as recorded at training)",
                                      choices=("validation", "holdout", "train"))
-    ablation: str = option("zero", "zero: gate the head to 0; mean: replace it by its mean output",
-                           choices=ABLATIONS)
+    ablation: tuple[str, ...] = option(("zero",), "how a head is removed, comma-separated: zero (its output "
+                                       "gated to 0), mean (its mean output), resample (its output on another eval "
+                                       "example); the first gives I_pre/I_post, each further one its own files "
+                                       "and columns, e.g. zero,mean,resample", sep=",", metavar="ABLATIONS")
     batch_size: int = option(32, "examples per ablation batch", flag="--measure-batch-size",
                              aliases=("--batch-size",), **POSITIVE)
     grad_batch_size: int = option(16, "examples per batch of the gradient/Fisher pass", **POSITIVE)
@@ -29,7 +32,17 @@ class MeasureConfig:
 
     def __post_init__(self):
         validate(self)
+        if isinstance(self.ablation, str):  # MeasureConfig(ablation="mean") and old configs
+            object.__setattr__(self, "ablation", tuple(a.strip() for a in self.ablation.split(",") if a.strip()))
+        bad = [a for a in self.ablation if a not in ABLATIONS]
+        if bad or not self.ablation or len(set(self.ablation)) < len(self.ablation):
+            raise HeadplastError(f"--ablation {','.join(self.ablation)}: "
+                                 + (f"unknown ablation '{bad[0]}'.{did_you_mean(bad[0], ABLATIONS)}" if bad
+                                    else "each ablation at most once, at least one"),
+                                 f"give some of {', '.join(ABLATIONS)}, comma-separated, e.g. --ablation zero,mean")
 
     def settings(self, names) -> dict:
-        """The values of the named fields (what a measurement's result depends on)."""
-        return {n: getattr(self, n) for n in names}
+        """The values of the named fields (what a measurement's result depends on). 'ablation' is the
+        first one, as a string: the main importance depends on it alone (and keeps the keys of runs
+        measured before there were variants)."""
+        return {n: self.ablation[0] if n == "ablation" else getattr(self, n) for n in names}

@@ -39,12 +39,22 @@ class Measurement:
     log_columns: tuple[str, ...] = ()  # positive magnitudes: log axes
     pairs: tuple[tuple[str, str], ...] = ()  # (x, y) heads.csv columns this adds to stats.json
     settings: tuple[str, ...] = ()  # MeasureConfig fields that change the result
-    per_example: str | None = None  # .npy of per-example values [N, 1 + L*H] (split-half reliability)
+    # .npy of per-example values [N, 1 + L*H] of the first field (split-half reliability, example
+    # bootstrap), or {field: .npy} for several fields
+    per_example: str | dict | None = None
+    enabled: Callable | None = None  # (MeasureConfig) -> bool: computed only when asked for; None: always
 
     def __post_init__(self):
         bad = set(self.needs) - set(NEEDS)
         if bad:
             raise ValueError(f"{self.name}: unknown needs {bad}; use {NEEDS}")
+
+    @property
+    def optional(self) -> bool:
+        return self.enabled is not None
+
+    def is_enabled(self, cfg: MeasureConfig) -> bool:
+        return self.enabled is None or bool(self.enabled(cfg))
 
     @property
     def file(self) -> str:
@@ -56,7 +66,14 @@ class Measurement:
 
     @property
     def outputs(self) -> tuple[str, ...]:
-        return (self.file,) + ((self.per_example,) if self.per_example else ())
+        return (self.file,) + tuple(self.per_example_files.values())
+
+    @property
+    def per_example_files(self) -> dict[str, str]:
+        """heads.csv column -> the .npy of its per-example values."""
+        if isinstance(self.per_example, dict):
+            return {self.column(f): file for f, file in self.per_example.items()}
+        return {self.main_column: self.per_example} if self.per_example else {}
 
     @property
     def shared(self) -> bool:

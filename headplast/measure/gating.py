@@ -3,7 +3,8 @@
 transformers 5 has no head_mask (passing one is silently ignored), so we gate with forward
 pre-hooks on O. A gate of 1 leaves the model unchanged bit for bit; a gate of 0 removes the
 head's context vector (the O bias stays). With `means`, the gate interpolates towards the
-head's mean output instead of towards 0 (mean ablation).
+head's mean output instead of towards 0 (mean ablation), or towards its output on another
+example (resample ablation).
 """
 
 from __future__ import annotations
@@ -13,6 +14,15 @@ from contextlib import contextmanager
 import torch
 
 from headplast.arch.adapters import ArchAdapter
+
+
+def _target(mean: torch.Tensor, B: int, T: int, n_heads: int, dtype) -> torch.Tensor:
+    """What a gate of 0 moves a head to: a mean output [H*d] (the same everywhere), or per-example
+    outputs [B0, T0, H*d] (resample ablation) for k = B / B0 stacked copies, first T positions."""
+    if mean.dim() == 1:
+        return mean.to(dtype).view(1, 1, n_heads, -1)
+    r = mean[:, :T].to(dtype)
+    return r.repeat(B // r.shape[0], 1, 1).view(B, T, n_heads, -1)
 
 
 def _gate_hook(n_heads: int, gate: torch.Tensor, mean: torch.Tensor | None):
@@ -25,7 +35,7 @@ def _gate_hook(n_heads: int, gate: torch.Tensor, mean: torch.Tensor | None):
         if mean is None:
             xh = xh * g
         else:
-            xh = xh * g + (1 - g) * mean.to(x.dtype).view(1, 1, n_heads, -1)
+            xh = xh * g + (1 - g) * _target(mean, B, T, n_heads, x.dtype)
         return (xh.reshape(B, T, D), *args[1:])
     return hook
 
@@ -35,7 +45,8 @@ def head_gates(model, adapter: ArchAdapter, gates, means: torch.Tensor | None = 
     """Install gates for the duration of the block.
 
     gates: {layer: [H] or [B, H]} or a tensor [L, H] / [B, L, H].
-    means: optional [L, H*d] per-head mean outputs (mean ablation).
+    means: optional [L, H*d] per-head mean outputs (mean ablation), or {layer: [B, T, H*d]} per-example
+    outputs (resample ablation).
     Hooks are always removed on exit, even when the block raises.
     """
     H = adapter.num_heads(model.config)

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 from headplast.errors import HeadplastError, did_you_mean
-from headplast.measure.ablation import IMPORTANCE_POST, IMPORTANCE_PRE
+from headplast.measure.ablation import IMPORTANCE_POST, IMPORTANCE_PRE, VARIANTS
 from headplast.measure.declare import Measurement
+from headplast.measure.effect import UPDATE_EFFECT
 from headplast.measure.gradfisher import GRADFISHER
 from headplast.measure.update import UPDATE
 
-MEASUREMENTS: tuple[Measurement, ...] = (IMPORTANCE_PRE, UPDATE, GRADFISHER, IMPORTANCE_POST)
+# optional ones (importance under further ablations) last: computed only when --ablation asks for them
+MEASUREMENTS: tuple[Measurement, ...] = (IMPORTANCE_PRE, UPDATE, GRADFISHER, IMPORTANCE_POST, UPDATE_EFFECT,
+                                         *VARIANTS)
+
+
+def enabled(cfg) -> tuple[Measurement, ...]:
+    """The measurements a measure step with MeasureConfig `cfg` computes."""
+    return tuple(m for m in MEASUREMENTS if m.is_enabled(cfg))
+
+
+def required() -> tuple[Measurement, ...]:
+    """The measurements every measured run has."""
+    return tuple(m for m in MEASUREMENTS if not m.optional)
 
 
 def get(name: str) -> Measurement:
@@ -33,4 +46,4 @@ def log_columns() -> frozenset[str]:
 
 def per_example() -> dict[str, Measurement]:
     """heads.csv column -> the measurement whose per-example values give its reliability."""
-    return {m.main_column: m for m in MEASUREMENTS if m.per_example}
+    return {c: m for m in MEASUREMENTS for c in m.per_example_files}

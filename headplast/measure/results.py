@@ -28,8 +28,9 @@ class HeadTable:
         """Constant values written on every row (e.g. the ablation kind)."""
         return {}
 
-    def per_example(self) -> np.ndarray | None:
-        """Per-example values [N, 1 + L*H] (column 0: the unablated model), where a measurement has them."""
+    def per_example(self) -> np.ndarray | dict | None:
+        """Per-example values [N, 1 + L*H] (value of head c = column 1 + c minus column 0), where a
+        measurement has them: one array (of its first field), or {field: array}."""
         return None
 
     def rows(self) -> list[dict]:
@@ -76,3 +77,16 @@ class UpdateResult(HeadTable):
     U_k: np.ndarray
     U_v: np.ndarray
     U_o: np.ndarray
+
+
+@dataclass(frozen=True)
+class UpdateEffectResult(HeadTable):
+    effect_fwd: np.ndarray  # [L, H] mean_x loss(theta0) - loss(theta0 + head's update)
+    effect_fwd_se: np.ndarray
+    effect_rev: np.ndarray  # [L, H] mean_x loss(theta1 - head's update) - loss(theta1)
+    effect_rev_se: np.ndarray
+    fwd_values: np.ndarray = not_per_head()  # [N, 1 + L*H]: -losses of theta0, then of each patched theta0
+    rev_values: np.ndarray = not_per_head()  # [N, 1 + L*H]: losses of theta1, then of each reverted theta1
+
+    def per_example(self) -> dict:
+        return {"effect_fwd": self.fwd_values, "effect_rev": self.rev_values}

@@ -39,10 +39,11 @@ def log_axes(ax, x: bool = True, y: bool = True) -> None:
             axis.set_minor_formatter(short)
 
 
-def scatter(ax, df, x: str, y: str, s: dict | None = None, title: str | None = None, cbar=True):
-    """Heads as points coloured by layer; log axis for positive magnitudes; rho and CI on the plot."""
+def scatter(ax, df, x: str, y: str, s: dict | None = None, title: str | None = None, cbar=True,
+            colour: str = "layer"):
+    """Heads as points coloured by layer (or `colour`); log axis for positive magnitudes; rho and CI on the plot."""
     xs, ys = df[x].to_numpy(float), df[y].to_numpy(float)
-    sc = ax.scatter(xs, ys, c=df["layer"], cmap="viridis", s=22, edgecolors="k", linewidths=0.3)
+    sc = ax.scatter(xs, ys, c=df[colour], cmap="viridis", s=22, edgecolors="k", linewidths=0.3)
     for axis, name, vals in (("x", x, xs), ("y", y, ys)):
         if name in LOG_AXES and np.all(vals[np.isfinite(vals)] > 0):
             log_axes(ax, x=axis == "x", y=axis == "y")
@@ -52,7 +53,7 @@ def scatter(ax, df, x: str, y: str, s: dict | None = None, title: str | None = N
     ax.text(0.02, 0.97, fmt_rho(s), transform=ax.transAxes, va="top", fontsize=8,
             bbox=dict(boxstyle="round", fc="white", alpha=0.8))
     if cbar:
-        ax.figure.colorbar(sc, ax=ax, label="layer", pad=0.01)
+        ax.figure.colorbar(sc, ax=ax, label=colour, pad=0.01)
     return sc
 
 

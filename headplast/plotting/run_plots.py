@@ -1,4 +1,4 @@
-"""The six figures of one run."""
+"""The figures of one run."""
 
 from __future__ import annotations
 
@@ -86,6 +86,18 @@ def fig_heatmaps(df, title, path):
     save(fig, path)
 
 
+def fig_effect(df, stats, title, path):
+    """Does a head's update matter? Its size (U) and importance against its effect on the loss."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    scatter(axes[0], df, "U", "effect_fwd", stats["pairs"].get("U~effect_fwd"), "update effect vs update size "
+            "(colour: I_pre)", colour="I_pre")
+    scatter(axes[1], df, "I_pre", "effect_fwd", stats["pairs"].get("I_pre~effect_fwd"), "update effect vs I_pre")
+    for ax in axes:
+        ax.axhline(0, color="k", lw=0.6)
+    fig.suptitle(f"{title}: how much of fine-tuning's gain does each head's own update carry?")
+    save(fig, path)
+
+
 def run_figures(df, stats, title: str, out: Path) -> list[Path]:
     f = [out / n for n in layout.RUN_FIGURES]
     fig_importance_vs_update(df, stats, "I_pre", f"{title}: does importance before fine-tuning predict the "
@@ -95,5 +107,6 @@ def run_figures(df, stats, title: str, out: Path) -> list[Path]:
     fig_ipre_vs_ipost(df, stats, title, f[3])
     fig_importance_vs_update(df, stats, "I_post", f"{title}: importance after fine-tuning vs the update", f[4])
     fig_heatmaps(df, title, f[5])
+    fig_effect(df, stats, title, f[6])
     return f
 

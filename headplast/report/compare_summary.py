@@ -3,6 +3,8 @@ main findings (written from the numbers)."""
 
 from __future__ import annotations
 
+from headplast.report.headline import effect_lines
+
 RULE = "=" * 60
 
 
@@ -13,7 +15,8 @@ def compare_summary(m: dict) -> str:
                  f"eval subset {m['eval_subset_size']} examples)", RULE, ""]
     if m.get("headline"):
         out += ["## Answer: does importance before fine-tuning predict the update?"]
-        out += [f"  {line}" for line in m["headline"]] + [""]
+        out += [f"  {line}" for line in m["headline"]]
+        out += [f"  {line}" for line in effect_lines(m)] + [""]
 
     def block(name, title):
         d = keys[name]
@@ -37,5 +40,15 @@ def compare_summary(m: dict) -> str:
     out += block("n_important_but_static", "important-but-static")
     out += block("n_plastic_but_unimportant", "plastic-but-unimportant")
     out += [f"    expected if independent: {m['expected_cases']:.1f} each"]
-    out += ["", "## 4. Main findings"] + [f"  - {line}" for line in m["findings"]] + ["", RULE, ""]
+    if "rho(U,effect_fwd)" in keys:
+        out += ["", "## 4. Update effect: does a head's own update matter? (effect_fwd: loss gain from applying "
+                "only this head's update to θ0; effect_rev: loss from reverting only this head in θ1)"]
+        for x, y in (("U", "effect_fwd"), ("I_pre", "effect_fwd"), ("U", "effect_rev"), ("I_post", "effect_rev")):
+            out += block(f"rho({x},{y})", f"rho({x}, {y})")
+        for kind, title in (("moved_but_inert", "moved-but-inert (top U, effect near 0)"),
+                            ("small_but_decisive", "small-but-decisive (bottom U, top effect)")):
+            c = {lab: m["cases"][lab].get(kind, {}) for lab in (la, lb)}
+            out.append(f"  {title}: " + ", ".join(f"{lab} {c[lab].get('count', '-')}" for lab in (la, lb))
+                       + f" (expected if independent: {c[la].get('expected_if_independent', float('nan')):.1f})")
+    out += ["", "## 5. Main findings"] + [f"  - {line}" for line in m["findings"]] + ["", RULE, ""]
     return "\n".join(out)

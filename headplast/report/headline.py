@@ -64,3 +64,26 @@ def headline(m: dict) -> list[str]:
     labels = tuple(m["labels"])
     lines = [method_line(lab, m["stats"][lab], m["runs"][lab]) for lab in labels]
     return lines + [difference_line(labels, m["key_statistics"])]
+
+
+def _rho_text(stats: dict, x: str, y: str, name: str) -> str:
+    p = stats["pairs"].get(f"{x}~{y}", {})
+    rho, ci = p.get("spearman", math.nan), _ci(p)
+    if not np.isfinite(rho) or not np.isfinite(ci).all():
+        return f"{name} undefined"
+    sure = "" if ci[0] > 0 or ci[1] < 0 else ", within noise"
+    return f"{name} = {rho:+.2f} ({_fmt(ci)}{sure})"
+
+
+def effect_lines(m: dict) -> list[str]:
+    """Per method: does the size of a head's update, and its importance before, predict how much of
+    fine-tuning's gain the head's own update carries (effect_fwd)?"""
+    out = []
+    for lab in m["labels"]:
+        st = m["stats"][lab]
+        if "U~effect_fwd" not in st["pairs"]:
+            continue
+        out.append(f"{lab}: the gain a head's own update carries vs its size: "
+                   f"{_rho_text(st, 'U', 'effect_fwd', 'ρ(U, effect_fwd)')}; vs its importance before: "
+                   f"{_rho_text(st, 'I_pre', 'effect_fwd', 'ρ(I_pre, effect_fwd)')}")
+    return out

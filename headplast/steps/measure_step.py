@@ -129,8 +129,10 @@ def _write(m: Measurement, ctx: MeasureContext, base: Path) -> None:
     res = m.compute(ctx)
     if not isinstance(res, m.result):
         raise TypeError(f"{m.name} computed a {type(res).__name__}, declared {m.result.__name__}")
-    if m.per_example:
-        atomic_save_npy(base / m.per_example, res.per_example())
+    values = res.per_example()
+    values = values if isinstance(values, dict) or values is None else {m.fields[0]: values}
+    for f, arr in (values or {}).items():
+        atomic_save_npy(base / m.per_example_files[m.column(f)], arr)
     atomic_write_jsonl(base / m.file, res.rows())
 
 
@@ -178,11 +180,19 @@ def _summary(d: Path, step: str) -> dict:
             "record": str(records.record_path(d, step).relative_to(d))}
 
 
+def _outdated_optional(m: Measurement, ctx: MeasureContext) -> bool:
+    """An optional measurement on disk computed from other weights or examples than this run's now."""
+    rec = records.read_record(ctx.dir, m.name)
+    return rec is not None and rec.get("key") != _key(m, ctx)
+
+
 def _up_to_date(ctx: MeasureContext) -> bool:
     """Every measurement fresh and the eval subset as recorded: nothing to do, nothing written."""
     d = ctx.dir
     fix = f"re-run `headplast measure {d} --force`"
-    if not all([fresh_or_refuse(d, m.name, _key(m, ctx), False, fix) for m in registry.MEASUREMENTS]):
+    if not all([fresh_or_refuse(d, m.name, _key(m, ctx), False, fix) for m in registry.enabled(ctx.cfg)]):
+        return False
+    if any(_outdated_optional(m, ctx) for m in registry.MEASUREMENTS if not m.is_enabled(ctx.cfg)):
         return False
     return (d / layout.MEASURE_META).exists() and (d / layout.EVAL_SUBSET).exists() \
         and read_json(d / layout.EVAL_SUBSET) == ctx.subset.to_dict()
@@ -193,7 +203,7 @@ def run_measure(run_dir: str | Path, cfg: MeasureConfig = MeasureConfig(), force
     ctx = MeasureContext(Path(run_dir), cfg)
     d = ctx.dir
     if not force and _up_to_date(ctx):
-        return Outcome("skipped", d, "", {m.name: "skipped" for m in registry.MEASUREMENTS})
+        return Outcome("skipped", d, "", {m.name: "skipped" for m in registry.enabled(cfg)})
     with locks.hold(d, f"{d} (measure)"):
         return _measure_all(ctx, force)
 
@@ -205,13 +215,18 @@ def _measure_all(ctx: MeasureContext, force: bool) -> Outcome:
     if subset_path.exists() and not force:
         check_same_subset(read_json(subset_path), ctx.subset.to_dict())
     atomic_write_json(subset_path, ctx.subset.to_dict())
-    timings = {m.name: _measure_one(m, ctx, force) for m in registry.MEASUREMENTS}
+    for m in registry.MEASUREMENTS:  # not asked for this time: kept only while it still fits this run
+        if not m.is_enabled(cfg) and _outdated_optional(m, ctx):
+            records.record_path(d, m.name).unlink()
+            for f in m.outputs:
+                (d / f).unlink(missing_ok=True)
+    timings = {m.name: _measure_one(m, ctx, force) for m in registry.enabled(cfg)}
     status = "skipped" if set(timings.values()) == {"skipped"} else "ran"
     if status == "ran" or not (d / layout.MEASURE_META).exists():
         meta = {"settings": {**asdict(cfg), "eval_source": ctx.subset.eval_source, "eval_size": ctx.subset.size,
                              "max_length": ctx.max_length},
                 "head_parameters": _head_parameters(ctx.model("theta0", exact=True)),
                 "measurements": {m.name: {"needs": list(m.needs), **_summary(d, m.name)}
-                                 for m in registry.MEASUREMENTS}}
+                                 for m in registry.MEASUREMENTS if records.read_record(d, m.name)}}
         atomic_write_json(d / layout.MEASURE_META, meta)
     return Outcome(status, d, "", timings)

@@ -47,7 +47,7 @@ def resolve_task(root, task: str | None) -> str:
 
 
 def is_measured(d: Path) -> bool:
-    return (d / layout.RUN_CONFIG).exists() and all(records.read_record(d, m.name) for m in registry.MEASUREMENTS)
+    return (d / layout.RUN_CONFIG).exists() and all(records.read_record(d, m.name) for m in registry.required())
 
 
 def measured_run(root, task: str, label: str, seed: int) -> Path:
@@ -68,6 +68,8 @@ def verified_measurements(run_dir: str | Path) -> dict[str, dict]:
     out = {}
     for m in registry.MEASUREMENTS:
         if records.read_record(d, m.name) is None:
+            if m.optional:  # asked for by --ablation only
+                continue
             raise HeadplastError(f"{d / m.file} is missing: run {d} has not been measured ({m.name})",
                                  measure_cmd(d))
         out[m.name] = records.verify(d, m.name, measure_cmd(d, force=True))
@@ -77,9 +79,9 @@ def verified_measurements(run_dir: str | Path) -> dict[str, dict]:
 def load_heads(run_dir: str | Path) -> pd.DataFrame:
     """DataFrame [L*H rows]: layer, head and every declared measurement's columns (heads.csv)."""
     d = Path(run_dir)
-    verified_measurements(d)
+    present = verified_measurements(d)
     df = None
-    for m in registry.MEASUREMENTS:
+    for m in (m for m in registry.MEASUREMENTS if m.name in present):
         rows = read_jsonl(d / m.file, None if df is None else len(df), m.fields, fix=measure_cmd(d, force=True))
         if df is None:
             df = pd.DataFrame({"layer": [r["layer"] for r in rows], "head": [r["head"] for r in rows]})
@@ -91,7 +93,8 @@ def load_heads(run_dir: str | Path) -> pd.DataFrame:
 def load_per_example(run_dir: str | Path) -> dict[str, np.ndarray]:
     """heads.csv column -> per-example values [N, 1 + L*H] of the measurements that keep them."""
     d = Path(run_dir)
-    return {m.main_column: np.load(d / m.per_example) for m in registry.MEASUREMENTS if m.per_example}
+    return {c: np.load(d / f) for m in registry.MEASUREMENTS if records.read_record(d, m.name)
+            for c, f in m.per_example_files.items()}
 
 
 def run_info(run_dir: str | Path) -> dict:

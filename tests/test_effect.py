@@ -1,0 +1,99 @@
+"""Update effect per head against a naive reference: copy the model, set the head's Q/K/V rows
+(weights and biases) and O columns from the other model, one full forward pass per head."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from headplast.arch import get_adapter
+from headplast.measure.ablation import example_losses
+from headplast.measure.effect import update_effect
+from tiny import ALL_ARCHS, tiny_model
+
+
+def _trained_like(model, seed: int, scale: float = 0.05):
+    """theta1: every parameter moved (FFN, LayerNorms and task head too, which must not be patched)."""
+    g = torch.Generator().manual_seed(seed)
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return m.eval()
+
+
+def _lora_merged(model, seed: int):
+    """theta1 = theta0 + a LoRA adapter on Q/K/V/O with random B, merged by peft (fp32)."""
+    from peft import LoraConfig, get_peft_model
+
+    ad = get_adapter(model)
+    names = [ad.module_name(l, k) for l in range(ad.num_layers(model.config)) for k in ("q", "k", "v", "o")]
+    torch.manual_seed(seed)
+    pm = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, lora_alpha=4, target_modules=names))
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.3)
+    return pm.merge_and_unload().eval()
+
+
+def _naive_losses(model, other, ad, enc, task, pad_id):
+    """[N, 1 + L*H]: the model's own losses, then one full forward pass per patched head."""
+    L, H = ad.num_layers(model.config), ad.num_heads(model.config)
+    from headplast.data.tokenize import sorted_batches
+
+    out = np.zeros((len(enc), 1 + L * H))
+    for idx, batch in sorted_batches(enc, 3, pad_id):
+        labels = batch.pop("labels")
+        with torch.no_grad():
+            out[idx, 0] = example_losses(model(**batch).logits, labels, False).numpy()
+            for l in range(L):
+                for h in range(H):
+                    m = copy.deepcopy(model)
+                    s = ad.head_slice(m.config, h)
+                    for kind in ("q", "k", "v"):
+                        mine, theirs = ad.linear(m, l, kind), ad.linear(other, l, kind)
+                        mine.weight[s] = theirs.weight[s]
+                        if mine.bias is not None:
+                            mine.bias[s] = theirs.bias[s]
+                    ad.linear(m, l, "o").weight[:, s] = ad.linear(other, l, "o").weight[:, s]
+                    out[idx, 1 + l * H + h] = example_losses(m(**batch).logits, labels, False).numpy()
+    return out
+
+
+@pytest.mark.parametrize("arch", ALL_ARCHS)
+@pytest.mark.parametrize("theta1", ["trained", "lora"])
+def test_update_effect_equals_naive_patching(arch, theta1, enc_small, tok, rte):
+    task, _ = rte
+    m0 = tiny_model(arch, init=0.3).eval()
+    m1 = _trained_like(m0, 1) if theta1 == "trained" else _lora_merged(m0, 1)
+    ad = get_adapter(m0)
+    # small batches and a small token budget: several batches of mixed lengths, heads split over passes
+    res = update_effect(m0, m1, ad, enc_small, task, tok.pad_token_id, batch_size=4, max_tokens=100,
+                        progress=False)
+    fwd = _naive_losses(m0, m1, ad, enc_small, task, tok.pad_token_id)
+    rev = _naive_losses(m1, m0, ad, enc_small, task, tok.pad_token_id)
+    L, H = 2, 4
+    effect_fwd = (fwd[:, :1] - fwd[:, 1:]).mean(0).reshape(L, H)
+    effect_rev = (rev[:, 1:] - rev[:, :1]).mean(0).reshape(L, H)
+    assert np.abs(effect_fwd).max() > 1e-3 and np.abs(effect_rev).max() > 1e-3, "updates should matter"
+    np.testing.assert_allclose(res.effect_fwd, effect_fwd, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(res.effect_rev, effect_rev, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(-res.fwd_values, fwd, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(res.rev_values, rev, atol=1e-5, rtol=0)
+    diff = rev[:, 1:] - rev[:, :1]
+    np.testing.assert_allclose(res.effect_rev_se.ravel(), diff.std(0, ddof=1) / np.sqrt(len(diff)), atol=1e-6)
+    # the models are left as they were
+    for p0, p in zip(tiny_model(arch, init=0.3).state_dict().values(), m0.state_dict().values()):
+        assert torch.equal(p0, p)
+
+
+def test_identical_models_have_zero_effect(enc_small, tok, rte):
+    task, _ = rte
+    m0 = tiny_model("bert", init=0.3).eval()
+    res = update_effect(m0, copy.deepcopy(m0), get_adapter(m0), enc_small, task, tok.pad_token_id, 4,
+                        progress=False)
+    assert np.abs(res.effect_fwd).max() < 1e-6 and np.abs(res.effect_rev).max() < 1e-6
+    assert len(res.rows()) == 8 and set(res.rows()[0]) == {"layer", "head", "effect_fwd", "effect_fwd_se",
+                                                           "effect_rev", "effect_rev_se"}
