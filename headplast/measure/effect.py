@@ -32,33 +32,6 @@ from headplast.measure.replay import Replay
 from headplast.measure.results import UpdateEffectResult
 
 
-def head_parameters(model, adapter: ArchAdapter, l: int, h: int) -> list[torch.Tensor]:
-    """Views of head h's parameters in layer l: Q/K/V weight rows and bias entries, O weight columns."""
-    s = adapter.head_slice(model.config, h)
-    out = []
-    for kind in ("q", "k", "v"):
-        lin = adapter.linear(model, l, kind)
-        out.append(lin.weight.data[s])
-        if lin.bias is not None:
-            out.append(lin.bias.data[s])
-    out.append(adapter.linear(model, l, "o").weight.data[:, s])
-    return out
-
-
-@contextmanager
-def patched_head(model, other, adapter: ArchAdapter, l: int, h: int):
-    """`model` with head (l, h)'s parameters copied from `other` for the duration of the block."""
-    mine, theirs = head_parameters(model, adapter, l, h), head_parameters(other, adapter, l, h)
-    saved = [p.clone() for p in mine]
-    try:
-        for p, q in zip(mine, theirs):
-            p.copy_(q)
-        yield model
-    finally:
-        for p, s in zip(mine, saved):
-            p.copy_(s)
-
-
 @contextmanager
 def _qkv_from(model, other, adapter: ArchAdapter, l: int):
     """Every head's Q/K/V (weights and biases) of layer l taken from `other`."""

@@ -43,7 +43,3 @@ def labels() -> dict[str, str]:
 def log_columns() -> frozenset[str]:
     return frozenset(c for m in MEASUREMENTS for c in m.log_columns)
 
-
-def per_example() -> dict[str, Measurement]:
-    """heads.csv column -> the measurement whose per-example values give its reliability."""
-    return {c: m for m in MEASUREMENTS for c in m.per_example_files}

@@ -68,9 +68,8 @@ def run(cfg, todo, jobs) -> list[str]:
         print(f"slurm: submitted {len(runs)} run jobs as array {array[0].job_id.split('_')[0]}", flush=True)
     queued = queue() or {}
     for job in cross:  # after every run it reads that is in the queue: this array, an earlier one
-        after = sorted({i.split("_")[0] for i in ids} | {read_state(r).get("engine_id", "").split("_")[0]
-                                                          for r in runs_of(job, jobs)
-                                                          if read_state(r).get("engine_id") in queued})
+        engine_ids = [read_state(r).get("engine_id") or "" for r in runs_of(job, jobs)]
+        after = sorted({i.split("_")[0] for i in ids} | {e.split("_")[0] for e in engine_ids if e in queued})
         ex = _executor(cfg, root, threads, 0)
         if after:
             ex.update_parameters(dependency="afterany:" + ":".join(after))
