@@ -21,6 +21,27 @@ def _per_example(rng, true: np.ndarray, N: int, base: np.ndarray, scale: float) 
     return np.hstack([base, base + per_ex]).astype(np.float32)
 
 
+def bases(rng, L: int, H: int, dim: int = 32, K: int = 16, shared: float = 0.6) -> np.ndarray:
+    """[L, H, dim, K] orthonormal bases: a head's subspace is partly the same in every run (a
+    fixed seed per head) and partly the run's own."""
+    out = np.zeros((L, H, dim, K))
+    for l in range(L):
+        for h in range(H):
+            common = np.random.default_rng(1000 + l * H + h).normal(size=(dim, K))
+            out[l, h] = np.linalg.qr(shared * common + (1 - shared) * rng.normal(size=(dim, K)))[0]
+    return out
+
+
+def extra_file(name: str, rng, L: int, H: int):
+    if name == "update_bases.npy":
+        return bases(rng, L, H)
+    if name == "intruders.jsonl":
+        return [{"layer": l, "module": k, "name": f"layer.{l}.{k}", "k": 10, "epsilon": 0.5,
+                 "intruders": int(n), "max_cos": [0.3] * int(n) + [0.9] * (10 - int(n))}
+                for l in range(L) for k in "qkvo" for n in [rng.integers(0, 4)]]
+    raise ValueError(f"synthetic runs do not know how to write {name}")
+
+
 def make_run(root: Path, label: str, seed: int, L: int = 4, H: int = 6, N: int = 40, coupling: float = 0.5,
              subset: str = "fp-A", model: str = "synthetic-model", val_metric: float = 0.7, collapsed=False) -> Path:
     """One measured run whose update U is `coupling`-correlated with importance."""
@@ -50,6 +71,9 @@ def make_run(root: Path, label: str, seed: int, L: int = 4, H: int = 6, N: int =
         values = {f: cols.get(m.column(f), np.abs(rng.normal(size=n))) for f in m.fields}
         atomic_write_jsonl(d / m.file, [{"layer": l, "head": h, **{f: float(v[i]) for f, v in values.items()}}
                                         for i, (l, h) in enumerate(heads)])
+        for name in m.extra_files:
+            content = extra_file(name, rng, L, H)
+            (atomic_save_npy if name.endswith(".npy") else atomic_write_jsonl)(d / name, content)
         records.write_record(d, m.name, "synthetic", m.outputs)
     (d / layout.EVAL_SUBSET).write_text(json.dumps({"task": "RTE", "split": "validation", "indices": list(range(N)),
                                                     "fingerprint": subset, "size": N}))

@@ -34,7 +34,7 @@ def test_plot_writes_tables_and_figures(runs, capsys):
     heads = pd.read_csv(d / "heads.csv")
     assert len(heads) == 24 and {"I_pre", "I_post", "U", "Urel", "fisher", "taylor", "I_pre_se"} <= set(heads)
     st = json.loads((d / "stats.json").read_text())
-    assert len(st["pairs"]) == 13 and st["n_boot"] == 300 and "I_pre" in st["reliability"]
+    assert len(st["pairs"]) == 14 and st["n_boot"] == 300 and "I_pre" in st["reliability"]
     assert {"U~effect_fwd", "I_pre~effect_fwd", "I_post~effect_rev", "U~effect_rev"} <= set(st["pairs"])
     assert {"effect_fwd", "effect_rev"} <= set(st["reliability"])
     cases = json.loads((d / "cases.json").read_text())
@@ -55,7 +55,7 @@ def test_compare_writes_every_file(runs, capsys):
     assert main(["compare", "--seed", "2", "--lora-r", "4", "--output-root", str(runs), *FAST]) == 0
     d = runs / "COMPARE" / "RTE" / "seed2"
     for name, n in {"compare_I_vs_U.png": 2, "compare_stats.png": 4, "compare_update_dist.png": 3,
-                    "compare_headwise.png": 3}.items():
+                    "compare_headwise.png": 3, "compare_subspace.png": 2}.items():
         assert panels(d / name) == n, name
     m = json.loads((d / "compare_metrics.json").read_text())
     assert m["labels"] == ["FFT", "LoRA_r4"] and set(m["stats"]) == {"FFT", "LoRA_r4"}
@@ -63,7 +63,31 @@ def test_compare_writes_every_file(runs, capsys):
     assert k["difference"] == pytest.approx(k["LoRA_r4"] - k["FFT"]) and isinstance(k["exceeds_uncertainty"], bool)
     assert k["ci95"][0] <= k["difference"] <= k["ci95"][1]
     text = (d / "compare_summary.txt").read_text()
-    assert "## 5. Main findings" in text and f"{k['FFT']:.4f}" in text
+    assert "## 6. Main findings" in text and f"{k['FFT']:.4f}" in text
+    sub = m["subspace"]  # phi recomputed here head by head; the noise floor is seed 1 (lowest other seed)
+    b = {(lab, s): np.load(runs / sub_dir / "update_bases.npy")[..., :8] for lab, s, sub_dir in
+         (("FFT", 2, "FFT/RTE/seed2"), ("LoRA", 2, "LoRA/RTE/seed2_r4"), ("FFT", 1, "FFT/RTE/seed1"))}
+    assert sub["noise_seed"] == 1 and sub["k"] == 8 and len(sub["per_head"]) == 24
+    for row in sub["per_head"]:
+        l, h = row["layer"], row["head"]
+        phi = np.linalg.norm(b[("FFT", 2)][l, h].T @ b[("LoRA", 2)][l, h]) ** 2 / 8
+        floor = np.linalg.norm(b[("FFT", 2)][l, h].T @ b[("FFT", 1)][l, h]) ** 2 / 8
+        assert row["phi"] == pytest.approx(phi) and row["floor_FFT"] == pytest.approx(floor)
+    assert sub["random_subspaces"] == 8 / 32 and sub["rho_I_pre_phi"]["ci95"][0] <= sub["rho_I_pre_phi"]["spearman"]
+    assert "subspace overlap" in text and "noise floor, LoRA_r4 seed 2 vs seed 1" in text
+    shape = m["update_shape"]["FFT"]
+    rows = [json.loads(x) for x in (runs / "FFT/RTE/seed2/intruders.jsonl").read_text().splitlines()]
+    assert shape["intruders"] == sum(r["intruders"] for r in rows) and shape["vectors_examined"] == 10 * len(rows)
+
+
+def test_compare_without_a_second_seed_says_so(tmp_path, capsys):
+    make_run(tmp_path, "FFT", 1)
+    make_run(tmp_path, "LoRA_r8", 1)
+    assert main(["compare", "--output-root", str(tmp_path), *FAST]) == 0
+    m = json.loads((tmp_path / "COMPARE/RTE/seed1/compare_metrics.json").read_text())
+    assert m["subspace"]["noise_floor"] == {} and "no noise floor" in m["subspace"]["note"]
+    assert main(["compare", "--output-root", str(tmp_path), "--noise-seed", "2", *FAST]) == 2
+    assert "no measured runs FFT and LoRA_r8 of that seed" in capsys.readouterr().err
 
 
 def test_aggregate_and_ranks(runs, capsys):

@@ -30,7 +30,7 @@ STATS = ["--n-boot", "300", "--n-perm", "200"]
 RUN_PANELS = {"fig_I_vs_U.png": 2, "fig_I_vs_G.png": 4, "fig_stats.png": 2, "fig_Ipre_vs_Ipost.png": 1,
               "fig_Ipost_corrs.png": 2, "fig_heatmaps.png": 3, "fig_effect.png": 2}
 COMPARE_PANELS = {"compare_I_vs_U.png": 2, "compare_stats.png": 4, "compare_update_dist.png": 3,
-                  "compare_headwise.png": 3}
+                  "compare_headwise.png": 3, "compare_subspace.png": 2}
 
 
 def panels(path) -> int:
@@ -105,8 +105,8 @@ def test_guide_workflow_with_scripts(tmp_path, capsys):
     assert m["labels"] == ["FFT", "LoRA_r8"]
     assert m["key_statistics"]["rho(I_pre,U)"]["FFT"] == pytest.approx(fft_stats["pairs"]["I_pre~U"]["spearman"])
     summary = (cmp_dir / "compare_summary.txt").read_text()
-    for section in ("## 1. Spearman", "## 2. Top-20 overlap", "## 3. Counter-example counts", "## 4. Update effect",
-                    "## 5. Main findings"):
+    for section in ("## 1. Spearman", "## 2. Top-20 overlap", "## 3. Counter-example counts", "## 4. Update effect", "## 5. Shape of the updates",
+                    "## 6. Main findings"):
         assert section in summary
     for f, n in COMPARE_PANELS.items():
         assert panels(cmp_dir / f) == n, f

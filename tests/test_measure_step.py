@@ -10,6 +10,7 @@ from headplast.measure.config import MeasureConfig
 from headplast.steps.measure_step import run_measure
 from headplast.train.config import TrainConfig
 from headplast.steps.train_step import run_train
+from tiny import tiny_run_kwargs
 
 pytestmark = pytest.mark.slow
 QUIET = MeasureConfig(progress=False)
@@ -18,8 +19,7 @@ QUIET = MeasureConfig(progress=False)
 @pytest.fixture(scope="module")
 def trained(model_dirs, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    kw = dict(task="RTE", model=str(model_dirs["bert"]), output_root=str(root), max_train_samples=32, num_epochs=1,
-              batch_size=8, probe_epochs=10, eval_size=12, max_length=40, learning_rate=5e-3)
+    kw = tiny_run_kwargs(model_dirs["bert"], root)
     fft = run_train(TrainConfig(method="fft", **kw)).path
     lora = run_train(TrainConfig(method="lora", lora_r=4, lora_alpha=8, **kw)).path
     return root, fft, lora
@@ -254,3 +254,21 @@ def test_ablation_list_is_checked():
         MeasureConfig(ablation=("zero", "zero"))
     assert MeasureConfig(ablation="zero,mean").ablation == ("zero", "mean")
     assert MeasureConfig(ablation=("mean",)).settings(("ablation",)) == {"ablation": "mean"}
+
+
+def test_geometry_files_are_recorded_and_intruder_settings_redo_only_them(trained):
+    _, fft, lora = trained
+    run_measure(lora, QUIET)
+    geo = read_jsonl(lora / "update_geometry.jsonl", 8)
+    assert all(r["r90_q"] <= 4 and r["srank"] >= 1 for r in geo)  # LoRA r=4 on every module
+    assert np.load(lora / "update_bases.npy").shape == (2, 4, 4 * 8, 16)
+    rows = [json.loads(line) for line in (lora / "intruders.jsonl").read_text().splitlines()]
+    assert [(r["layer"], r["module"]) for r in rows] == [(l, k) for l in range(2) for k in "qkvo"]
+    assert all(r["k"] == 10 and len(r["max_cos"]) == 10 for r in rows)
+    t = run_measure(lora, MeasureConfig(progress=False, intruder_k=3)).timings
+    assert isinstance(t["update_geometry"], float)
+    assert {v for k, v in t.items() if k != "update_geometry"} == {"skipped"}
+    rows = [json.loads(line) for line in (lora / "intruders.jsonl").read_text().splitlines()]
+    assert all(r["k"] == 3 and len(r["max_cos"]) == 3 for r in rows)
+    meta = json.loads((lora / "measure_meta.json").read_text())
+    assert meta["settings"]["intruder_k"] == 3 and "update_geometry" in meta["measurements"]

@@ -66,3 +66,9 @@ def tiny_model_dir(arch: str, path: Path, seed: int = 0, **kw) -> Path:
     tiny_model(arch, seed, **kw).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def tiny_run_kwargs(model_dir, root) -> dict:
+    """TrainConfig fields of a tiny run that trains in about a second (RTE, 32 examples, 1 epoch)."""
+    return dict(task="RTE", model=str(model_dir), output_root=str(root), max_train_samples=32, num_epochs=1,
+                batch_size=8, probe_epochs=10, eval_size=12, max_length=40, learning_rate=5e-3)

@@ -19,7 +19,7 @@ from headplast.errors import HeadplastError
 from headplast.measure.config import MeasureConfig
 from headplast.train.config import TrainConfig
 
-RUN_ID = ("task", "method", "seed", "lora_r", "output_root")  # what locates a run directory
+RUN_ID = ("task", "method", "seed", "lora_r", "rank_by", "output_root")  # what locates a run directory
 
 
 def cmd_train(a) -> int:
@@ -44,7 +44,7 @@ def cmd_measure(a) -> int:
 
 def cmd_pipeline(a) -> int:
     from headplast.analysis.config import AnalysisConfig
-    from headplast.report.headline import effect_lines
+    from headplast.report.headline import effect_lines, subspace_line
     from headplast.steps.pipeline import PipelineConfig, run_pipeline
     from headplast.store import layout
 
@@ -57,7 +57,7 @@ def cmd_pipeline(a) -> int:
         m = json.loads((p / layout.COMPARE_METRICS).read_text())
         print(f"ANSWER ({m['task']}, seed {m['seed']}): does a head's importance before fine-tuning predict "
               "how much fine-tuning changes it?")
-        print("\n".join(f"  {line}" for line in m["headline"] + effect_lines(m)) + "\n")
+        print("\n".join(f"  {line}" for line in m["headline"] + effect_lines(m) + subspace_line(m)) + "\n")
     print(f"outputs under {cfg.train.output_root}/")
     for key in ("runs", "compare", "aggregate", "ranks"):
         for p in out[key]:
@@ -95,7 +95,8 @@ def _add_experiment_args(parser) -> None:
     from headplast.steps.pipeline import PipelineConfig
 
     add_config_args(parser, PipelineConfig, dest_prefix="p_", title="experiment")
-    add_config_args(parser, TrainConfig, exclude=("task", "method", "seed", "lora_r", "lora_alpha", "force"),
+    add_config_args(parser, TrainConfig, exclude=("task", "method", "seed", "lora_r", "lora_alpha", "force",
+                                                  "rank_by", "rank_from"),
                     title="training")
     add_config_args(parser, MeasureConfig, exclude=("eval_size", "eval_source"), dest_prefix="m_",
                     title="measurement")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from headplast.errors import HeadplastError, did_you_mean
-from headplast.options import POSITIVE, option, validate
+from headplast.options import OPEN_FRACTION, POSITIVE, option, validate
 
 DTYPES = ("float32", "float16", "bfloat16")
 ABLATIONS = ("zero", "mean", "resample")
@@ -28,6 +28,10 @@ class MeasureConfig:
     device: str | None = option(None, "cpu, cuda, cuda:1 (default: cuda if available)")
     max_tokens: int = option(1 << 12, "tokens per ablation pass (heads of a layer are batched together; 4096 was "
                              "fastest on 2 CPU cores for short SST-2 examples, 1.2-1.4x faster than 16384)", **POSITIVE)
+    intruder_k: int = option(10, "intruder dimensions: top singular vectors of each fine-tuned matrix examined",
+                             **POSITIVE)
+    intruder_epsilon: float = option(0.5, "intruder dimensions: a vector whose largest |cosine| with theta0's "
+                                     "singular vectors is below this is an intruder", **OPEN_FRACTION)
     progress: bool = option(True, "progress bars")
 
     def __post_init__(self):

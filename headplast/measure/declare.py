@@ -43,6 +43,9 @@ class Measurement:
     # bootstrap), or {field: .npy} for several fields
     per_example: str | dict | None = None
     enabled: Callable | None = None  # (MeasureConfig) -> bool: computed only when asked for; None: always
+    # further files the result writes beside its jsonl (result.extra_files(): .npy arrays or
+    # .jsonl rows that are not one per head)
+    extra_files: tuple[str, ...] = ()
 
     def __post_init__(self):
         bad = set(self.needs) - set(NEEDS)
@@ -66,7 +69,7 @@ class Measurement:
 
     @property
     def outputs(self) -> tuple[str, ...]:
-        return (self.file,) + tuple(self.per_example_files.values())
+        return (self.file,) + tuple(self.per_example_files.values()) + self.extra_files
 
     @property
     def per_example_files(self) -> dict[str, str]:

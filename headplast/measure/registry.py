@@ -6,12 +6,13 @@ from headplast.errors import HeadplastError, did_you_mean
 from headplast.measure.ablation import IMPORTANCE_POST, IMPORTANCE_PRE, VARIANTS
 from headplast.measure.declare import Measurement
 from headplast.measure.effect import UPDATE_EFFECT
+from headplast.measure.geometry import UPDATE_GEOMETRY
 from headplast.measure.gradfisher import GRADFISHER
 from headplast.measure.update import UPDATE
 
 # optional ones (importance under further ablations) last: computed only when --ablation asks for them
 MEASUREMENTS: tuple[Measurement, ...] = (IMPORTANCE_PRE, UPDATE, GRADFISHER, IMPORTANCE_POST, UPDATE_EFFECT,
-                                         *VARIANTS)
+                                         UPDATE_GEOMETRY, *VARIANTS)
 
 
 def enabled(cfg) -> tuple[Measurement, ...]:

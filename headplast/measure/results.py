@@ -33,6 +33,10 @@ class HeadTable:
         measurement has them: one array (of its first field), or {field: array}."""
         return None
 
+    def extra_files(self) -> dict:
+        """{file name: .npy array or list of jsonl rows} of the declaration's `extra_files`."""
+        return {}
+
     def rows(self) -> list[dict]:
         arrs = {k: getattr(self, k) for k in self.head_fields()}
         L, H = next(iter(arrs.values())).shape

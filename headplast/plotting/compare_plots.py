@@ -98,3 +98,26 @@ def compare_headwise(dfs, path):
     fig.colorbar(sc, ax=axes, label="layer")
     save(fig, path)
 
+
+
+def compare_subspace(sub: dict, phi: np.ndarray, floors: dict, importance: np.ndarray, labels, path):
+    """(a) phi per head (layer x head); (b) phi vs I_pre, with the noise floors and random subspaces."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    im = axes[0].imshow(phi, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    axes[0].set_xlabel("head")
+    axes[0].set_ylabel("layer")
+    axes[0].set_title(f"(a) subspace overlap φ of {' and '.join(labels)} (top-{sub['k']})", fontsize=10)
+    fig.colorbar(im, ax=axes[0])
+    ax = axes[1]
+    ax.scatter(importance.ravel(), phi.ravel(), s=14, color=COLORS[0], label=f"φ({', '.join(labels)})")
+    for i, (lab, f) in enumerate(floors.items()):
+        ax.axhline(np.nanmean(f), color=COLORS[i + 1], ls="--", label=f"noise floor: {lab}, two seeds (mean)")
+    ax.axhline(sub["random_subspaces"], color="grey", ls=":", label="random subspaces")
+    rho = sub["rho_I_pre_phi"]
+    ax.set_title(f"(b) φ vs importance: ρ = {rho['spearman']:+.2f} [{rho['ci95'][0]:+.2f}, {rho['ci95'][1]:+.2f}]"
+                 + ("" if floors else " (no second seed: no noise floor)"), fontsize=10)
+    ax.set_xlabel("I_pre (loss increase when ablated, nats)")
+    ax.set_ylabel("φ = ||U_aᵀU_b||²_F / k")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    save(fig, path)

@@ -50,5 +50,34 @@ def compare_summary(m: dict) -> str:
             c = {lab: m["cases"][lab].get(kind, {}) for lab in (la, lb)}
             out.append(f"  {title}: " + ", ".join(f"{lab} {c[lab].get('count', '-')}" for lab in (la, lb))
                        + f" (expected if independent: {c[la].get('expected_if_independent', float('nan')):.1f})")
-    out += ["", "## 5. Main findings"] + [f"  - {line}" for line in m["findings"]] + ["", RULE, ""]
+    out += shape_lines(m)
+    out += ["", "## 6. Main findings"] + [f"  - {line}" for line in m["findings"]] + ["", RULE, ""]
     return "\n".join(out)
+
+
+def shape_lines(m: dict) -> list[str]:
+    """Section 5: the shape of the updates, intruder dimensions and the FFT vs LoRA subspace overlap."""
+    if "subspace" not in m:  # compared before update geometry existed
+        return []
+    la, lb = m["labels"]
+    sh, sub = m["update_shape"], m["subspace"]
+    out = ["", "## 5. Shape of the updates"]
+    for lab in (la, lb):
+        s = sh[lab]
+        out.append(f"  {lab}: median over heads: stable rank {s['median_srank']:.2f}, r90 {s['median_r90']:.0f}, "
+                   f"top singular value's share {s['median_top_share']:.2f}; intruder dimensions "
+                   f"{s['intruders']} of {s['vectors_examined']} top singular vectors "
+                   f"({', '.join(f'{k.upper()} {n}' for k, n in s['intruders_per_module'].items())}; "
+                   f"top-{s['intruder_k']}, |cos| < {s['intruder_epsilon']})")
+    p, rho = sub["phi"], sub["rho_I_pre_phi"]
+    out.append(f"  subspace overlap φ of {la} and {lb} (top-{sub['k']} left singular vectors per head): mean "
+               f"{p['mean']:.3f}, median {p['median']:.3f} (random subspaces: {sub['random_subspaces']:.3f})")
+    for lab, f in sub["noise_floor"].items():
+        d = f["phi_minus_floor"]
+        out.append(f"    noise floor, {lab} seed {m['seed']} vs seed {sub['noise_seed']}: mean {f['mean']:.3f}; "
+                   f"φ minus floor {d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]")
+    if sub.get("note"):
+        out.append(f"    {sub['note']}")
+    out.append(f"  rho(I_pre, φ): {rho['spearman']:+.3f}  95% CI [{rho['ci95'][0]:+.3f}, {rho['ci95'][1]:+.3f}] "
+               "(do important heads get the same directions from both methods?)")
+    return out

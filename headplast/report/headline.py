@@ -87,3 +87,14 @@ def effect_lines(m: dict) -> list[str]:
                    f"{_rho_text(st, 'U', 'effect_fwd', 'ρ(U, effect_fwd)')}; vs its importance before: "
                    f"{_rho_text(st, 'I_pre', 'effect_fwd', 'ρ(I_pre, effect_fwd)')}")
     return out
+
+
+def subspace_line(m: dict) -> list[str]:
+    """Do FFT and LoRA move a head in the same directions (more than two seeds of one method do)?"""
+    sub = m.get("subspace")
+    if not sub or sub["phi"].get("mean") is None:
+        return []
+    floors = "; ".join(f"{lab} seed vs seed {f['mean']:.2f}" for lab, f in sub["noise_floor"].items())
+    return [f"{' and '.join(m['labels'])} share φ = {sub['phi']['mean']:.2f} of a head's top-{sub['k']} update "
+            f"directions on average (random subspaces {sub['random_subspaces']:.2f}; "
+            + (floors or "no second seed for a noise floor") + ")"]

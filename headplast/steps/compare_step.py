@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
 from headplast.analysis.compare import key_statistics
+from headplast.analysis.subspace import overlap, subspace_statistics
+from headplast.arch.adapters import KINDS
+from headplast.measure.geometry import BASES_FILE, BASES_K, INTRUDERS_FILE, UPDATE_GEOMETRY
 from headplast.analysis.config import AnalysisConfig
 from headplast.errors import HeadplastError
 from headplast.options import NONNEGATIVE, opt, option, validate
@@ -15,10 +21,10 @@ from headplast.report.findings import findings
 from headplast.report.headline import headline
 from headplast.steps.analyse_step import analysed
 from headplast.steps.outcome import Outcome, recorded_step
-from headplast.steps.runs import (check_comparable, input_hashes, load_per_example, measured_run, resolve_task,
-                                  run_info)
+from headplast.steps.runs import (check_comparable, input_hashes, load_per_example, measured_run, other_seeds,
+                                  resolve_task, run_info)
 from headplast.store import layout, records
-from headplast.store.io import atomic_write_json, atomic_write_text
+from headplast.store.io import atomic_write_json, atomic_write_text, read_json
 
 OUTPUTS = (*layout.COMPARE_FIGURES, layout.COMPARE_METRICS, layout.COMPARE_SUMMARY)
 
@@ -30,6 +36,10 @@ class CompareConfig:
     labels: tuple[str, ...] = option(("FFT", "LoRA_r8"), "the two runs, e.g. FFT LoRA_r8")
     output_root: str = option("outputs", "root under which runs are found and written")
     out_dir: str | None = option(None, "default: <output-root>/COMPARE/<task>/seed<seed>", aliases=("--out_dir",))
+    subspace_k: int = option(8, f"top singular vectors per head in the subspace overlap of the two updates (at "
+                             f"most {BASES_K})", low=1, high=BASES_K)
+    noise_seed: int | None = option(None, "seed of the second runs whose overlap with these is the noise floor "
+                                    "(default: the lowest other seed where both runs exist)", **NONNEGATIVE)
     analysis: AnalysisConfig = field(default=AnalysisConfig(), metadata=opt(cli=False))
     force: bool = option(False, "redo even if up to date")
 
@@ -45,14 +55,31 @@ def run_compare(cfg: CompareConfig) -> Outcome:
     if len(cfg.labels) != 2:
         raise HeadplastError("compare takes exactly two runs", "e.g. --labels FFT LoRA_r8")
     dirs = {lab: measured_run(cfg.output_root, cfg.task, lab, cfg.seed) for lab in cfg.labels}
+    floor_dirs = noise_runs(cfg)
     out = cfg.out()
-    key = records.step_key("compare", {"labels": list(cfg.labels), "analysis": asdict(cfg.analysis)},
-                           {lab: input_hashes(d) for lab, d in dirs.items()})
-    return recorded_step(out, "compare", key, OUTPUTS, lambda: _write_compare(cfg, dirs, out), cfg.force,
-                         lambda: str(out))
+    inputs = {lab: input_hashes(d) for lab, d in dirs.items()}
+    inputs["noise_floor"] = {str(d): records.read_record(d, UPDATE_GEOMETRY.name)["outputs"] for d in floor_dirs.values()}
+    key = records.step_key("compare", {"labels": list(cfg.labels), "analysis": asdict(cfg.analysis),
+                                       "subspace_k": cfg.subspace_k}, inputs)
+    return recorded_step(out, "compare", key, OUTPUTS, lambda: _write_compare(cfg, dirs, floor_dirs, out),
+                         cfg.force, lambda: str(out))
 
 
-def _write_compare(cfg: CompareConfig, dirs: dict, out: Path) -> None:
+def noise_runs(cfg: CompareConfig) -> dict[str, Path]:
+    """{label: the same method's run of another seed} for the overlap's noise floor ({} if none)."""
+    geo = UPDATE_GEOMETRY.name
+    common = set.intersection(*(set(other_seeds(cfg.output_root, cfg.task, lab, cfg.seed, geo)) for lab in cfg.labels))
+    if cfg.noise_seed is not None and cfg.noise_seed not in common:
+        raise HeadplastError(f"--noise-seed {cfg.noise_seed}: no measured runs {' and '.join(cfg.labels)} of that seed",
+                             f"use one of {sorted(common)} or leave --noise-seed unset" if common else
+                             "train and measure that seed first, or leave --noise-seed unset")
+    seed = cfg.noise_seed if cfg.noise_seed is not None else min(common, default=None)
+    if seed is None:
+        return {}
+    return {lab: layout.run_dir(cfg.output_root, layout.RunId.from_label(cfg.task, lab, seed)) for lab in cfg.labels}
+
+
+def _write_compare(cfg: CompareConfig, dirs: dict, floor_dirs: dict, out: Path) -> None:
     infos = {lab: run_info(d) for lab, d in dirs.items()}
     check_comparable(list(infos.values()), "compare")
     dfs, stats, cases = {}, {}, {}
@@ -71,12 +98,57 @@ def _write_compare(cfg: CompareConfig, dirs: dict, out: Path) -> None:
          "expected_cases": cases[cfg.labels[0]]["important_but_static"]["expected_if_independent"],
          "runs": infos, "validation": val, "key_statistics": keys, "stats": stats, "cases": cases,
          "analysis_config": asdict(a)}
+    phi, floors, m["subspace"] = subspaces(cfg, dirs, floor_dirs, dfs[cfg.labels[0]])
+    m["update_shape"] = update_shape(dirs, dfs)
     m["findings"] = findings(keys, tuple(cfg.labels), stats, val, a.top_k)
     m["headline"] = headline(m)
-    names = dict(zip(("i_vs_u", "stats", "update_dist", "headwise"), layout.COMPARE_FIGURES))
+    names = dict(zip(("i_vs_u", "stats", "update_dist", "headwise", "subspace"), layout.COMPARE_FIGURES))
     cp.compare_i_vs_u(dfs, stats, out / names["i_vs_u"])
     cp.compare_stats(m, stats, out / names["stats"])
     cp.compare_update_dist(dfs, out / names["update_dist"])
     cp.compare_headwise(dfs, out / names["headwise"])
+    cp.compare_subspace(m["subspace"], phi, floors, _grid(dfs[cfg.labels[0]], "I_pre"), cfg.labels,
+                        out / names["subspace"])
     atomic_write_json(out / layout.COMPARE_METRICS, m)
     atomic_write_text(out / layout.COMPARE_SUMMARY, compare_summary(m))
+
+
+def _grid(df, column: str) -> np.ndarray:
+    """A heads.csv column as [L, H]."""
+    return df.pivot(index="layer", columns="head", values=column).to_numpy(float)
+
+
+def subspaces(cfg: CompareConfig, dirs: dict, floor_dirs: dict, df) -> tuple:
+    """phi per head of the two runs, the noise floors and their statistics (for compare_metrics.json)."""
+    a, b = cfg.labels
+    bases = {lab: np.load(d / BASES_FILE) for lab, d in dirs.items()}
+    phi = overlap(bases[a], bases[b], cfg.subspace_k)
+    floors = {lab: overlap(bases[lab], np.load(floor_dirs[lab] / BASES_FILE), cfg.subspace_k) for lab in floor_dirs}
+    an = cfg.analysis
+    sub = subspace_statistics(phi, floors, _grid(df, "I_pre"), cfg.subspace_k, bases[a].shape[2], an.n_boot, an.seed)
+    sub["noise_seed"] = read_json(floor_dirs[a] / layout.RUN_CONFIG)["run"]["seed"] if floor_dirs else None
+    sub["per_head"] = [{"layer": l, "head": h, "phi": _num(v), **{f"floor_{lab}": _num(f[l, h])
+                                                               for lab, f in floors.items()}}
+                       for (l, h), v in np.ndenumerate(phi)]
+    if not floor_dirs:
+        sub["note"] = ("no noise floor: no other seed has both runs measured (run with two seeds, e.g. --seeds 1 2, "
+                       "to see how much two seeds of the same method share)")
+    return phi, floors, sub
+
+
+def _num(v) -> float | None:
+    return float(v) if np.isfinite(v) else None
+
+
+def update_shape(dirs: dict, dfs: dict) -> dict:
+    """Per run: median stable rank / r90 / top share of the heads' updates, and intruder dimensions."""
+    out = {}
+    for lab, d in dirs.items():
+        rows = [json.loads(line) for line in (d / INTRUDERS_FILE).read_text().splitlines()]
+        df = dfs[lab]
+        out[lab] = {**{f"median_{c}": _num(np.nanmedian(df[c])) for c in ("srank", "r90", "top_share")},
+                    "intruders": sum(r["intruders"] for r in rows),
+                    "intruders_per_module": {k: sum(r["intruders"] for r in rows if r["module"] == k) for k in KINDS},
+                    "vectors_examined": sum(len(r["max_cos"]) for r in rows),
+                    "intruder_k": rows[0]["k"], "intruder_epsilon": rows[0]["epsilon"]}
+    return out

@@ -133,6 +133,11 @@ def _write(m: Measurement, ctx: MeasureContext, base: Path) -> None:
     values = values if isinstance(values, dict) or values is None else {m.fields[0]: values}
     for f, arr in (values or {}).items():
         atomic_save_npy(base / m.per_example_files[m.column(f)], arr)
+    extra = res.extra_files()
+    if set(extra) != set(m.extra_files):
+        raise TypeError(f"{m.name} wrote {sorted(extra)}, declared {sorted(m.extra_files)}")
+    for name, content in extra.items():
+        (atomic_save_npy if name.endswith(".npy") else atomic_write_jsonl)(base / name, content)
     atomic_write_jsonl(base / m.file, res.rows())
 
 

@@ -164,11 +164,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         root.mkdir(parents=True)
     runner = Runner(root / layout.PIPELINE_LOG)
     outputs: dict = {"runs": [], "compare": [], "aggregate": [], "ranks": []}
-    for task in cfg.tasks:
-        for seed in cfg.seeds:  # each seed's comparisons as soon as its runs are done
+    for task in cfg.tasks:  # every run of a task first: a comparison's noise floor is another seed's runs
+        for seed in cfg.seeds:
             outputs["runs"] += [one_run(runner, cfg, t) for t in cfg.run_configs(task, seed)]
-            for k, v in cross_run_seed(runner, cfg, task, seed).items():
-                outputs[k] += v
-        outputs["aggregate"] += aggregate_seeds(runner, cfg, task)
+        for k, v in cross_run_task(runner, cfg, task).items():
+            outputs[k] += v
     outputs["log"] = runner.log
     return outputs

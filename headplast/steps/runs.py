@@ -3,6 +3,7 @@ files, each checked against the record of the step that wrote it; what identifie
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,17 @@ def measured_run(root, task: str, label: str, seed: int) -> Path:
     return d
 
 
+def other_seeds(root, task: str, label: str, seed: int, measurement: str) -> list[int]:
+    """Seeds other than `seed` with a run of `label` that has `measurement`."""
+    d = layout.run_dir(root, layout.RunId.from_label(task, label, seed))
+    suffix = d.name[len(f"seed{seed}"):]  # '' (FFT) or '_r8' (LoRA)
+    if not d.parent.is_dir():
+        return []
+    found = (re.fullmatch(rf"seed(\d+){re.escape(suffix)}", p.name) for p in d.parent.iterdir())
+    return sorted(int(m.group(1)) for m in found if m and int(m.group(1)) != seed
+                  and records.read_record(d.parent / m.group(0), measurement))
+
+
 def verified_measurements(run_dir: str | Path) -> dict[str, dict]:
     """{measurement: its record}, after checking every measurement file is as its step wrote it."""
     d = Path(run_dir)
@@ -88,6 +100,24 @@ def load_heads(run_dir: str | Path) -> pd.DataFrame:
         for f in m.fields:
             df[m.column(f)] = [r[f] for r in rows]
     return df.astype({c: float for c in df.columns if c not in ("layer", "head")}).replace({None: np.nan})
+
+
+def measurement_arrays(run_dir: str | Path, name: str) -> dict[str, np.ndarray]:
+    """One measurement of a run (checked against its record) as {heads.csv column: [L, H] array}."""
+    d, m = Path(run_dir), registry.get(name)
+    if not (d / layout.RUN_CONFIG).exists():
+        raise HeadplastError(f"no run at {d} (no {layout.RUN_CONFIG})",
+                             "train it first with `headplast train` (see `headplast train --help`)")
+    if records.read_record(d, m.name) is None:
+        raise HeadplastError(f"{d} has no {m.name} measurement", measure_cmd(d))
+    records.verify(d, m.name, measure_cmd(d, force=True))
+    rows = read_jsonl(d / m.file, None, m.fields, fix=measure_cmd(d, force=True))
+    L, H = max(r["layer"] for r in rows) + 1, max(r["head"] for r in rows) + 1
+    out = {m.column(f): np.full((L, H), np.nan) for f in m.fields}
+    for r in rows:
+        for f in m.fields:
+            out[m.column(f)][r["layer"], r["head"]] = np.nan if r[f] is None else r[f]
+    return out
 
 
 def load_per_example(run_dir: str | Path) -> dict[str, np.ndarray]:

@@ -18,6 +18,7 @@ from headplast.errors import HeadplastError
 from headplast.options import as_flags
 from headplast.report.lines import train_line
 from headplast.steps.outcome import Outcome, recorded_step
+from headplast.steps.rank_source import guided_ranks, rank_source
 from headplast.store import layout, locks, records
 from headplast.store.io import (atomic_copytree, check_output_root, atomic_write_json, read_json, state_dict_hash, text_key)
 from headplast.store.provenance import provenance
@@ -25,7 +26,7 @@ from headplast.train import recipes
 from headplast.train.config import METHODS, TrainConfig
 from headplast.train.evaluate import evaluate
 from headplast.train.fit import NonFiniteLoss, fine_tune, trainable_model
-from headplast.train.lora import trainable_audit
+from headplast.train.lora import resolve_targets, trainable_audit
 from headplast.train.theta0 import build_theta0
 
 log = logging.getLogger("headplast")
@@ -37,11 +38,14 @@ def run_id(cfg: TrainConfig) -> layout.RunId:
     if method not in METHODS:
         raise HeadplastError(f"unknown --method '{cfg.method}'", "use --method fft or --method lora")
     return layout.RunId(task_name(cfg.task, bool(cfg.train_file)), method, cfg.seed,
-                        cfg.lora_r if method == "lora" else None)
+                        cfg.lora_r if method == "lora" else None, cfg.rank_by if cfg.guided else None)
 
 
-def train_key(cfg: TrainConfig) -> str:
-    return records.step_key("train", cfg.run_fields(), {"model": cfg.model or "default"})
+def train_key(cfg: TrainConfig, rank_source: dict | None = None) -> str:
+    inputs = {"model": cfg.model or "default"}
+    if rank_source:  # guided ranks: the scores they come from
+        inputs["rank_source"] = rank_source["hashes"]
+    return records.step_key("train", cfg.run_fields(), inputs)
 
 
 def train_command(config: dict) -> str:
@@ -113,20 +117,22 @@ def run_train(cfg: TrainConfig) -> Outcome:
     cfg, defaults = resolved_config(cfg)
     run = run_id(cfg)
     out = layout.run_dir(check_output_root(cfg.output_root), run)
-    inputs: dict = {}
+    source = rank_source(cfg, run.task)
+    inputs: dict = {"source": source}
 
     def check():
         _refuse_other_run(out, cfg)
         inputs["data"] = prepare_from_config(cfg)
         inputs["model_path"] = resolve_model(cfg.model)
 
-    return recorded_step(out, "train", train_key(cfg), OUTPUTS, lambda: _train(cfg, run, out, defaults, **inputs),
+    return recorded_step(out, "train", train_key(cfg, source), OUTPUTS, lambda: _train(cfg, run, out, defaults, **inputs),
                          cfg.force,
                          lambda: train_line(read_json(out / layout.RUN_CONFIG)),
                          fix=f"re-run `{train_command(cfg.to_dict())} --force`", check=check)
 
 
-def _train(cfg: TrainConfig, run: layout.RunId, out: Path, defaults: dict, data, model_path: str) -> None:
+def _train(cfg: TrainConfig, run: layout.RunId, out: Path, defaults: dict, data, model_path: str,
+           source: dict | None) -> None:
     for stale in (out / layout.RUN_CONFIG, out / layout.CKPT_FINAL):  # a re-run starts clean
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
     t_start = time.time()
@@ -134,10 +140,13 @@ def _train(cfg: TrainConfig, run: layout.RunId, out: Path, defaults: dict, data,
     theta0_info = ensure_theta0(cfg, model_path, tok, data, out / layout.CKPT_INIT)
     model = load_model(str(out / layout.CKPT_INIT))
     adapter = get_adapter(model)
-    model, adapted = trainable_model(model, adapter, cfg)
+    pattern = source and guided_ranks(source, model, adapter, resolve_targets(adapter, model, cfg.lora_targets),
+                                      cfg.lora_r)
+    model, adapted = trainable_model(model, adapter, cfg, pattern and pattern["ranks"])
     record = {"run": run.__dict__, "label": run.label, "config": cfg.run_fields(), "model_path": model_path,
               "status": "training", "theta0": theta0_info, "data": _data_info(data), "adapted_modules": adapted,
               "trainable": trainable_audit(model, adapter), "command": train_command(cfg.to_dict()),
+              **({"rank_pattern": pattern} if pattern else {}),
               "defaults": {"filled": defaults, "why": recipes.why(data.task.name)}, **provenance()}
     t = time.time()
     try:

@@ -25,7 +25,8 @@ STATS = "stats.json"
 CASES = "cases.json"
 RUN_FIGURES = ("fig_I_vs_U.png", "fig_I_vs_G.png", "fig_stats.png", "fig_Ipre_vs_Ipost.png",
                "fig_Ipost_corrs.png", "fig_heatmaps.png", "fig_effect.png")
-COMPARE_FIGURES = ("compare_I_vs_U.png", "compare_stats.png", "compare_update_dist.png", "compare_headwise.png")
+COMPARE_FIGURES = ("compare_I_vs_U.png", "compare_stats.png", "compare_update_dist.png", "compare_headwise.png",
+                   "compare_subspace.png")
 COMPARE_METRICS = "compare_metrics.json"
 COMPARE_SUMMARY = "compare_summary.txt"
 AGGREGATE_FILES = ("summary.txt", "aggregate_metrics.json", "runs_table.csv", "runs_table.parquet",
@@ -55,10 +56,11 @@ class RunId:
     method: str  # "fft" or "lora"
     seed: int
     r: int | None = None  # LoRA rank
+    rank_by: str | None = None  # LoRA ranks per module guided by this head score (None: uniform)
 
     @property
     def label(self) -> str:
-        return label_of(self.method, self.r)
+        return label_of(self.method, self.r) + (f"_by_{self.rank_by}" if self.rank_by else "")
 
     @classmethod
     def from_label(cls, task: str, label: str, seed: int) -> "RunId":
@@ -72,7 +74,8 @@ def run_dir(root: str | Path, run: RunId) -> Path:
     if run.method == "lora":
         if run.r is None:
             raise HeadplastError("a LoRA run needs its rank", "pass --lora-r")
-        return Path(root) / "LoRA" / run.task / f"seed{run.seed}_r{run.r}"
+        guided = f"_by_{run.rank_by}" if run.rank_by else ""  # same LoRA parameters, other ranks per module
+        return Path(root) / "LoRA" / run.task / f"seed{run.seed}_r{run.r}{guided}"
     raise HeadplastError(f"unknown method '{run.method}'", "use --method fft or --method lora")
 
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from headplast.data.tasks import DEFAULT_TASK
 from headplast.errors import HeadplastError
 from headplast.options import FRACTION, NONNEGATIVE, POSITIVE, option, validate
+from headplast.train.lora import RANK_BY
 
 # Unset fields (None) are filled per task by train/recipes.py (the default experiment's values
 # for SST-2, the guide's for every other task) when a run starts; run_config.json records which.
@@ -37,6 +38,10 @@ class TrainConfig:
     lora_alpha: float = option(16.0, "LoRA scale alpha", **POSITIVE)
     lora_dropout: float = option(0.1, "dropout on LoRA's input", **FRACTION)
     lora_targets: str = option("attn", "attn (Q,K,V,O; default), attn,ffn, q,v, or full module names")
+    rank_by: str = option("uniform", "LoRA ranks per module: uniform (--lora-r everywhere), or guided by a head score "
+                          "of the --rank-from run (I_pre, U, effect_fwd) with exactly the LoRA parameters of "
+                          "uniform --lora-r", choices=RANK_BY)
+    rank_from: str | None = option(None, "a trained and measured run whose heads' scores guide --rank-by")
     # theta0
     head_init: str = option("probe", "probe: fit the task head on the frozen encoder first; random: keep "
                             "the untrained head", choices=("probe", "random"))
@@ -68,6 +73,14 @@ class TrainConfig:
                 ("--validation-file", "--train-file")
             raise HeadplastError(f"{given} was given without {missing}: custom data needs both files",
                                  f"pass {missing} too (e.g. a held-out part of your data, same columns)")
+        if self.guided and self.method != "lora":
+            raise HeadplastError(f"--rank-by {self.rank_by} sets LoRA ranks: it needs --method lora",
+                                 "pass --method lora, or leave --rank-by at uniform")
+
+    @property
+    def guided(self) -> bool:
+        """LoRA ranks set per module from another run's head scores."""
+        return self.rank_by != "uniform"
 
     @property
     def lr(self) -> float:
@@ -92,4 +105,6 @@ class TrainConfig:
         d = self.to_dict()
         for k in ("output_root", "force"):
             d.pop(k)
+        if not self.guided:  # uniform ranks: keyed as before guided ranks existed, --rank-from unused
+            d.pop("rank_by"), d.pop("rank_from")
         return d

@@ -19,9 +19,10 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def trainable_model(model, adapter: ArchAdapter, cfg: TrainConfig):
+def trainable_model(model, adapter: ArchAdapter, cfg: TrainConfig, ranks: dict[str, int] | None = None):
     """The model to train and a description of what is adapted: every parameter (FFT), or
-    LoRA on exactly the resolved target modules (with the task head trained in full)."""
+    LoRA on exactly the resolved target modules (with the task head trained in full), of rank
+    cfg.lora_r or `ranks[module]`."""
     from transformers import set_seed
 
     if cfg.method == "lora":
@@ -29,7 +30,7 @@ def trainable_model(model, adapter: ArchAdapter, cfg: TrainConfig):
         # LoRA's A matrices are drawn at random: seed them from the run (this torch seeds every
         # process differently, and Trainer only seeds when it is built, after this)
         set_seed(cfg.seed)
-        model = make_lora_model(model, adapter, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets)
+        model = make_lora_model(model, adapter, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets, ranks)
         return model, adapted_modules(model)
     for p in model.parameters():
         p.requires_grad_(True)

@@ -6,6 +6,10 @@ pooler), so we always pass full module names resolved through the architecture a
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
+
 from headplast.arch.adapters import KINDS, ArchAdapter
 from headplast.errors import HeadplastError
 
@@ -37,12 +41,19 @@ def resolve_targets(adapter: ArchAdapter, model, spec: str = "attn") -> list[str
     return list(dict.fromkeys(names))  # unique, in order
 
 
-def make_lora_model(model, adapter: ArchAdapter, r: int, alpha: float, dropout: float, targets: list[str]):
+def make_lora_model(model, adapter: ArchAdapter, r: int, alpha: float, dropout: float, targets: list[str],
+                    ranks: dict[str, int] | None = None):
+    """peft LoRA on exactly `targets`; `ranks` ({module: rank}) overrides r per module, with alpha
+    scaled alongside (alpha_m = alpha * r_m / r) so every module keeps LoRA's scale alpha / r and
+    only the rank differs from uniform r."""
     from peft import LoraConfig, TaskType, get_peft_model
 
+    # peft matches pattern keys as regular expressions on a dot boundary: escape the exact names
+    rank_pattern = {re.escape(n): k for n, k in (ranks or {}).items()}
+    alpha_pattern = {re.escape(n): alpha * k / r for n, k in (ranks or {}).items()}
     cfg = LoraConfig(
         task_type=TaskType.SEQ_CLS, r=r, lora_alpha=alpha, lora_dropout=dropout,
-        target_modules=targets, bias="none",
+        target_modules=targets, bias="none", rank_pattern=rank_pattern, alpha_pattern=alpha_pattern,
         # SEQ_CLS saves only `classifier`: the pooler / pre_classifier must be listed too
         modules_to_save=list(adapter.head_modules),
     )
@@ -91,3 +102,83 @@ def _group(name: str, adapter: ArchAdapter, attn_suffixes) -> str:
     if any(stem.endswith(s) for s in adapter.ffn):
         return "ffn"
     return "other"  # layer norms, relative position tables, ...
+
+
+# --- importance-guided ranks -------------------------------------------------------------------
+RANK_BY = ("uniform", "I_pre", "U", "effect_fwd")
+ROUNDING = ("rank_m = 1 + a share proportional to the module's score (at most min(in, out); a module at that cap "
+            "passes its excess on), by water-filling, then rounded down and the remaining rank units given to the largest remainders "
+            "(ties: module order); modules of different shapes are allocated within their shape group, each "
+            "group keeping r per module, so the LoRA parameters equal those of uniform r exactly")
+
+
+def module_scores(by: str, heads: dict[str, np.ndarray], adapter: ArchAdapter, targets: list[str],
+                  num_layers: int) -> dict[str, float]:
+    """A score per adapted module from per-head scores ([L, H] arrays by heads.csv column).
+
+    U: the Frobenius norm of the module's part of the update, sqrt(sum_h U_kind[l, h]^2) (of the
+    whole layer for an FFN module). I_pre / effect_fwd: sum over the layer's heads of max(score, 0)
+    (a head whose removal helps gets no rank), the same for Q, K, V, O and the FFN of a layer."""
+    where = {adapter.module_name(l, k): (l, k) for l in range(num_layers) for k in KINDS}
+    where.update({n: (l, None) for l in range(num_layers) for n in adapter.ffn_names(l)})
+    out = {}
+    for name in targets:
+        if name not in where:
+            raise HeadplastError(f"--rank-by {by}: {name} is not an attention or FFN module of a layer, so no "
+                                 "head score applies to it", "use --lora-targets attn (or attn,ffn)")
+        l, kind = where[name]
+        if by == "U":
+            parts = [heads[f"U_{kind}"][l]] if kind else [heads[f"U_{k}"][l] for k in KINDS]
+            out[name] = float(np.sqrt(sum((p ** 2).sum() for p in parts)))
+        else:
+            out[name] = float(np.clip(heads[by][l], 0, None).sum())
+    return out
+
+
+def allocate_ranks(scores: dict[str, float], shapes: dict[str, tuple[int, int]], r: int) -> dict[str, int]:
+    """Integer ranks proportional to `scores` with the parameters of rank r everywhere (see ROUNDING).
+
+    shapes: {module: (in_features, out_features)}; a rank-k LoRA of it has k * (in + out) parameters."""
+    bad = [n for n, s in scores.items() if not np.isfinite(s)]
+    if bad:
+        raise HeadplastError(f"the score of {bad[0]} is not finite ({scores[bad[0]]})",
+                             "re-measure the --rank-from run (its heads.csv has NaN for this score)")
+    groups: dict[int, list[str]] = {}
+    for n in scores:
+        groups.setdefault(sum(shapes[n]), []).append(n)
+    ranks = {}
+    for names in groups.values():
+        caps = np.array([min(shapes[n]) for n in names])
+        if r > caps.min():
+            raise HeadplastError(f"--lora-r {r} exceeds the smallest adapted dimension ({caps.min()})",
+                                 "use a smaller --lora-r")
+        s = np.array([scores[n] for n in names])
+        ranks.update(zip(names, _round_ranks(s, caps, r * len(names)).tolist()))
+    return ranks
+
+
+def _round_ranks(s: np.ndarray, caps: np.ndarray, total: int) -> np.ndarray:
+    x = _water_fill(np.clip(s, 0, None), caps, total)
+    k = np.floor(x).astype(int)
+    order = np.argsort(-(x - k), kind="stable")
+    for i in order[:total - k.sum()]:
+        k[i] += 1
+    assert k.sum() == total and (k >= 1).all() and (k <= caps).all(), (k, total)
+    return k
+
+
+def _water_fill(s: np.ndarray, caps: np.ndarray, total: int) -> np.ndarray:
+    """Real x_i = clip(1 + t * s_i, 1, cap_i) summing to `total` (up to a tiny excess, so floor()
+    still sums to at most total). Scores of zero share what the capped positive ones cannot take."""
+    pos = s > 0
+    if not pos.any():  # no information: uniform
+        return _water_fill(np.ones_like(s), caps, total) if s.size else s
+    if caps[pos].sum() + (~pos).sum() < total:  # positives all at their cap, the rest spread evenly
+        x = caps.astype(float)
+        x[~pos] = _water_fill(np.ones((~pos).sum()), caps[~pos], total - int(caps[pos].sum()))
+        return x
+    lo, hi = 0.0, float(total) / s[pos].min() + 1.0
+    for _ in range(200):
+        t = (lo + hi) / 2
+        lo, hi = (t, hi) if np.clip(1 + t * s, 1, caps).sum() < total else (lo, t)
+    return np.clip(1 + hi * s, 1, caps)
