@@ -154,3 +154,17 @@ def test_compare_uncertainty_is_the_wider_of_heads_and_examples(runs, capsys):
             assert d is None or np.isnan(d) or -1 <= d <= 1
         for r in s["reliability"].values():
             assert -1 <= r["reliability"] <= 1
+
+
+@pytest.mark.parametrize("fmt,magic", [("svg", b"<?xml"), ("pdf", b"%PDF")])
+def test_vector_figures(runs, fmt, magic):
+    assert main(["plot", str(runs / "FFT/RTE/seed1"), "--figure-format", fmt, *FAST]) == 0
+    assert main(["compare", "--seed", "1", "--lora-r", "4", "--output-root", str(runs), "--figure-format", fmt,
+                 *FAST]) == 0
+    for d, names in ((runs / "FFT/RTE/seed1", ("fig_I_vs_U", "fig_heatmaps", "fig_effect")),
+                     (runs / "COMPARE/RTE/seed1", ("compare_I_vs_U", "compare_subspace"))):
+        for n in names:
+            data = (d / f"{n}.{fmt}").read_bytes()
+            assert data.startswith(magic) and b"panels=" in data and not (d / f"{n}.png").exists()
+    rec = json.loads((runs / "FFT/RTE/seed1/.steps/analyse.json").read_text())
+    assert f"fig_stats.{fmt}" in rec["outputs"] and "fig_stats.png" not in rec["outputs"]

@@ -208,7 +208,7 @@ def test_pipeline_runs_resumes_and_survives_kill_9(tmp_path, capsys):
         m = json.loads((a / "COMPARE" / "SST-2" / f"seed1_r{r}" / "compare_metrics.json").read_text())
         assert m["labels"] == ["FFT", f"LoRA_r{r}"]
     first = _statuses(a)
-    assert len(first) == 12 and set(first.values()) == {"ran"}
+    assert len(first) == 13 and set(first.values()) == {"ran"}  # 12 steps and the report
     cli(*args, "--output-root", a, capsys=capsys)  # resumes: every step is up to date
     assert _statuses(a) == dict.fromkeys(first, "skipped")
 
@@ -239,4 +239,4 @@ def test_pipeline_runs_resumes_and_survives_kill_9(tmp_path, capsys):
     # a changed analysis setting re-runs exactly the analysis steps
     cli(*args[:-4], "--n-boot", "301", "--n-perm", "200", "--output-root", a, capsys=capsys)
     st = _statuses(a)
-    assert {k for k, v in st.items() if v == "ran"} == {k for k in first if k.startswith(("plot", "compare", "ranks"))}
+    assert {k for k, v in st.items() if v == "ran"} == {k for k in first if k.startswith(("plot", "compare", "ranks", "report"))}

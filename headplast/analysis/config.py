@@ -17,6 +17,8 @@ class AnalysisConfig:
                                   "the per-example losses)", **POSITIVE)
     n_perm: int = option(1000, "permutations of the within-layer test", **POSITIVE)
     seed: int = option(0, "seed of resampling and permutations", flag="--stats-seed", **NONNEGATIVE)
+    figure_format: str = option("png", "format of the static figures (pdf and svg are vector)",
+                                choices=("png", "pdf", "svg"))
 
     def __post_init__(self):
         validate(self)

@@ -6,6 +6,7 @@ from headplast.analysis.config import AnalysisConfig
 from headplast.cli.options import add_config_args, config_from_args
 from headplast.steps.across_steps import AggregateConfig, RanksConfig
 from headplast.steps.compare_step import CompareConfig
+from headplast.steps.report_step import ReportConfig
 from headplast.train.config import TrainConfig
 
 
@@ -53,6 +54,16 @@ def cmd_ranks(a) -> int:
     return 0
 
 
+def cmd_report(a) -> int:
+    from headplast.steps.report_step import run_report
+
+    r = run_report(config_from_args(ReportConfig, a), a.force)
+    how = "up to date" if r.status == "skipped" else "written"
+    print(f"report {how}: {r.path} ({r.path.stat().st_size / 1e6:.1f} MB; open it in a browser: "
+          f"file://{r.path.resolve()})")
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("plot", help="heads.csv, stats.json, cases.json and figures of one run")
     p.add_argument("run_dir", nargs="?", default=None)
@@ -77,3 +88,8 @@ def register(sub) -> None:
     add_config_args(r, RanksConfig)
     add_config_args(r, AnalysisConfig, dest_prefix="s_", title="statistics")
     r.set_defaults(func=cmd_ranks)
+
+    h = sub.add_parser("report", help="one self-contained interactive HTML file of everything under an output root")
+    add_config_args(h, ReportConfig)
+    h.add_argument("--force", action="store_true", help="rewrite it even if nothing it shows changed")
+    h.set_defaults(func=cmd_report)

@@ -64,6 +64,9 @@ def cmd_pipeline(a) -> int:
             print(f"  {key:9s} {p}")
     for p in out["compare"]:
         print(f"details: {p / layout.COMPARE_SUMMARY} (statistics, counter-examples, findings) and the figures beside it")
+    r = out["report"]
+    if r.exists():
+        print(f"report: {r} ({r.stat().st_size / 1e6:.1f} MB; open it in a browser: file://{r.resolve()})")
     return 0
 
 
@@ -79,12 +82,15 @@ def cmd_sweep(a) -> int:
     cfg = config_from_args(SweepConfig, a, "w_", pipeline=pipeline)
     out = run_sweep(cfg)
     print(("\n" if not cfg.status else "") + out["table"])
+    for r in out["reports"]:
+        print(f"report: {r} (open it in a browser: file://{r.resolve()})")
     if cfg.status:
         return 0
     states = {r.status for r in out["jobs"]}
     if cfg.engine == "slurm" and not cfg.wait and out["submitted"]:
         print(f"follow: headplast sweep --status --output-root {cfg.pipeline.train.output_root} (same flags); "
-              "rerun the same command to resubmit what failed")
+              "rerun the same command to resubmit what failed; once done, `headplast report --output-root "
+              f"{cfg.pipeline.train.output_root}` writes the HTML report")
         return 0
     return 0 if states == {"done"} else 1
 

@@ -34,7 +34,7 @@ def multi_seed_figure(table, summary, path, task):
     save(fig, path)
 
 
-def rank_figures(table, dfs, fft, out, task, seed):
+def rank_figures(table, dfs, fft, out, task, seed, fmt: str = "png"):
     stats = [s for s in HEADLINE if s in table]
     fig, axes = plt.subplots(3, 3, figsize=(14, 11))
     for ax, s in zip(axes.flat, stats):
@@ -48,7 +48,7 @@ def rank_figures(table, dfs, fft, out, task, seed):
         ax.set_title(s, fontsize=9)
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(f"{task} seed {seed}: statistics and validation metric as functions of the LoRA rank")
-    save(fig, out / "rank_stats.png")
+    save(fig, out / f"rank_stats.{fmt}")
     fig, ax = plt.subplots(figsize=(8, 4.5))
     data = [np.log10(np.clip(df["U"].to_numpy(float), 1e-12, None)) for df in dfs.values()]
     names = list(dfs)
@@ -60,4 +60,4 @@ def rank_figures(table, dfs, fft, out, task, seed):
     ax.set_xticklabels(names)
     ax.set_ylabel("log10 U per head")
     ax.set_title(f"{task} seed {seed}: distribution of head update magnitudes by rank")
-    save(fig, out / "rank_update_dist.png")
+    save(fig, out / f"rank_update_dist.{fmt}")

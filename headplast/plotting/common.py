@@ -61,8 +61,10 @@ def save(fig, path: str | Path) -> None:
     """Write the figure atomically; the number of panels (colour bars excluded) goes into the
     PNG's metadata, so a test can check a figure's structure without pixels."""
     panels = sum(ax.get_label() != "<colorbar>" for ax in fig.axes)
+    fmt = Path(path).suffix[1:]  # png, pdf or svg
+    meta = {"pdf": {"Subject": f"panels={panels}"}}.get(fmt, {"Description": f"panels={panels}"})
     try:
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", metadata={"Description": f"panels={panels}"})
+            fig.savefig(tmp, format=fmt, dpi=110, bbox_inches="tight", metadata=meta)
     finally:
         plt.close(fig)

@@ -98,8 +98,8 @@ def fig_effect(df, stats, title, path):
     save(fig, path)
 
 
-def run_figures(df, stats, title: str, out: Path) -> list[Path]:
-    f = [out / n for n in layout.RUN_FIGURES]
+def run_figures(df, stats, title: str, out: Path, fmt: str = "png") -> list[Path]:
+    f = [out / n for n in layout.with_format(layout.RUN_FIGURES, fmt)]
     fig_importance_vs_update(df, stats, "I_pre", f"{title}: does importance before fine-tuning predict the "
                              "update?", f[0])
     fig_i_vs_g(df, stats, title, f[1])

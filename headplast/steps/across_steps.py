@@ -78,8 +78,8 @@ def run_aggregate(cfg: AggregateConfig) -> Outcome:
     cfg = replace(cfg, task=resolve_task(cfg.output_root, cfg.task))
     out = Path(cfg.out_dir) if cfg.out_dir else layout.multi_seed_dir(cfg.output_root)
     key = _runs_key("aggregate", cfg, cfg.methods, cfg.seeds)
-    return recorded_step(out, "aggregate", key, layout.AGGREGATE_FILES, lambda: _write_aggregate(cfg, out),
-                         cfg.force, lambda: str(out))
+    files = layout.with_format(layout.AGGREGATE_FILES, cfg.analysis.figure_format)
+    return recorded_step(out, "aggregate", key, files, lambda: _write_aggregate(cfg, out), cfg.force, lambda: str(out))
 
 
 def _write_aggregate(cfg: AggregateConfig, out: Path) -> None:
@@ -102,7 +102,7 @@ def _write_aggregate(cfg: AggregateConfig, out: Path) -> None:
     _write_table(table, out, "runs_table")
     atomic_write_json(out / "aggregate_metrics.json", metrics)
     atomic_write_text(out / "summary.txt", aggregate_summary(metrics))
-    multi_seed_figure(table, summary, out / "multi_seed_stats.png", cfg.task)
+    multi_seed_figure(table, summary, out / f"multi_seed_stats.{cfg.analysis.figure_format}", cfg.task)
 
 
 def _collapse_reason(info: dict) -> str:
@@ -141,8 +141,8 @@ def run_ranks(cfg: RanksConfig) -> Outcome:
     cfg = replace(cfg, task=resolve_task(cfg.output_root, cfg.task))
     out = Path(cfg.out_dir) if cfg.out_dir else layout.rank_dir(cfg.output_root)
     key = _runs_key("ranks", cfg, cfg.labels + _fft_reference(cfg), [cfg.seed])
-    return recorded_step(out, "ranks", key, layout.RANK_FILES, lambda: _write_ranks(cfg, out), cfg.force,
-                         lambda: str(out))
+    files = layout.with_format(layout.RANK_FILES, cfg.analysis.figure_format)
+    return recorded_step(out, "ranks", key, files, lambda: _write_ranks(cfg, out), cfg.force, lambda: str(out))
 
 
 def _write_ranks(cfg: RanksConfig, out: Path) -> None:
@@ -169,4 +169,5 @@ def _write_ranks(cfg: RanksConfig, out: Path) -> None:
                "fft_reference": None if fft is None else {"dir": fft["dir"], **fft["flat"],
                                                           "U_median": float(fft["df"]["U"].median())}}
     atomic_write_json(out / "rank_metrics.json", metrics)
-    rank_figures(table, {lab: runs[(lab, cfg.seed)]["df"] for lab in labels}, fft, out, cfg.task, cfg.seed)
+    rank_figures(table, {lab: runs[(lab, cfg.seed)]["df"] for lab in labels}, fft, out, cfg.task, cfg.seed,
+                 cfg.analysis.figure_format)

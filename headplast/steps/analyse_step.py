@@ -12,10 +12,14 @@ from headplast.plotting.run_plots import run_figures
 from headplast.report.lines import rho_line
 from headplast.steps.outcome import Outcome, recorded_step
 from headplast.steps.runs import input_hashes, load_heads, load_per_example, run_info
+from headplast.steps.tracking import log_summary
 from headplast.store import layout, records
 from headplast.store.io import atomic_write_json, atomic_write_text, read_json
 
-OUTPUTS = (layout.HEADS_CSV, layout.STATS, layout.CASES, *layout.RUN_FIGURES)
+
+
+def outputs(cfg: AnalysisConfig) -> tuple[str, ...]:
+    return (layout.HEADS_CSV, layout.STATS, layout.CASES, *layout.with_format(layout.RUN_FIGURES, cfg.figure_format))
 
 
 def analyse_key(run_dir: Path, cfg: AnalysisConfig) -> str:
@@ -25,7 +29,7 @@ def analyse_key(run_dir: Path, cfg: AnalysisConfig) -> str:
 def run_analyse(run_dir: str | Path, cfg: AnalysisConfig = AnalysisConfig(), force: bool = False) -> Outcome:
     d = Path(run_dir)
     key = analyse_key(d, cfg)
-    return recorded_step(d, "analyse", key, OUTPUTS, lambda: write_analysis(d, cfg), force,
+    return recorded_step(d, "analyse", key, outputs(cfg), lambda: write_analysis(d, cfg), force,
                          lambda: rho_line(read_json(d / layout.STATS)))
 
 
@@ -36,7 +40,8 @@ def write_analysis(d: Path, cfg: AnalysisConfig) -> None:
     atomic_write_text(d / layout.HEADS_CSV, df.to_csv(index=False))
     atomic_write_json(d / layout.STATS, st)
     atomic_write_json(d / layout.CASES, cases)
-    run_figures(df, st, f"{info['label']} {info['task']} seed {info['seed']}", d)
+    run_figures(df, st, f"{info['label']} {info['task']} seed {info['seed']}", d, cfg.figure_format)
+    log_summary(d, read_json(d / layout.RUN_CONFIG), st)
 
 
 def analysed(d: Path, cfg: AnalysisConfig) -> tuple:

@@ -26,7 +26,11 @@ from headplast.steps.runs import (check_comparable, input_hashes, load_per_examp
 from headplast.store import layout, records
 from headplast.store.io import atomic_write_json, atomic_write_text, read_json
 
-OUTPUTS = (*layout.COMPARE_FIGURES, layout.COMPARE_METRICS, layout.COMPARE_SUMMARY)
+
+
+def outputs(cfg: CompareConfig) -> tuple[str, ...]:
+    return (*layout.with_format(layout.COMPARE_FIGURES, cfg.analysis.figure_format), layout.COMPARE_METRICS,
+            layout.COMPARE_SUMMARY)
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ def run_compare(cfg: CompareConfig) -> Outcome:
     inputs["noise_floor"] = {str(d): records.read_record(d, UPDATE_GEOMETRY.name)["outputs"] for d in floor_dirs.values()}
     key = records.step_key("compare", {"labels": list(cfg.labels), "analysis": asdict(cfg.analysis),
                                        "subspace_k": cfg.subspace_k}, inputs)
-    return recorded_step(out, "compare", key, OUTPUTS, lambda: _write_compare(cfg, dirs, floor_dirs, out),
+    return recorded_step(out, "compare", key, outputs(cfg), lambda: _write_compare(cfg, dirs, floor_dirs, out),
                          cfg.force, lambda: str(out))
 
 
@@ -102,7 +106,8 @@ def _write_compare(cfg: CompareConfig, dirs: dict, floor_dirs: dict, out: Path) 
     m["update_shape"] = update_shape(dirs, dfs)
     m["findings"] = findings(keys, tuple(cfg.labels), stats, val, a.top_k)
     m["headline"] = headline(m)
-    names = dict(zip(("i_vs_u", "stats", "update_dist", "headwise", "subspace"), layout.COMPARE_FIGURES))
+    names = dict(zip(("i_vs_u", "stats", "update_dist", "headwise", "subspace"),
+                     layout.with_format(layout.COMPARE_FIGURES, cfg.analysis.figure_format)))
     cp.compare_i_vs_u(dfs, stats, out / names["i_vs_u"])
     cp.compare_stats(m, stats, out / names["stats"])
     cp.compare_update_dist(dfs, out / names["update_dist"])

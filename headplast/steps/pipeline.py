@@ -26,6 +26,7 @@ from headplast.steps.analyse_step import run_analyse
 from headplast.steps.compare_step import CompareConfig, run_compare
 from headplast.steps.measure_step import run_measure
 from headplast.steps.outcome import Outcome
+from headplast.steps.report_step import ReportConfig, run_report
 from headplast.steps.train_step import run_id, run_train
 from headplast.store import layout
 from headplast.store.io import atomic_write_json, check_output_root
@@ -169,5 +170,6 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             outputs["runs"] += [one_run(runner, cfg, t) for t in cfg.run_configs(task, seed)]
         for k, v in cross_run_task(runner, cfg, task).items():
             outputs[k] += v
+    outputs["report"] = runner.step("report", lambda: run_report(ReportConfig(str(root)), cfg.force)).path
     outputs["log"] = runner.log
     return outputs

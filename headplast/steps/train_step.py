@@ -19,6 +19,7 @@ from headplast.options import as_flags
 from headplast.report.lines import train_line
 from headplast.steps.outcome import Outcome, recorded_step
 from headplast.steps.rank_source import guided_ranks, rank_source
+from headplast.steps.tracking import check_tracker, tracker_record, tracker_run_name
 from headplast.store import layout, locks, records
 from headplast.store.io import (atomic_copytree, check_output_root, atomic_write_json, read_json, state_dict_hash, text_key)
 from headplast.store.provenance import provenance
@@ -122,6 +123,7 @@ def run_train(cfg: TrainConfig) -> Outcome:
 
     def check():
         _refuse_other_run(out, cfg)
+        check_tracker(cfg.report_to)
         inputs["data"] = prepare_from_config(cfg)
         inputs["model_path"] = resolve_model(cfg.model)
 
@@ -133,7 +135,7 @@ def run_train(cfg: TrainConfig) -> Outcome:
 
 def _train(cfg: TrainConfig, run: layout.RunId, out: Path, defaults: dict, data, model_path: str,
            source: dict | None) -> None:
-    for stale in (out / layout.RUN_CONFIG, out / layout.CKPT_FINAL):  # a re-run starts clean
+    for stale in (out / layout.RUN_CONFIG, out / layout.CKPT_FINAL, out / layout.TENSORBOARD_DIR):  # start clean
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
     t_start = time.time()
     tok = load_tokenizer(model_path)
@@ -150,7 +152,7 @@ def _train(cfg: TrainConfig, run: layout.RunId, out: Path, defaults: dict, data,
               "defaults": {"filled": defaults, "why": recipes.why(data.task.name)}, **provenance()}
     t = time.time()
     try:
-        result = fine_tune(model, tok, data.train, cfg)
+        result = fine_tune(model, tok, data.train, cfg, str(out / layout.TENSORBOARD_DIR), tracker_run_name(run))
     except NonFiniteLoss as e:
         record.update(status="failed_nonfinite_loss", error=str(e))
         atomic_write_json(out / layout.RUN_CONFIG, record)
@@ -164,7 +166,7 @@ def _train(cfg: TrainConfig, run: layout.RunId, out: Path, defaults: dict, data,
     record.update(
         status="complete", theta0_hash=theta0_info["theta0_hash"], theta1_hash=theta1_hash,
         validation={"theta0": theta0_info["validation"], "theta1": val1, "majority_baseline": baseline},
-        collapsed=bool(val1["metric"] <= baseline + 1e-9),
+        collapsed=bool(val1["metric"] <= baseline + 1e-9), tracking=tracker_record(cfg.report_to, run),
         train_loss=float(result.training_loss), train_steps=int(result.global_step),
         seconds={"train": train_seconds, "total": time.time() - t_start})
     atomic_write_json(out / layout.RUN_CONFIG, record)

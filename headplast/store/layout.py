@@ -20,6 +20,7 @@ MEASURE_META = "measure_meta.json"
 THETA0_INFO = "theta0.json"  # in a shared theta0 entry
 ADAPTER_META = "headplast_theta.json"  # in ckpt_final: which theta0 it was trained from
 PIPELINE_LOG = "pipeline_log.json"
+TENSORBOARD_DIR = "tensorboard"  # in a run trained with --report-to tensorboard: its event files
 HEADS_CSV = "heads.csv"
 STATS = "stats.json"
 CASES = "cases.json"
@@ -32,6 +33,14 @@ COMPARE_SUMMARY = "compare_summary.txt"
 AGGREGATE_FILES = ("summary.txt", "aggregate_metrics.json", "runs_table.csv", "runs_table.parquet",
                    "multi_seed_stats.png")
 RANK_FILES = ("rank_metrics.json", "rank_table.csv", "rank_stats.png", "rank_update_dist.png")
+
+
+FIGURE_FORMATS = ("png", "pdf", "svg")
+
+
+def with_format(files, fmt: str) -> tuple[str, ...]:
+    """File names with the figures (*.png above) in format `fmt` (png, pdf or svg)."""
+    return tuple(f[:-4] + "." + fmt if f.endswith(".png") else f for f in files)
 
 
 def label_of(method: str, r: int | None = None) -> str:

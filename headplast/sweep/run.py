@@ -9,6 +9,7 @@ from pathlib import Path
 from headplast.options import config_from_dict
 from headplast.report.sweep_table import status_table
 from headplast.steps.pipeline import preflight
+from headplast.steps.report_step import ReportConfig, run_report
 from headplast.steps.sweep_jobs import Job, job_status, plan, record_sweep, recorded_sweep
 from headplast.sweep import local, ray_engine, slurm_engine
 from headplast.sweep.config import SweepConfig
@@ -22,7 +23,7 @@ def statuses(jobs: list[Job]) -> list:
 
 
 def run_sweep(cfg: SweepConfig) -> dict:
-    """Returns {"jobs": [JobStatus], "submitted": [job names], "table": text}."""
+    """Returns {"jobs": [JobStatus], "submitted": [job names], "table": text, "reports": [HTML paths]}."""
     root = str(Path(cfg.pipeline.train.output_root).resolve())  # workers start elsewhere
     cfg = replace(cfg, pipeline=replace(cfg.pipeline, train=replace(cfg.pipeline.train, output_root=root)))
     if cfg.status:
@@ -42,7 +43,11 @@ def run_sweep(cfg: SweepConfig) -> dict:
     if todo:
         engine.run(cfg, todo, jobs)
     rows = statuses(jobs)
-    return {"jobs": rows, "submitted": [j.name for j in todo], "table": status_table(rows)}
+    reports = []
+    if {r.status for r in rows} == {"done"}:  # everything finished: one report per model's root
+        reports = [run_report(ReportConfig(output_root=str(r)), cfg.pipeline.force).path
+                   for r in dict.fromkeys(Path(j.pipeline.train.output_root) for j in jobs)]
+    return {"jobs": rows, "submitted": [j.name for j in todo], "table": status_table(rows), "reports": reports}
 
 
 def _status(cfg: SweepConfig) -> dict:
@@ -54,4 +59,4 @@ def _status(cfg: SweepConfig) -> dict:
         head = f"sweep started {recorded['started']} under {cfg.pipeline.train.output_root}\n"
     jobs = plan(cfg.pipeline, cfg.models)
     rows = statuses(jobs)
-    return {"jobs": rows, "submitted": [], "table": head + status_table(rows)}
+    return {"jobs": rows, "submitted": [], "table": head + status_table(rows), "reports": []}

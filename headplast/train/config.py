@@ -16,6 +16,8 @@ from headplast.train.lora import RANK_BY
 # Unset fields (None) are filled per task by train/recipes.py (the default experiment's values
 # for SST-2, the guide's for every other task) when a run starts; run_config.json records which.
 METHODS = ("fft", "lora")
+TRACKERS = ("none", "tensorboard", "wandb", "mlflow")
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,9 @@ class TrainConfig:
                                      "tasks validation)", choices=("validation", "holdout", "train"))
     eval_size: int | None = option(None, "examples in the eval subset (default: SST-2 6000, other tasks 1024)",
                                    **POSITIVE)
+    report_to: str = option("none", "experiment tracker of training and of each run's headline measurements: "
+                            "tensorboard (event files in the run's tensorboard/), wandb, mlflow (configured by "
+                            "their environment variables), none", choices=TRACKERS)
     force: bool = option(False, "redo even if the outputs exist and are up to date")
 
     def __post_init__(self):
@@ -103,7 +108,7 @@ class TrainConfig:
     def run_fields(self) -> dict:
         """What makes a run different from another (used to refuse overwriting)."""
         d = self.to_dict()
-        for k in ("output_root", "force"):
+        for k in ("output_root", "force", "report_to"):  # where results go, not what they are
             d.pop(k)
         if not self.guided:  # uniform ranks: keyed as before guided ranks existed, --rank-from unused
             d.pop("rank_by"), d.pop("rank_from")

@@ -37,7 +37,7 @@ def trainable_model(model, adapter: ArchAdapter, cfg: TrainConfig, ranks: dict[s
     return model, "all parameters (full fine-tuning)"
 
 
-def training_args(cfg: TrainConfig, tmp: str):
+def training_args(cfg: TrainConfig, tmp: str, run_name: str | None = None):
     from transformers import TrainingArguments
 
     cuda = torch.cuda.is_available()
@@ -45,13 +45,15 @@ def training_args(cfg: TrainConfig, tmp: str):
         output_dir=tmp, num_train_epochs=cfg.num_epochs, per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_ratio,
         lr_scheduler_type="linear", seed=cfg.seed, data_seed=cfg.seed, save_strategy="no",
-        eval_strategy="no", logging_strategy="epoch", report_to="none", use_cpu=not cuda,
+        eval_strategy="no", logging_strategy="epoch", use_cpu=not cuda, run_name=run_name,
+        # tensorboard: our own callback writes where the caller says (transformers would use tmp)
+        report_to=[cfg.report_to] if cfg.report_to in ("wandb", "mlflow") else "none",
         dataloader_pin_memory=cuda, disable_tqdm=False,
         # batches of similar length: dynamic padding then wastes little compute (big win on CPU)
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random")
 
 
-def _make_trainer(model, args, ds, tok):
+def _make_trainer(model, args, ds, tok, callbacks=()):
     from transformers import DataCollatorWithPadding, Trainer
 
     class GuardedTrainer(Trainer):
@@ -64,16 +66,23 @@ def _make_trainer(model, args, ds, tok):
                 raise NonFiniteLoss(f"loss became {value.item()} at step {self.state.global_step}")
             return loss
 
-    return GuardedTrainer(model=model, args=args, train_dataset=ds,
+    return GuardedTrainer(model=model, args=args, train_dataset=ds, callbacks=list(callbacks),
                           data_collator=DataCollatorWithPadding(tok), processing_class=tok)
 
 
-def fine_tune(model, tok, train_examples, cfg: TrainConfig):
-    """Train `model` in place on the examples; returns Trainer's TrainOutput. Raises NonFiniteLoss."""
+def fine_tune(model, tok, train_examples, cfg: TrainConfig, log_dir: str | None = None, run_name: str | None = None):
+    """Train `model` in place on the examples; returns Trainer's TrainOutput. Raises NonFiniteLoss.
+    With cfg.report_to set, training is logged there (tensorboard: event files in log_dir)."""
     from headplast.data.tokenize import as_hf_dataset, encode
 
     ds = as_hf_dataset(encode(tok, train_examples, cfg.max_length))
+    callbacks = []
+    if cfg.report_to == "tensorboard":
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=log_dir)))  # closed by it at the end
     with tempfile.TemporaryDirectory() as tmp:
-        result = _make_trainer(model, training_args(cfg, tmp), ds, tok).train()
+        result = _make_trainer(model, training_args(cfg, tmp, run_name), ds, tok, callbacks).train()
     model.eval()
     return result
