@@ -41,6 +41,8 @@ def test_report_holds_the_answer_every_head_and_provenance(report, capsys):
     rc = json.loads((root / "FFT/SST-2/seed1/run_config.json").read_text())
     assert rc["theta0_hash"] in text and rc["theta1_hash"] in text and rc["versions"]["torch"] in text
     assert not re.search(r'<(script|link|img)[^>]+(src|href)="https?:', text)  # nothing fetched
+    hover = re.search(r'layer 1, head 3[^"]*"', text).group(0)  # a point's hover text: every value of the head
+    assert all(f"{c} = " in hover for c in ("I_pre", "U", "I_post", "effect_fwd", "srank", "grad_norm"))
     assert main(["report", "--output-root", str(root)]) == 0  # nothing changed: not rewritten
     assert "report up to date" in capsys.readouterr().out
 
