@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from headplast.options import NONNEGATIVE, OPEN_FRACTION, POSITIVE, option, validate
+from headplast.store.layout import FIGURE_FORMATS
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,7 @@ class AnalysisConfig:
     n_perm: int = option(1000, "permutations of the within-layer test", **POSITIVE)
     seed: int = option(0, "seed of resampling and permutations", flag="--stats-seed", **NONNEGATIVE)
     figure_format: str = option("png", "format of the static figures (pdf and svg are vector)",
-                                choices=("png", "pdf", "svg"))
+                                choices=FIGURE_FORMATS)
 
     def __post_init__(self):
         validate(self)

@@ -55,12 +55,11 @@ def cmd_ranks(a) -> int:
 
 
 def cmd_report(a) -> int:
+    from headplast.report.lines import report_line
     from headplast.steps.report_step import run_report
 
     r = run_report(config_from_args(ReportConfig, a), a.force)
-    how = "up to date" if r.status == "skipped" else "written"
-    print(f"report {how}: {r.path} ({r.path.stat().st_size / 1e6:.1f} MB; open it in a browser: "
-          f"file://{r.path.resolve()})")
+    print(f"report {'up to date' if r.status == 'skipped' else 'written'}: {report_line(r.path)}")
     return 0
 
 

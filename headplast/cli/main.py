@@ -44,7 +44,8 @@ def cmd_measure(a) -> int:
 
 def cmd_pipeline(a) -> int:
     from headplast.analysis.config import AnalysisConfig
-    from headplast.report.headline import effect_lines, subspace_line
+    from headplast.report.headline import answer_lines
+    from headplast.report.lines import report_line
     from headplast.steps.pipeline import PipelineConfig, run_pipeline
     from headplast.store import layout
 
@@ -57,16 +58,15 @@ def cmd_pipeline(a) -> int:
         m = json.loads((p / layout.COMPARE_METRICS).read_text())
         print(f"ANSWER ({m['task']}, seed {m['seed']}): does a head's importance before fine-tuning predict "
               "how much fine-tuning changes it?")
-        print("\n".join(f"  {line}" for line in m["headline"] + effect_lines(m) + subspace_line(m)) + "\n")
+        print("\n".join(f"  {line}" for line in answer_lines(m)) + "\n")
     print(f"outputs under {cfg.train.output_root}/")
     for key in ("runs", "compare", "aggregate", "ranks"):
         for p in out[key]:
             print(f"  {key:9s} {p}")
     for p in out["compare"]:
         print(f"details: {p / layout.COMPARE_SUMMARY} (statistics, counter-examples, findings) and the figures beside it")
-    r = out["report"]
-    if r.exists():
-        print(f"report: {r} ({r.stat().st_size / 1e6:.1f} MB; open it in a browser: file://{r.resolve()})")
+    if out["report"].exists():
+        print(f"report: {report_line(out['report'])}")
     return 0
 
 
@@ -74,6 +74,7 @@ def cmd_sweep(a) -> int:
     from headplast.analysis.config import AnalysisConfig
     from headplast.steps.pipeline import PipelineConfig
     from headplast.sweep.config import SweepConfig
+    from headplast.report.lines import report_line
     from headplast.sweep.run import run_sweep
 
     pipeline = config_from_args(PipelineConfig, a, "p_", train=config_from_args(TrainConfig, a),
@@ -83,7 +84,7 @@ def cmd_sweep(a) -> int:
     out = run_sweep(cfg)
     print(("\n" if not cfg.status else "") + out["table"])
     for r in out["reports"]:
-        print(f"report: {r} (open it in a browser: file://{r.resolve()})")
+        print(f"report: {report_line(r)}")
     if cfg.status:
         return 0
     states = {r.status for r in out["jobs"]}

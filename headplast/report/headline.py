@@ -89,6 +89,11 @@ def effect_lines(m: dict) -> list[str]:
     return out
 
 
+def answer_lines(m: dict) -> list[str]:
+    """Everything the answer says for one comparison: the headline, the update effect, the subspaces."""
+    return m.get("headline", []) + effect_lines(m) + subspace_line(m)
+
+
 def subspace_line(m: dict) -> list[str]:
     """Do FFT and LoRA move a head in the same directions (more than two seeds of one method do)?"""
     sub = m.get("subspace")

@@ -15,7 +15,7 @@ from importlib import resources
 
 import pandas as pd
 
-from headplast.report.headline import effect_lines, subspace_line
+from headplast.report.headline import answer_lines
 from headplast.report.html_figures import heatmaps, side_by_side_scatter
 
 RELIABILITY_BAR = 0.8  # below this a correlation with the measure is mostly noise
@@ -52,11 +52,10 @@ def cautions(compare: dict, runs: dict) -> list[str]:
     return out
 
 
-def heads_table(compare: dict, runs: dict) -> dict:
-    """One row per head: I_pre, then per run its update, importance after, effect, shape; the
-    counter-examples each head is, per run."""
-    labels = list(compare["runs"])
-    dfs = {lab: runs[compare["runs"][lab]]["heads"] for lab in labels}
+def heads_table(dfs: dict, compare: dict, runs: dict) -> dict:
+    """One row per head: I_pre, then per run ({label: heads table}) its update, importance after,
+    effect, shape; the counter-examples each head is, per run."""
+    labels = list(dfs)
     first = dfs[labels[0]]
     cols = ["layer", "head", "I_pre"]
     table = first[cols].copy()
@@ -88,9 +87,9 @@ def compare_view(compare: dict, runs: dict, n: int) -> dict:
     maps = [c for c in ("I_pre", "U", "I_post", "effect_fwd") if all(c in df.columns for df in dfs.values())]
     figures.append(heatmaps(dfs, maps, f"heatmaps-{n}"))
     return {"id": f"cmp-{n}", "task": m["task"], "seed": m["seed"], "labels": labels,
-            "answer": m.get("headline", []) + effect_lines(m) + subspace_line(m), "cautions": cautions(compare, runs),
+            "answer": answer_lines(m), "cautions": cautions(compare, runs),
             "findings": m.get("findings", []), "validation": m["validation"], "figures": figures,
-            "table": heads_table(compare, runs), "table_id": f"heads-{n}", "n_heads": m["n_heads"]}
+            "table": heads_table(dfs, compare, runs), "table_id": f"heads-{n}", "n_heads": m["n_heads"]}
 
 
 def aggregate_view(m: dict) -> dict:
@@ -120,8 +119,7 @@ def provenance_view(key: str, r: dict) -> dict:
             "config": sorted((k, str(v)) for k, v in rc["config"].items()),
             "versions": rc.get("versions", {}), "hardware": rc.get("hardware", {}), "git": rc.get("git_commit"),
             "hashes": {"theta0": rc.get("theta0_hash"), "theta1": rc.get("theta1_hash")},
-            "seconds": {k: _num(v, ".1f") for k, v in seconds.items()}, "command": rc.get("command", ""),
-            "validation": rc.get("validation", {})}
+            "seconds": {k: _num(v, ".1f") for k, v in seconds.items()}, "command": rc.get("command", "")}
 
 
 def render(data: dict) -> str:

@@ -19,5 +19,10 @@ def rho_line(stats: dict, pair: str = "I_pre~U") -> str:
     return f"rho({x}, {y}) = {p.get('spearman', math.nan):.3f}, 95% CI [{lo:.3f}, {hi:.3f}]"
 
 
+def report_line(path) -> str:
+    """Where the HTML report is, its size, and how to open it."""
+    return f"{path} ({path.stat().st_size / 1e6:.1f} MB; open it in a browser: file://{path.resolve()})"
+
+
 def timings_line(timings: dict) -> str:
     return ", ".join(f"{k} {v}{'s' if isinstance(v, float) else ''}" for k, v in timings.items())

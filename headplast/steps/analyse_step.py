@@ -17,7 +17,6 @@ from headplast.store import layout, records
 from headplast.store.io import atomic_write_json, atomic_write_text, read_json
 
 
-
 def outputs(cfg: AnalysisConfig) -> tuple[str, ...]:
     return (layout.HEADS_CSV, layout.STATS, layout.CASES, *layout.with_format(layout.RUN_FIGURES, cfg.figure_format))
 

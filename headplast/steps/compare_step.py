@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from headplast.analysis.compare import key_statistics
+from headplast.analysis.config import AnalysisConfig
 from headplast.analysis.subspace import overlap, subspace_statistics
 from headplast.arch.adapters import KINDS
-from headplast.measure.geometry import BASES_FILE, BASES_K, INTRUDERS_FILE, UPDATE_GEOMETRY
-from headplast.analysis.config import AnalysisConfig
 from headplast.errors import HeadplastError
+from headplast.measure.geometry import BASES_FILE, BASES_K, INTRUDERS_FILE, UPDATE_GEOMETRY
 from headplast.options import NONNEGATIVE, opt, option, validate
 from headplast.plotting import compare_plots as cp
 from headplast.report.compare_summary import compare_summary
@@ -25,7 +25,6 @@ from headplast.steps.runs import (check_comparable, input_hashes, load_per_examp
                                   resolve_task, run_info)
 from headplast.store import layout, records
 from headplast.store.io import atomic_write_json, atomic_write_text, read_json
-
 
 
 def outputs(cfg: CompareConfig) -> tuple[str, ...]:
@@ -102,7 +101,8 @@ def _write_compare(cfg: CompareConfig, dirs: dict, floor_dirs: dict, out: Path) 
          "expected_cases": cases[cfg.labels[0]]["important_but_static"]["expected_if_independent"],
          "runs": infos, "validation": val, "key_statistics": keys, "stats": stats, "cases": cases,
          "analysis_config": asdict(a)}
-    phi, floors, m["subspace"] = subspaces(cfg, dirs, floor_dirs, dfs[cfg.labels[0]])
+    importance = _grid(dfs[cfg.labels[0]], "I_pre")  # of theta0: the same for both runs
+    phi, floors, m["subspace"] = subspaces(cfg, dirs, floor_dirs, importance)
     m["update_shape"] = update_shape(dirs, dfs)
     m["findings"] = findings(keys, tuple(cfg.labels), stats, val, a.top_k)
     m["headline"] = headline(m)
@@ -112,8 +112,7 @@ def _write_compare(cfg: CompareConfig, dirs: dict, floor_dirs: dict, out: Path) 
     cp.compare_stats(m, stats, out / names["stats"])
     cp.compare_update_dist(dfs, out / names["update_dist"])
     cp.compare_headwise(dfs, out / names["headwise"])
-    cp.compare_subspace(m["subspace"], phi, floors, _grid(dfs[cfg.labels[0]], "I_pre"), cfg.labels,
-                        out / names["subspace"])
+    cp.compare_subspace(m["subspace"], phi, floors, importance, cfg.labels, out / names["subspace"])
     atomic_write_json(out / layout.COMPARE_METRICS, m)
     atomic_write_text(out / layout.COMPARE_SUMMARY, compare_summary(m))
 
@@ -123,14 +122,14 @@ def _grid(df, column: str) -> np.ndarray:
     return df.pivot(index="layer", columns="head", values=column).to_numpy(float)
 
 
-def subspaces(cfg: CompareConfig, dirs: dict, floor_dirs: dict, df) -> tuple:
+def subspaces(cfg: CompareConfig, dirs: dict, floor_dirs: dict, importance: np.ndarray) -> tuple:
     """phi per head of the two runs, the noise floors and their statistics (for compare_metrics.json)."""
     a, b = cfg.labels
     bases = {lab: np.load(d / BASES_FILE) for lab, d in dirs.items()}
     phi = overlap(bases[a], bases[b], cfg.subspace_k)
     floors = {lab: overlap(bases[lab], np.load(floor_dirs[lab] / BASES_FILE), cfg.subspace_k) for lab in floor_dirs}
     an = cfg.analysis
-    sub = subspace_statistics(phi, floors, _grid(df, "I_pre"), cfg.subspace_k, bases[a].shape[2], an.n_boot, an.seed)
+    sub = subspace_statistics(phi, floors, importance, cfg.subspace_k, bases[a].shape[2], an.n_boot, an.seed)
     sub["noise_seed"] = read_json(floor_dirs[a] / layout.RUN_CONFIG)["run"]["seed"] if floor_dirs else None
     sub["per_head"] = [{"layer": l, "head": h, "phi": _num(v), **{f"floor_{lab}": _num(f[l, h])
                                                                for lab, f in floors.items()}}

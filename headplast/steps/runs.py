@@ -71,12 +71,16 @@ def other_seeds(root, task: str, label: str, seed: int, measurement: str) -> lis
                   and records.read_record(d.parent / m.group(0), measurement))
 
 
-def verified_measurements(run_dir: str | Path) -> dict[str, dict]:
-    """{measurement: its record}, after checking every measurement file is as its step wrote it."""
-    d = Path(run_dir)
+def _require_run(d: Path) -> None:
     if not (d / layout.RUN_CONFIG).exists():
         raise HeadplastError(f"no run at {d} (no {layout.RUN_CONFIG})",
                              "train it first with `headplast train` (see `headplast train --help`)")
+
+
+def verified_measurements(run_dir: str | Path) -> dict[str, dict]:
+    """{measurement: its record}, after checking every measurement file is as its step wrote it."""
+    d = Path(run_dir)
+    _require_run(d)
     out = {}
     for m in registry.MEASUREMENTS:
         if records.read_record(d, m.name) is None:
@@ -105,9 +109,7 @@ def load_heads(run_dir: str | Path) -> pd.DataFrame:
 def measurement_arrays(run_dir: str | Path, name: str) -> dict[str, np.ndarray]:
     """One measurement of a run (checked against its record) as {heads.csv column: [L, H] array}."""
     d, m = Path(run_dir), registry.get(name)
-    if not (d / layout.RUN_CONFIG).exists():
-        raise HeadplastError(f"no run at {d} (no {layout.RUN_CONFIG})",
-                             "train it first with `headplast train` (see `headplast train --help`)")
+    _require_run(d)
     if records.read_record(d, m.name) is None:
         raise HeadplastError(f"{d} has no {m.name} measurement", measure_cmd(d))
     records.verify(d, m.name, measure_cmd(d, force=True))
