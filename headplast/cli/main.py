@@ -31,14 +31,18 @@ def cmd_train(a) -> int:
 
 
 def cmd_measure(a) -> int:
+    from headplast.measure.shard import launched
     from headplast.report.lines import timings_line
     from headplast.steps.measure_step import run_measure
     from headplast.steps.train_step import run_id
     from headplast.store import layout
 
     run_dir = a.run_dir or layout.run_dir(a.output_root, run_id(config_from_args(TrainConfig, a)))
-    out = run_measure(run_dir, config_from_args(MeasureConfig, a, "m_"), a.force)
-    print(f"measured {out.path}: {timings_line(out.timings)}")
+    with launched() as shard:  # torchrun / accelerate launch: heads split across the processes
+        out = run_measure(run_dir, config_from_args(MeasureConfig, a, "m_"), a.force)
+    if shard.leader:
+        split = f" ({shard.world} processes)" if shard.world > 1 else ""
+        print(f"measured {out.path}{split}: {timings_line(out.timings)}")
     return 0
 
 
@@ -159,7 +163,8 @@ def main(argv=None) -> int:
 
     locks.set_timeout(args.lock_timeout)
     try:
-        _one_process()
+        if args.func is not cmd_measure:  # measure splits its heads across the processes
+            _one_process()
         return args.func(args)
     except HeadplastError as e:
         if args.debug:
@@ -178,14 +183,16 @@ def main(argv=None) -> int:
 
 
 def _one_process() -> None:
-    """Each run is one process on one device. Under `accelerate launch` / torchrun every process would
-    run the whole step and wait on the others' locks, so that is refused up front."""
+    """Each run is one process on one device, except `headplast measure` (its heads are split across
+    the processes). Under `accelerate launch` / torchrun every process would run the whole step and
+    wait on the others' locks, so that is refused up front."""
     world = os.environ.get("WORLD_SIZE", "1")
     if world.isdigit() and int(world) > 1:
         raise HeadplastError(f"headplast was started as one of {world} processes (WORLD_SIZE={world}: accelerate "
                              "launch or torchrun); one run uses one process and one device",
-                             "run it without accelerate launch / torchrun; to use several GPUs run several runs "
-                             "at once: headplast sweep --engine ray --gpus-per-job 1")
+                             "run it without accelerate launch / torchrun (only `headplast measure RUN_DIR` splits "
+                             "one run across processes); to use several GPUs for many runs, run them at once: "
+                             "headplast sweep --engine ray --gpus-per-job 1")
 
 
 _FS_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)

@@ -27,6 +27,7 @@ from headplast.measure.gating import capture_o_inputs, head_gates
 from headplast.measure.replay import Replay
 from headplast.measure.resample import derangement, replacements
 from headplast.measure.results import ImportanceResult
+from headplast.measure.shard import current, gather, mine, units
 
 
 def example_losses(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
@@ -85,7 +86,9 @@ def ablation_importance(model, adapter: ArchAdapter, enc: Encoded, task, pad_id:
     losses = np.zeros((N, 1 + L * H), dtype=np.float64)
     logits_all = np.zeros((N, 1 + L * H, C), dtype=np.float32)
     kl = np.zeros((N, L * H), dtype=np.float64)
-    bar = tqdm(total=N * L * H, desc=f"ablation ({ablation})", unit="head-ex", disable=not progress)
+    shard = current()  # other processes compute other heads (headplast.measure.shard)
+    owned = np.zeros((N, 1 + L * H), dtype=bool)
+    bar = tqdm(total=N * L * H // shard.world, desc=f"ablation ({ablation})", unit="head-ex", disable=not progress)
     for idx, batch in sorted_batches(enc, batch_size, pad_id):
         batch = _to(batch, device)
         labels = batch.pop("labels")
@@ -96,25 +99,25 @@ def ablation_importance(model, adapter: ArchAdapter, enc: Encoded, task, pad_id:
         base = rp.logits
         losses[idx, 0] = example_losses(base, labels, task.is_regression).double().cpu().numpy()
         logits_all[idx, 0] = base.float().cpu().numpy()
-        k_max = _chunk_size(H, B, T, max_tokens)
-        for l in range(L):
-            for h0 in range(0, H, k_max):
-                heads = list(range(h0, min(H, h0 + k_max)))
-                k = len(heads)
-                gates = torch.ones(k * B, H, device=device)
-                for j, h in enumerate(heads):
-                    gates[j * B:(j + 1) * B, h] = 0.0
-                with head_gates(model, adapter, {l: gates}, means):
-                    out = rp.run_from(l, rp.input_of(l, k), k) if fast is None else rp.from_o_input(fast, l, k)
-                for j, h in enumerate(heads):
-                    lg = out[j * B:(j + 1) * B]
-                    col = 1 + l * H + h
-                    losses[idx, col] = example_losses(lg, labels, task.is_regression).double().cpu().numpy()
-                    logits_all[idx, col] = lg.float().cpu().numpy()
-                    if not task.is_regression:
-                        kl[idx, col - 1] = kl_base_to(base, lg).double().cpu().numpy()
-                bar.update(B * k)
+        owned[idx, 0] = shard.leader  # every process computes the unablated pass; rank 0's is kept
+        for l, heads in mine(units(L, H, _chunk_size(H, B, T, max_tokens)), L, shard):
+            k = len(heads)
+            gates = torch.ones(k * B, H, device=device)
+            for j, h in enumerate(heads):
+                gates[j * B:(j + 1) * B, h] = 0.0
+            with head_gates(model, adapter, {l: gates}, means):
+                out = rp.run_from(l, rp.input_of(l, k), k) if fast is None else rp.from_o_input(fast, l, k)
+            for j, h in enumerate(heads):
+                lg = out[j * B:(j + 1) * B]
+                col = 1 + l * H + h
+                losses[idx, col] = example_losses(lg, labels, task.is_regression).double().cpu().numpy()
+                logits_all[idx, col] = lg.float().cpu().numpy()
+                owned[idx, col] = True
+                if not task.is_regression:
+                    kl[idx, col - 1] = kl_base_to(base, lg).double().cpu().numpy()
+            bar.update(B * k)
     bar.close()
+    losses, logits_all, kl = gather(owned, [losses, logits_all, kl], [0, 0, 1])
     return summarize(losses, logits_all, kl, enc.labels, task, ablation, L, H)
 
 
@@ -152,7 +155,7 @@ def _declare(tag: str, which: str, when: str) -> Measurement:
         f"importance_{tag}", ImportanceResult, lambda x: _importance(x, which), needs=(which, "eval"),
         columns=_columns(col), labels={col: f"importance {when} fine-tuning, {col} (Δ loss, nats)"},
         pairs=(("I_pre", "I_post"),) if tag == "post" else (),
-        settings=("ablation", "dtype"), per_example=f"losses_{tag}.npy")
+        settings=("ablation", "dtype"), per_example=f"losses_{tag}.npy", split=True)
 
 
 def _declare_variant(tag: str, which: str, when: str, ablation: str) -> Measurement:
@@ -167,7 +170,7 @@ def _declare_variant(tag: str, which: str, when: str, ablation: str) -> Measurem
         f"importance_{tag}_{ablation}", ImportanceResult, lambda x: _importance(x, which, ablation),
         needs=(which, "eval"), columns=_columns(col),
         labels={col: f"importance {when} fine-tuning, {ablation} ablation, {col} (Δ loss, nats)"},
-        pairs=pairs, settings=("dtype",), per_example=f"losses_{tag}_{ablation}.npy",
+        pairs=pairs, settings=("dtype",), per_example=f"losses_{tag}_{ablation}.npy", split=True,
         enabled=lambda cfg: ablation in cfg.ablation[1:])
 
 

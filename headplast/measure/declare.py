@@ -46,6 +46,9 @@ class Measurement:
     # further files the result writes beside its jsonl (result.extra_files(): .npy arrays or
     # .jsonl rows that are not one per head)
     extra_files: tuple[str, ...] = ()
+    # computed by every process of a torchrun / accelerate launch together, each its share of the
+    # heads (headplast.measure.shard); the others are computed by rank 0 alone
+    split: bool = False
 
     def __post_init__(self):
         bad = set(self.needs) - set(NEEDS)

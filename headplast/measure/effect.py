@@ -30,6 +30,7 @@ from headplast.measure.fastpath import FAST_PATHS
 from headplast.measure.gating import capture_o_inputs
 from headplast.measure.replay import Replay
 from headplast.measure.results import UpdateEffectResult
+from headplast.measure.shard import current, gather, mine, units
 
 
 @contextmanager
@@ -96,28 +97,32 @@ def patch_losses(model, other, adapter: ArchAdapter, enc: Encoded, task, pad_id:
     L, H, d = adapter.num_layers(model.config), adapter.num_heads(model.config), adapter.head_dim(model.config)
     fast = FAST_PATHS.get(adapter.model_type)
     losses = np.zeros((len(enc), 1 + L * H), dtype=np.float64)
-    bar = tqdm(total=len(enc) * L * H, desc=desc, unit="head-ex", disable=not progress)
+    shard = current()  # other processes compute other heads (headplast.measure.shard)
+    owned = np.zeros(losses.shape, dtype=bool)
+    bar = tqdm(total=len(enc) * L * H // shard.world, desc=desc, unit="head-ex", disable=not progress)
     for idx, batch in sorted_batches(enc, batch_size, pad_id):
         batch = {k: v.to(device) for k, v in batch.items()}
         labels = batch.pop("labels")
         B, T = batch["input_ids"].shape
         rp = Replay(model, adapter, batch)
         losses[idx, 0] = example_losses(rp.logits, labels, task.is_regression).double().cpu().numpy()
-        k_max = _chunk_size(H, B, T, max_tokens)
-        for l in range(L):
-            ctx1 = _patched_context(rp, other, l)
+        owned[idx, 0] = shard.leader
+        ctx1 = {}  # per layer, computed once for all of its units here
+        for l, heads in mine(units(L, H, _chunk_size(H, B, T, max_tokens)), L, shard):
+            if l not in ctx1:
+                ctx1 = {l: _patched_context(rp, other, l)}
             o_mod = adapter.linear(model, l, "o")
             d_o = adapter.linear(other, l, "o").weight.data - o_mod.weight.data  # [D, H*d]
-            for h0 in range(0, H, k_max):
-                heads = list(range(h0, min(H, h0 + k_max)))
-                k = len(heads)
-                with _patch_hooks(o_mod, ctx1, d_o, heads, d):
-                    out = rp.run_from(l, rp.input_of(l, k), k) if fast is None else rp.from_o_input(fast, l, k)
-                for j, h in enumerate(heads):
-                    lg = out[j * B:(j + 1) * B]
-                    losses[idx, 1 + l * H + h] = example_losses(lg, labels, task.is_regression).double().cpu().numpy()
-                bar.update(B * k)
+            k = len(heads)
+            with _patch_hooks(o_mod, ctx1[l], d_o, heads, d):
+                out = rp.run_from(l, rp.input_of(l, k), k) if fast is None else rp.from_o_input(fast, l, k)
+            for j, h in enumerate(heads):
+                lg = out[j * B:(j + 1) * B]
+                losses[idx, 1 + l * H + h] = example_losses(lg, labels, task.is_regression).double().cpu().numpy()
+                owned[idx, 1 + l * H + h] = True
+            bar.update(B * k)
     bar.close()
+    losses, = gather(owned, [losses], [0])
     if not np.isfinite(losses).all():
         raise HeadplastError("non-finite losses while patching heads (NaN/inf in the model's outputs)",
                              "check the checkpoints (was training stable?) or use --dtype float32")
@@ -153,4 +158,5 @@ UPDATE_EFFECT = Measurement(
     labels={"effect_fwd": "update effect (forward): loss gain from this head's update alone (nats)",
             "effect_rev": "update effect (reverse): loss when only this head is reverted to θ0 (nats)"},
     pairs=(("I_pre", "effect_fwd"), ("U", "effect_fwd"), ("I_post", "effect_rev"), ("U", "effect_rev")),
-    settings=("dtype",), per_example={"effect_fwd": "losses_effect_fwd.npy", "effect_rev": "losses_effect_rev.npy"})
+    settings=("dtype",), per_example={"effect_fwd": "losses_effect_fwd.npy", "effect_rev": "losses_effect_rev.npy"},
+    split=True)

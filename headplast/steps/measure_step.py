@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ from headplast.errors import HeadplastError
 from headplast.measure import registry
 from headplast.measure.config import MeasureConfig
 from headplast.measure.declare import Measurement
+from headplast.measure.shard import announce, current
 from headplast.measure.update import merged_peft_model
 from headplast.steps.outcome import Outcome, fresh_or_refuse, run_recorded
 from headplast.steps.train_step import train_command
@@ -125,8 +126,14 @@ class MeasureContext:
         return copy.deepcopy(model).to(self.device, dtype)
 
 
+def _compute(m: Measurement, ctx: MeasureContext):
+    if m.split and current().world > 1:  # the other processes join in (run_measure's _follow)
+        announce(m.name)
+    return m.compute(ctx)
+
+
 def _write(m: Measurement, ctx: MeasureContext, base: Path) -> None:
-    res = m.compute(ctx)
+    res = _compute(m, ctx)
     if not isinstance(res, m.result):
         raise TypeError(f"{m.name} computed a {type(res).__name__}, declared {m.result.__name__}")
     values = res.per_example()
@@ -204,13 +211,32 @@ def _up_to_date(ctx: MeasureContext) -> bool:
 
 
 def run_measure(run_dir: str | Path, cfg: MeasureConfig = MeasureConfig(), force: bool = False) -> Outcome:
-    """Measure one trained run; timings: {measurement: seconds, 'shared' or 'skipped'}."""
-    ctx = MeasureContext(Path(run_dir), cfg)
-    d = ctx.dir
-    if not force and _up_to_date(ctx):
-        return Outcome("skipped", d, "", {m.name: "skipped" for m in registry.enabled(cfg)})
-    with locks.hold(d, f"{d} (measure)"):
-        return _measure_all(ctx, force)
+    """Measure one trained run; timings: {measurement: seconds, 'shared' or 'skipped'}.
+
+    Started by torchrun / accelerate launch, rank 0 runs the step (it alone reads records and
+    writes) and the other processes compute their shares of each split measurement it starts."""
+    shard = current()
+    ctx = MeasureContext(Path(run_dir), cfg if shard.leader else replace(cfg, progress=False))
+    if not shard.leader:
+        return _follow(ctx)
+    try:
+        d = ctx.dir
+        if not force and _up_to_date(ctx):
+            return Outcome("skipped", d, "", {m.name: "skipped" for m in registry.enabled(cfg)})
+        with locks.hold(d, f"{d} (measure)"):
+            return _measure_all(ctx, force)
+    finally:
+        if shard.world > 1:
+            announce(None)
+
+
+def _follow(ctx: MeasureContext) -> Outcome:
+    """A process other than rank 0: its share of every split measurement rank 0 announces."""
+    done = {}
+    while (name := announce(None)) is not None:
+        registry.get(name).compute(ctx)
+        done[name] = "split"
+    return Outcome("ran" if done else "skipped", ctx.dir, f"rank {current().rank}", done)
 
 
 def _measure_all(ctx: MeasureContext, force: bool) -> Outcome:

@@ -24,7 +24,7 @@ from headplast.store import layout, locks, records
 from headplast.store.io import (atomic_copytree, check_output_root, atomic_write_json, read_json, state_dict_hash, text_key)
 from headplast.store.provenance import provenance
 from headplast.train import recipes
-from headplast.train.config import METHODS, TrainConfig
+from headplast.train.config import LEGACY, METHODS, TrainConfig
 from headplast.train.evaluate import evaluate
 from headplast.train.fit import NonFiniteLoss, fine_tune, trainable_model
 from headplast.train.lora import resolve_targets, trainable_audit
@@ -67,8 +67,12 @@ def _refuse_other_run(out: Path, cfg: TrainConfig) -> None:
     new = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.run_fields().items()}
     diff = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
     if diff:
+        legacy = {k: v for k, v in LEGACY.items() if k in diff and diff[k][0] is None}
+        keep = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in legacy.items())
+        keep = f"; it was trained before --{'/--'.join(legacy).replace('_', '-')} existed: to keep it, pass {keep}" \
+            if legacy else ""
         raise HeadplastError(f"{out} already holds a different run (differs in {diff})",
-                             "pass --force to overwrite it, or choose another --output-root")
+                             f"pass --force to overwrite it, or choose another --output-root{keep}")
 
 
 def ensure_theta0(cfg: TrainConfig, model_path: str, tok, data, dest: Path) -> dict:

@@ -7,12 +7,14 @@ examples into theta1.
 from __future__ import annotations
 
 import tempfile
+from contextlib import nullcontext
 
 import torch
 
 from headplast.arch.adapters import ArchAdapter
 from headplast.train.config import TrainConfig
 from headplast.train.lora import adapted_modules, make_lora_model, resolve_targets
+from headplast.train.speed import numpy_dropout, tune_allocator
 
 
 class NonFiniteLoss(RuntimeError):
@@ -48,7 +50,7 @@ def training_args(cfg: TrainConfig, tmp: str, run_name: str | None = None):
         eval_strategy="no", logging_strategy="epoch", use_cpu=not cuda, run_name=run_name,
         # tensorboard: our own callback writes where the caller says (transformers would use tmp)
         report_to=[cfg.report_to] if cfg.report_to in ("wandb", "mlflow") else "none",
-        dataloader_pin_memory=cuda, disable_tqdm=False,
+        dataloader_pin_memory=cuda, disable_tqdm=False, bf16=cfg.train_dtype == "bfloat16",
         # batches of similar length: dynamic padding then wastes little compute (big win on CPU)
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random")
 
@@ -82,7 +84,10 @@ def fine_tune(model, tok, train_examples, cfg: TrainConfig, log_dir: str | None 
         from transformers.integrations import TensorBoardCallback
 
         callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=log_dir)))  # closed by it at the end
-    with tempfile.TemporaryDirectory() as tmp:
+    if cfg.tune_allocator:
+        tune_allocator()
+    masks = numpy_dropout(model, cfg.seed) if cfg.dropout_masks == "numpy" else nullcontext()
+    with tempfile.TemporaryDirectory() as tmp, masks:
         result = _make_trainer(model, training_args(cfg, tmp, run_name), ds, tok, callbacks).train()
     model.eval()
     return result

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from headplast.data.prepare import task_name
+from headplast.train.speed import default_dropout_masks, default_train_dtype
 
 # what a field left unset becomes when the task has no recipe: the guide's setup (3 epochs on the
 # whole train split, eval subset from the validation split); learning rates as below
@@ -59,6 +60,9 @@ def resolve(cfg):
         else:
             value, sources[name] = guide, "general default"
         filled[name] = value[cfg.method] if isinstance(value, dict) else value
+    for name, default in (("train_dtype", default_train_dtype), ("dropout_masks", default_dropout_masks)):
+        if getattr(cfg, name) is None:  # how fast this machine trains (bench/bench_train.py)
+            filled[name], sources[name] = default(), "hardware default"
     return replace(cfg, **filled), sources
 
 

@@ -1,0 +1,110 @@
+"""One run's ablations and update effects split across processes (torchrun, accelerate launch).
+
+The work of a batch is a list of units, (layer, block of its heads): exactly the blocks that
+one process batches together. Each process computes whole units, so every number is computed
+by the same operations on the same inputs as in one process; the per-example arrays are then
+gathered and every process holds the full result (rank 0 writes it). Units are dealt out by
+their cost, proportional to the layers replayed above the unit's layer times its heads.
+
+    torchrun --nproc-per-node 2 -m headplast measure RUN_DIR     # 2 CPU processes (gloo)
+    torchrun --nproc-per-node 4 -m headplast measure RUN_DIR     # 4 GPUs (nccl), one each
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+Unit = tuple[int, list[int]]  # (layer, heads)
+
+
+@dataclass(frozen=True)
+class Shard:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+
+def current() -> Shard:
+    """This process's place in the initialised process group (one process: Shard(0, 1))."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return Shard(dist.get_rank(), dist.get_world_size())
+    return Shard()
+
+
+@contextmanager
+def launched(timeout_hours: float = 24.0):
+    """Join the process group when started by torchrun / accelerate launch (WORLD_SIZE > 1): gloo
+    on CPU, nccl with one GPU per process. Yields the Shard. The timeout is long because ranks
+    wait while rank 0 alone computes the measurements that are not split."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or dist.is_initialized():
+        yield current()
+        return
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=timeout_hours))
+    try:
+        yield current()
+    finally:
+        dist.destroy_process_group()
+
+
+def units(L: int, H: int, k_max: int) -> list[Unit]:
+    """The blocks of heads one process runs together, in its order."""
+    return [(l, list(range(h0, min(H, h0 + k_max)))) for l in range(L) for h0 in range(0, H, k_max)]
+
+
+def owners(work: list[Unit], L: int, world: int) -> list[int]:
+    """The rank computing each unit: largest cost first to the least loaded rank (deterministic)."""
+    load, owner = [0.0] * world, [0] * len(work)
+    for i in sorted(range(len(work)), key=lambda i: (-(L - work[i][0]) * len(work[i][1]), i)):
+        r = min(range(world), key=lambda r: (load[r], r))
+        owner[i], load[r] = r, load[r] + (L - work[i][0]) * len(work[i][1])
+    return owner
+
+
+def mine(work: list[Unit], L: int, shard: Shard) -> list[Unit]:
+    if shard.world == 1:
+        return work
+    return [u for u, r in zip(work, owners(work, L, shard.world)) if r == shard.rank]
+
+
+def gather(owned: np.ndarray, arrays: list[np.ndarray], column_offsets: list[int]) -> list[np.ndarray]:
+    """Every rank's computed entries in one array each. owned [N, C] marks the (example, column)
+    entries this rank computed; arrays[i] has columns owned[:, offset_i:] (its further dims kept)."""
+    import torch.distributed as dist
+
+    shard = current()
+    if shard.world == 1:
+        return arrays
+    parts: list = [None] * shard.world
+    dist.all_gather_object(parts, (owned, arrays))
+    out = [np.zeros_like(a) for a in arrays]
+    for own, arrs in parts:
+        for o, a, off in zip(out, arrs, column_offsets):
+            sel = own[:, off:]
+            o[sel] = a[sel]
+    return out
+
+
+def announce(name: str | None) -> str | None:
+    """Rank 0 tells the others which split measurement comes next (None: no more)."""
+    import torch.distributed as dist
+
+    box = [name]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -1,0 +1,142 @@
+"""What makes training fast on a CPU without changing what is trained (bench/bench_train.py).
+
+Measured on 2 cores with MiniLM-L6 and SST-2 (README, "Training speed"), where today's
+Trainer spent its time:
+- matrix products in fp32: bf16 autocast runs them on the CPU's AMX/AVX512-BF16 units (3-4x
+  the fp32 rate) while weights, gradients and AdamW stay fp32;
+- drawing dropout masks: torch's CPU generator needs about 10 ns per element and made a third
+  of a LoRA step (every LoRA module draws its own mask); numpy's SFC64 bit generator gives four
+  16-bit draws per 64-bit word, about 10x faster, and the masks keep their probability (to
+  1/65536) and their scaling;
+- page faults: glibc returns every freed block over 32 MB (e.g. the embedding gradient) to the
+  OS and faults it in again at the next step; a higher mmap/trim threshold keeps it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger("headplast")
+TRAIN_DTYPES = ("float32", "bfloat16")
+DROPOUT_MASKS = ("numpy", "torch")
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+
+
+def native_bf16(device: str = "cpu") -> bool:
+    """Whether the device multiplies bf16 matrices natively (else bf16 is emulated and slower)."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    checks = (getattr(torch.cpu, "_is_amx_tile_supported", None), getattr(torch.cpu, "_is_avx512_bf16_supported", None))
+    return any(bool(c()) for c in checks if c is not None)
+
+
+def default_train_dtype() -> str:
+    return "bfloat16" if native_bf16("cuda" if torch.cuda.is_available() else "cpu") else "float32"
+
+
+def default_dropout_masks() -> str:
+    # masks drawn on the host would have to be copied to a GPU, whose own generator is fast
+    return "torch" if torch.cuda.is_available() else "numpy"
+
+
+def tune_allocator() -> bool:
+    """Keep freed memory in the process (glibc only): no page faults per step for big tensors.
+    Peak memory is unchanged; memory is returned when the process ends."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to tune
+        return False
+
+
+class NumpyDropout(nn.Module):
+    """nn.Dropout with masks from a numpy bit generator: an element is kept when a uniform 16-bit
+    integer (four per raw 64-bit draw) is at or above round(p * 65536); kept values are scaled by
+    1 / (1 - p). Built as a 0/scale mask in the input's dtype: multiplying by a bool mask is
+    10x slower on CPU than by a float one."""
+
+    def __init__(self, p: float, bits: np.random.BitGenerator):
+        super().__init__()
+        self.p, self.bits = p, bits
+        self.threshold = np.int16(int(round(p * 65536)) - 32768)
+        self.scale = 1.0 / (1.0 - p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        n = x.numel()
+        draws = self.bits.random_raw((n + 3) // 4).view(np.int16)[:n]
+        keep = np.greater_equal(draws, self.threshold).view(np.uint8)
+        mask = torch.from_numpy(keep).to(device=x.device, dtype=x.dtype).mul_(self.scale)
+        return x * mask.view(x.shape)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def _dropout_slots(model: nn.Module):
+    """(parent, name, module) for every nn.Dropout (peft keeps LoRA's in ModuleDicts)."""
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if type(child) is nn.Dropout:
+                yield parent, name, child
+
+
+ATTENTION = "headplast_sdpa"
+
+
+def sdpa_numpy_dropout(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kw):
+    """transformers' SDPA attention, except in training with a NumpyDropout on the attention
+    probabilities: then SDPA's own math path (what it runs on CPU when dropout > 0) with that
+    module's masks. query/key/value [B, H, T, d]; returns ([B, T, H, d], None) as SDPA does."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    drop = getattr(module, "dropout", None)
+    if dropout == 0.0 or not isinstance(drop, NumpyDropout) or getattr(module, "is_causal", False):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kw)
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling  # [B, H, T, T]
+    if attention_mask is not None:  # SDPA's masks: bool (True = attend) or additive
+        scores = scores.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool \
+            else scores + attention_mask
+    probs = drop(torch.softmax(scores, dim=-1))
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register(ATTENTION, sdpa_numpy_dropout)
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+
+
+@contextmanager
+def numpy_dropout(model: nn.Module, seed: int):
+    """Every nn.Dropout of `model` draws from one numpy bit generator seeded from the run's seed,
+    attention probabilities included (models on transformers' SDPA interface switch to
+    sdpa_numpy_dropout; others apply their attention's dropout module themselves). The original
+    modules and attention are back afterwards."""
+    bits = np.random.SFC64(seed)
+    swapped = list(_dropout_slots(model))
+    config = getattr(model, "config", None)
+    attention = getattr(config, "_attn_implementation", None)
+    for parent, name, mod in swapped:
+        setattr(parent, name, NumpyDropout(mod.p, bits))
+    if attention == "sdpa":
+        _register_attention()
+        config._attn_implementation = ATTENTION
+    try:
+        yield len(swapped)
+    finally:
+        for parent, name, mod in swapped:
+            setattr(parent, name, mod)
+        if attention == "sdpa":
+            config._attn_implementation = attention

@@ -1,0 +1,149 @@
+"""Training speed settings (headplast/train/speed.py): what they change is only how fast.
+
+Dropout masks from numpy are checked against masks rebuilt from the same bit generator by
+hand; the attention path against a naive softmax(QK^T)V; bf16 autocast by the dtype the
+matrix products run in while the weights stay fp32; run identities of older runs kept."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from headplast.errors import HeadplastError
+from headplast.train import recipes
+from headplast.train.config import TrainConfig
+from headplast.train.speed import ATTENTION, NumpyDropout, numpy_dropout, sdpa_numpy_dropout
+from tiny import ARCHS, tiny_model, tiny_run_kwargs
+
+
+def _reference_keep(seed: int, p: float, n: int, skip: int = 0) -> np.ndarray:
+    """The keep-mask NumpyDropout draws: four int16 per 64-bit word, kept at >= round(p*65536) - 32768."""
+    bits = np.random.SFC64(seed)
+    if skip:
+        bits.random_raw(skip)
+    draws = bits.random_raw((n + 3) // 4).view(np.int16)[:n]
+    return draws >= int(round(p * 65536)) - 32768
+
+
+@pytest.mark.parametrize("p,shape,dtype", [(0.1, (7, 13, 33), torch.float32), (0.5, (4, 5), torch.float32),
+                                           (0.1, (3, 9, 16), torch.bfloat16)])
+def test_numpy_dropout_masks_scale_and_rate(p, shape, dtype):
+    x = torch.randn(shape).to(dtype)
+    d = NumpyDropout(p, np.random.SFC64(7)).train()
+    y = d(x)
+    keep = _reference_keep(7, p, x.numel()).reshape(shape)
+    scale = torch.tensor(1 / (1 - p), dtype=dtype)  # torch's dropout scales its mask in the input's dtype
+    assert y.dtype == dtype
+    assert torch.equal(y, x * torch.from_numpy(keep).to(dtype) * scale)
+    # the next call continues the stream; eval mode and p = 0 are the identity
+    y2 = d(x)
+    assert torch.equal(y2 != 0, torch.from_numpy(_reference_keep(7, p, x.numel(), (x.numel() + 3) // 4))
+                       .reshape(shape) & (x != 0))
+    assert d.eval()(x) is x and NumpyDropout(0.0, np.random.SFC64(1)).train()(x) is x
+
+
+def test_numpy_dropout_keeps_the_probability():
+    x = torch.ones(1 << 20)
+    y = NumpyDropout(0.1, np.random.SFC64(3)).train()(x)
+    assert abs((y == 0).float().mean().item() - 0.1) < 0.002  # 1M draws: sd 0.0003
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_path_equals_naive_attention(masked):
+    torch.manual_seed(0)
+    B, H, T, d = 2, 3, 5, 4
+    q, k, v = (torch.randn(B, H, T, d) for _ in range(3))
+    mask = None
+    if masked:
+        mask = torch.ones(B, 1, T, T, dtype=torch.bool)
+        mask[1, :, :, 3:] = False  # example 1 has 3 real tokens
+    module = nn.Module()
+    module.dropout, module.is_causal = NumpyDropout(0.25, np.random.SFC64(11)).train(), False
+    out, _ = sdpa_numpy_dropout(module, q, k, v, mask, dropout=0.25, scaling=0.5)
+    scores = q @ k.transpose(-1, -2) * 0.5
+    if masked:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    keep = torch.from_numpy(_reference_keep(11, 0.25, B * H * T * T).reshape(B, H, T, T)).float()
+    expect = ((scores.softmax(-1) * keep / 0.75) @ v).transpose(1, 2)
+    assert out.shape == (B, T, H, d)
+    assert torch.allclose(out, expect, atol=1e-6)
+    # no dropout (evaluation): transformers' own SDPA, unchanged
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    ref, _ = sdpa_attention_forward(module, q, k, v, mask, dropout=0.0, scaling=0.5)
+    assert torch.equal(sdpa_numpy_dropout(module, q, k, v, mask, dropout=0.0, scaling=0.5)[0], ref)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_numpy_dropout_swaps_every_dropout_and_restores_the_model(arch):
+    model = tiny_model(arch)
+    before = {n: m for n, m in model.named_modules() if type(m) is nn.Dropout}
+    attention = model.config._attn_implementation
+    x = {"input_ids": torch.randint(5, 90, (3, 11)), "attention_mask": torch.ones(3, 11, dtype=torch.long)}
+    x["attention_mask"][0, 7:] = 0
+    ref = model.eval()(**x).logits
+    runs = []
+    with numpy_dropout(model, seed=5) as n:
+        assert n == len(before) > 0
+        assert not any(type(m) is nn.Dropout for m in model.modules())
+        if attention == "sdpa":
+            assert model.config._attn_implementation == ATTENTION
+        assert torch.equal(model.eval()(**x).logits, ref)  # evaluation: exactly the model's own
+        runs.append(model.train()(**x).logits)
+    with numpy_dropout(model, seed=5):
+        runs.append(model.train()(**x).logits)
+    assert torch.equal(runs[0], runs[1]) and not torch.allclose(runs[0], ref)  # seeded, and dropping
+    after = {n: m for n, m in model.named_modules() if type(m) is nn.Dropout}
+    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
+    assert model.config._attn_implementation == attention
+
+
+def test_hardware_defaults_are_resolved_recorded_and_legacy_runs_keep_their_identity():
+    cfg, sources = recipes.resolve(TrainConfig())
+    assert cfg.train_dtype in ("float32", "bfloat16") and cfg.dropout_masks in ("numpy", "torch")
+    assert sources["train_dtype"] == sources["dropout_masks"] == "hardware default"
+    given, sources = recipes.resolve(TrainConfig(train_dtype="float32", dropout_masks="torch"))
+    assert "train_dtype" not in sources and given.train_dtype == "float32"
+    legacy = given.run_fields()  # how runs were keyed before these settings existed
+    assert "train_dtype" not in legacy and "dropout_masks" not in legacy and "tune_allocator" not in legacy
+    new = TrainConfig(train_dtype="bfloat16", dropout_masks="numpy").run_fields()
+    assert new["train_dtype"] == "bfloat16" and new["dropout_masks"] == "numpy"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_training_computes_in_the_train_dtype_with_fp32_weights(dtype, model_dirs, tmp_path, monkeypatch):
+    from headplast.train import fit
+
+    seen = []
+    real = fit._make_trainer
+
+    def spy(model, *a, **kw):  # record the dtype of the query projection's output in training
+        lin = [m for n, m in model.named_modules() if n.endswith("attention.self.query")][0]
+        lin.register_forward_hook(lambda m, i, o: seen.append(o.dtype) if m.training else None)
+        return real(model, *a, **kw)
+
+    monkeypatch.setattr(fit, "_make_trainer", spy)
+    from headplast.steps.train_step import run_train
+    out = run_train(TrainConfig(method="fft", train_dtype=dtype, **tiny_run_kwargs(model_dirs["bert"], tmp_path))).path
+    assert seen and set(seen) == {getattr(torch, dtype)}
+    rc = json.loads((out / "run_config.json").read_text())
+    assert rc["config"].get("train_dtype", "float32") == dtype
+    from safetensors.torch import load_file
+    assert {t.dtype for t in load_file(out / "ckpt_final" / "model.safetensors").values()} == {torch.float32}
+
+
+@pytest.mark.slow
+def test_run_trained_before_the_speed_settings_is_refused_with_the_flags_that_keep_it(model_dirs, tmp_path):
+    from headplast.steps.train_step import run_train
+
+    kw = tiny_run_kwargs(model_dirs["bert"], tmp_path)
+    out = run_train(TrainConfig(method="fft", train_dtype="float32", dropout_masks="torch", **kw)).path
+    again = run_train(TrainConfig(method="fft", train_dtype="float32", dropout_masks="torch", **kw))
+    assert again.status == "skipped"  # legacy values: same identity as before the fields existed
+    rc = json.loads((out / "run_config.json").read_text())
+    assert "train_dtype" not in rc["config"]
+    with pytest.raises(HeadplastError) as e:
+        run_train(TrainConfig(method="fft", train_dtype="bfloat16", dropout_masks="numpy", **kw))
+    assert "--train-dtype float32 --dropout-masks torch" in e.value.fix
