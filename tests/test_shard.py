@@ -34,10 +34,19 @@ def test_units_cover_every_head_once_and_are_dealt_by_cost(L, H, k_max, world):
         assert all(s for s in split)
 
 
-def _torchrun(args: list[str], **kw) -> subprocess.CompletedProcess:
+ABORT = "terminate called without an active exception"
+
+
+def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
+    """Two processes under torchrun. Once in CI one process aborted with ABORT (a C++ thread left
+    joinable, not reproduced in 20 local launches, also under load); such a launch is tried once more,
+    any other failure is not, and what is asserted of the results is unchanged."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)])}
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args],
-                       env=env, capture_output=True, text=True, timeout=600, **kw)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
+    for attempt in range(2):
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        if p.returncode == 0 or ABORT not in p.stderr:
+            break
     assert p.returncode == 0, p.stderr[-4000:]
     return p
 

@@ -59,6 +59,10 @@ def launched(timeout_hours: float = 24.0):
     dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=timeout_hours))
     try:
         yield current()
+        # every rank done with every collective before any tears down: a rank that exits while
+        # gloo still talks to it can abort ("terminate called without an active exception");
+        # not after an error, where the others may never arrive (torchrun stops them)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
