@@ -88,7 +88,8 @@ def train(model_dir: Path, root: Path, method: str, n: dict, peak: Peak) -> dict
     run = run_train(cfg).path
     rc = json.loads((run / "run_config.json").read_text())
     secs = rc["seconds"]["train"]
-    return {"run": str(run), "train_seconds": round(secs, 2), "examples_per_s": round(n["train"] / secs, 1),
+    examples = rc["data"]["train_size"] * rc["config"]["num_epochs"]
+    return {"run": str(run), "train_seconds": round(secs, 2), "examples_per_s": round(examples / secs, 1),
             "train_steps": rc["train_steps"], "peak_gpu_mib": peak.read(),
             "theta0_seconds": round(rc["theta0"]["seconds"], 2), "trainable": rc["trainable"]["trainable"],
             "train_dtype": rc["config"]["train_dtype"]}
@@ -123,16 +124,16 @@ def naive_vs_engine(run: str, n: int, device: str, peak: Peak) -> dict:
     enc = Encoded(ctx.enc.features[:n], ctx.enc.labels[:n])
     model = ctx.model("theta0")
     ad = get_adapter(model)
-    out = {"examples": n}
+    out, importance = {"examples": n}, {}
     for name, fn in (("naive", lambda: naive_importance(model, ad, enc, ctx.task, ctx.pad_id, batch_size=32)),
                      ("engine", lambda: ablation_importance(model, ad, enc, ctx.task, ctx.pad_id, progress=False))):
         peak.start()
         t = time.perf_counter()
         res = fn()
         out[name] = {"seconds": round(time.perf_counter() - t, 2), "peak_gpu_mib": peak.read()}
-        out[name + "_importance"] = res.importance
+        importance[name] = res.importance
     out["speedup"] = round(out["naive"]["seconds"] / out["engine"]["seconds"], 2)
-    out["max_abs_diff"] = float(np.abs(out.pop("naive_importance") - out.pop("engine_importance")).max())
+    out["max_abs_diff"] = float(np.abs(importance["naive"] - importance["engine"]).max())
     return out
 
 

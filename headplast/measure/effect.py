@@ -107,14 +107,15 @@ def patch_losses(model, other, adapter: ArchAdapter, enc: Encoded, task, pad_id:
         rp = Replay(model, adapter, batch)
         losses[idx, 0] = example_losses(rp.logits, labels, task.is_regression).double().cpu().numpy()
         owned[idx, 0] = shard.leader
-        ctx1 = {}  # per layer, computed once for all of its units here
+        patch = {}  # layer -> (O, patched context, O's weight difference), once for all its units here
         for l, heads in mine(units(L, H, _chunk_size(H, B, T, max_tokens)), L, shard):
-            if l not in ctx1:
-                ctx1 = {l: _patched_context(rp, other, l)}
-            o_mod = adapter.linear(model, l, "o")
-            d_o = adapter.linear(other, l, "o").weight.data - o_mod.weight.data  # [D, H*d]
+            if l not in patch:
+                o_mod = adapter.linear(model, l, "o")
+                d_o = adapter.linear(other, l, "o").weight.data - o_mod.weight.data  # [D, H*d]
+                patch = {l: (o_mod, _patched_context(rp, other, l), d_o)}
+            o_mod, ctx1, d_o = patch[l]
             k = len(heads)
-            with _patch_hooks(o_mod, ctx1[l], d_o, heads, d):
+            with _patch_hooks(o_mod, ctx1, d_o, heads, d):
                 out = rp.run_from(l, rp.input_of(l, k), k) if fast is None else rp.from_o_input(fast, l, k)
             for j, h in enumerate(heads):
                 lg = out[j * B:(j + 1) * B]

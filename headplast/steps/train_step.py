@@ -68,8 +68,8 @@ def _refuse_other_run(out: Path, cfg: TrainConfig) -> None:
     diff = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
     if diff:
         legacy = {k: v for k, v in LEGACY.items() if k in diff and diff[k][0] is None}
-        keep = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in legacy.items())
-        keep = f"; it was trained before --{'/--'.join(legacy).replace('_', '-')} existed: to keep it, pass {keep}" \
+        flags = as_flags(TrainConfig(**legacy))  # e.g. --train-dtype float32 --dropout-masks torch
+        keep = f"; it was trained before {'/'.join(flags[::2])} existed: to keep it, pass {' '.join(flags)}" \
             if legacy else ""
         raise HeadplastError(f"{out} already holds a different run (differs in {diff})",
                              f"pass --force to overwrite it, or choose another --output-root{keep}")

@@ -64,8 +64,8 @@ class TrainConfig:
                                      "gradients and AdamW stay float32) or float32. Default: bfloat16 where the "
                                      "hardware computes it natively (CPUs with AMX or AVX512-BF16, GPUs since "
                                      "Ampere), else float32", choices=TRAIN_DTYPES)
-    dropout_masks: str | None = option(None, "generator of dropout masks in training: numpy (SFC64, 2.5x faster "
-                                       "on CPU) or torch. Default: numpy on CPU, torch on GPU",
+    dropout_masks: str | None = option(None, "generator of dropout masks in training: numpy (SFC64, about 10x "
+                                       "faster per mask on CPU) or torch. Default: numpy on CPU, torch on GPU",
                                        choices=DROPOUT_MASKS)
     tune_allocator: bool = option(True, "keep freed memory for reuse (glibc): no page faults per step, "
                                   "results unchanged")

@@ -15,14 +15,12 @@ Trainer spent its time:
 from __future__ import annotations
 
 import ctypes
-import logging
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 from torch import nn
 
-log = logging.getLogger("headplast")
 TRAIN_DTYPES = ("float32", "bfloat16")
 DROPOUT_MASKS = ("numpy", "torch")
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
