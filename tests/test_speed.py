@@ -5,6 +5,7 @@ hand; the attention path against a naive softmax(QK^T)V; bf16 autocast by the dt
 matrix products run in while the weights stay fp32; run identities of older runs kept."""
 
 import json
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -14,7 +15,8 @@ from torch import nn
 from headplast.errors import HeadplastError
 from headplast.train import recipes
 from headplast.train.config import TrainConfig
-from headplast.train.speed import ATTENTION, NumpyDropout, numpy_dropout, sdpa_numpy_dropout
+from headplast.train.speed import (ATTENTION, NumpyDropout, clip_in_step, frozen_linears_in, grad_norm, numpy_dropout,
+                                  sdpa_numpy_dropout)
 from tiny import ARCHS, tiny_model, tiny_run_kwargs
 
 
@@ -97,6 +99,69 @@ def test_numpy_dropout_swaps_every_dropout_and_restores_the_model(arch):
     after = {n: m for n, m in model.named_modules() if type(m) is nn.Dropout}
     assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
     assert model.config._attn_implementation == attention
+
+
+def _lora_grads(model, x, hold: bool) -> dict:
+    """Gradients of one bf16-autocast forward/backward, with the frozen weights held in bf16 or not."""
+    model.zero_grad(set_to_none=True)
+    with frozen_linears_in(model, torch.bfloat16) if hold else nullcontext() as n:
+        if hold:
+            frozen = [m.weight for m in model.modules() if isinstance(m, nn.Linear) and not m.weight.requires_grad]
+            assert n >= len(frozen) > 0 and {w.dtype for w in frozen} == {torch.bfloat16}
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(**x).logits.float().pow(2).sum().backward()
+    return {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_frozen_weights_held_in_bf16_give_the_same_gradients_and_are_put_back(arch):
+    from headplast.arch.adapters import get_adapter
+    from headplast.train.fit import trainable_model
+
+    model = tiny_model(arch)
+    before = {k: p.detach().clone() for k, p in model.named_parameters()}
+    model, _ = trainable_model(model, get_adapter(model), TrainConfig(method="lora", seed=1, lora_r=4))
+    model.eval()  # no dropout: the two passes must see the same inputs
+    x = {"input_ids": torch.randint(5, 90, (3, 11)), "attention_mask": torch.ones(3, 11, dtype=torch.long)}
+    ref, held = _lora_grads(model, x, False), _lora_grads(model, x, True)
+    assert ref.keys() == held.keys() and all(torch.equal(ref[k], held[k]) for k in ref)
+    frozen = {k.replace("base_model.model.", "").replace(".base_layer", "").replace(".original_module", ""): p
+              for k, p in model.named_parameters() if not p.requires_grad}
+    assert len(frozen) > len(before) / 2 and frozen.keys() <= before.keys()
+    for k, p in frozen.items():  # every frozen weight is fp32 again, with its values
+        assert p.dtype == torch.float32 and torch.equal(p, before[k]), k
+    fft = tiny_model(arch)
+    with frozen_linears_in(fft, torch.bfloat16) as n:  # full fine-tuning: nothing frozen, nothing held
+        assert n == 0
+
+
+def test_clipping_inside_fused_adamw_matches_clip_grad_norm_then_step():
+    torch.manual_seed(0)
+    shapes = [(300, 16), (16,), (7, 5)]
+    ref = [torch.randn(s, requires_grad=True) for s in shapes]
+    ours = [p.detach().clone().requires_grad_(True) for p in ref]
+    opt_ref = torch.optim.AdamW(ref, lr=1e-2, weight_decay=0.01, fused=True)
+    opt_ours = torch.optim.AdamW(ours, lr=1e-2, weight_decay=0.01, fused=True)
+    for scale in (30.0, 0.01, 5.0):  # clipped, not clipped (factor 1), clipped
+        grads = [torch.randn(s) * scale for s in shapes]
+        for p, q, g in zip(ref, ours, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        expected = torch.nn.utils.clip_grad_norm_(ref, 1.0)
+        norm = clip_in_step(opt_ours, ours, 1.0)
+        assert torch.allclose(norm, expected, rtol=1e-5)
+        opt_ref.step(), opt_ours.step()
+        assert all(torch.allclose(p, q, rtol=0, atol=1e-6) for p, q in zip(ref, ours))
+        # the step left the gradients clipped (divided as it read them), as clip_grad_norm_ does
+        assert all(torch.allclose(p.grad, q.grad, rtol=1e-6) for p, q in zip(ref, ours))
+    # an optimizer without the hook (not fused) is left to clip as usual
+    assert clip_in_step(torch.optim.SGD(ours, lr=0.1), ours, 1.0) is None
+
+
+def test_grad_norm_is_the_float64_norm():
+    torch.manual_seed(1)
+    grads = [torch.randn(1000, 50), torch.randn(3, 4).t(), torch.randn(7)]  # one not contiguous
+    exact = torch.cat([g.double().reshape(-1) for g in grads]).norm()
+    assert torch.allclose(grad_norm(grads), exact, rtol=1e-6)
 
 
 def test_hardware_defaults_are_resolved_recorded_and_legacy_runs_keep_their_identity():

@@ -14,7 +14,7 @@ import torch
 from headplast.arch.adapters import ArchAdapter
 from headplast.train.config import TrainConfig
 from headplast.train.lora import adapted_modules, make_lora_model, resolve_targets
-from headplast.train.speed import numpy_dropout, tune_allocator
+from headplast.train.speed import clip_in_step, frozen_linears_in, numpy_dropout, tune_allocator
 
 
 class NonFiniteLoss(RuntimeError):
@@ -55,11 +55,18 @@ def training_args(cfg: TrainConfig, tmp: str, run_name: str | None = None):
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random")
 
 
-def _make_trainer(model, args, ds, tok, callbacks=()):
+def _make_trainer(model, args, ds, tok, callbacks=(), fused_clip: bool = False):
     from transformers import DataCollatorWithPadding, Trainer
 
     class GuardedTrainer(Trainer):
-        """Stops at the first non-finite loss instead of training on garbage."""
+        """Stops at the first non-finite loss instead of training on garbage; with fused_clip,
+        gradients are clipped inside the fused AdamW step (speed.clip_in_step)."""
+
+        def _clip_grad_norm(self, model):
+            opt = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate wraps torch's
+            params = [p for p in model.parameters() if p.requires_grad]
+            norm = clip_in_step(opt, params, self.args.max_grad_norm) if fused_clip else None
+            return super()._clip_grad_norm(model) if norm is None else norm
 
         def compute_loss(self, model, inputs, *a, **kw):
             loss = super().compute_loss(model, inputs, *a, **kw)
@@ -87,7 +94,12 @@ def fine_tune(model, tok, train_examples, cfg: TrainConfig, log_dir: str | None 
     if cfg.tune_allocator:
         tune_allocator()
     masks = numpy_dropout(model, cfg.seed) if cfg.dropout_masks == "numpy" else nullcontext()
-    with tempfile.TemporaryDirectory() as tmp, masks:
-        result = _make_trainer(model, training_args(cfg, tmp, run_name), ds, tok, callbacks).train()
+    bf16 = frozen_linears_in(model, torch.bfloat16) if cfg.train_dtype == "bfloat16" else nullcontext()
+    with tempfile.TemporaryDirectory() as tmp, masks, bf16:
+        # bf16 runs clip inside fused AdamW (same factor, rounded once more); float32 runs train as
+        # they always did, so runs trained before these settings keep their results
+        trainer = _make_trainer(model, training_args(cfg, tmp, run_name), ds, tok, callbacks,
+                                fused_clip=cfg.train_dtype == "bfloat16")
+        result = trainer.train()
     model.eval()
     return result

@@ -8,6 +8,13 @@ Trainer spent its time:
   of a LoRA step (every LoRA module draws its own mask); numpy's SFC64 bit generator gives four
   16-bit draws per 64-bit word, about 10x faster, and the masks keep their probability (to
   1/65536) and their scaling;
+- casting LoRA's frozen weights: autocast caches the low-precision copy of a trainable weight
+  for one forward pass but casts a frozen one at every call, every step; holding the frozen
+  Linear weights in bf16 for the run gives the same products (4.5 ms of a ~100 ms LoRA step);
+- gradient clipping: torch's total norm (13 ms per FFT step, and less accurate over the 11.7M
+  embedding gradients, which it sums in fp32) and a pass rescaling every gradient (6 ms); BLAS
+  dot products summed in float64 take 3 ms, and fused AdamW divides each gradient by the clip
+  factor as it reads it (the hook torch's GradScaler uses), so no pass rescales them;
 - page faults: glibc returns every freed block over 32 MB (e.g. the embedding gradient) to the
   OS and faults it in again at the next step; a higher mmap/trim threshold keeps it.
 """
@@ -51,6 +58,42 @@ def tune_allocator() -> bool:
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to tune
         return False
+
+
+@contextmanager
+def frozen_linears_in(model: nn.Module, dtype: torch.dtype):
+    """While training under autocast to `dtype`: every frozen nn.Linear weight and bias held in
+    `dtype` (autocast would cast it to exactly that at each call), the original fp32 tensors put
+    back afterwards. Trainable ones (LoRA's A/B, the task head, all of FFT) are left alone."""
+    saved = []
+    for mod in model.modules():
+        if isinstance(mod, nn.Linear):  # peft's LoRA layers wrap an nn.Linear base_layer
+            for p in (mod.weight, mod.bias):
+                if p is not None and not p.requires_grad and p.dtype == torch.float32:
+                    saved.append((p, p.data))
+                    p.data = p.data.to(dtype)
+    try:
+        yield len(saved)
+    finally:
+        for p, data in saved:
+            p.data = data
+
+
+def grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all gradients together (float64): one BLAS dot product per tensor."""
+    return torch.stack([torch.dot(g.reshape(-1), g.reshape(-1)).double() for g in grads]).sum().sqrt()
+
+
+def clip_in_step(optimizer, params, max_norm: float) -> torch.Tensor | None:
+    """Clip the gradients of `params` to total norm `max_norm` inside the next step of a fused
+    Adam/AdamW, which divides each gradient by `grad_scale` as it reads it: the same factor as
+    torch.nn.utils.clip_grad_norm_ (max_norm / (norm + 1e-6), at most 1) without a pass over the
+    gradients. Returns the norm before clipping; None for an optimizer that cannot (clip as usual)."""
+    if not getattr(optimizer, "_step_supports_amp_scaling", False):
+        return None
+    norm = grad_norm([p.grad for p in params if p.grad is not None])
+    optimizer.grad_scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0).float()
+    return norm.float()
 
 
 class NumpyDropout(nn.Module):
