@@ -37,12 +37,19 @@ def test_units_cover_every_head_once_and_are_dealt_by_cost(L, H, k_max, world):
 ABORT = "terminate called without an active exception"
 
 
-def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
-    """Two processes under torchrun. Once in CI one process aborted with ABORT (a C++ thread left
-    joinable, not reproduced in 20 local launches, also under load); such a launch is tried once more,
-    any other failure is not, and what is asserted of the results is unchanged."""
+LAUNCHERS = {"torchrun": ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"],
+             # accelerate's multi-process launcher (it runs torch.distributed.run; gloo on a CPU)
+             "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]}
+
+
+def _launch(args: list[str], launcher: str = "torchrun") -> subprocess.CompletedProcess:
+    """Two processes under torchrun or accelerate launch. Once in CI one process aborted with ABORT
+    (a C++ thread left joinable, not reproduced in 20 local launches, also under load); such a
+    launch is tried once more, any other failure is not, and what is asserted of the results is
+    unchanged."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
+    cmd = [sys.executable, *LAUNCHERS[launcher], *args]
     for attempt in range(2):
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         if p.returncode == 0 or ABORT not in p.stderr:
@@ -57,7 +64,7 @@ def test_split_across_two_gloo_processes_equals_one_process(tmp_path):
     (one thread per process in both: torchrun's default)."""
     from shard_cases import cases
 
-    _torchrun([str(TESTS / "shard_worker.py"), str(tmp_path)])
+    _launch([str(TESTS / "shard_worker.py"), str(tmp_path)])
     split = np.load(tmp_path / "split.npz")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -71,8 +78,10 @@ def test_split_across_two_gloo_processes_equals_one_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_measure_writes_what_one_process_writes(tmp_path, model_dirs):
-    """`torchrun --nproc-per-node 2 -m headplast measure RUN` (gloo, CPU) vs `headplast measure RUN`."""
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_launched_measure_writes_what_one_process_writes(launcher, tmp_path, model_dirs):
+    """`torchrun --nproc-per-node 2 -m headplast measure RUN` and `accelerate launch --multi_gpu
+    --num_processes 2 -m headplast measure RUN` (gloo, CPU) vs `headplast measure RUN`."""
     from headplast.steps.train_step import run_train
     from headplast.train.config import TrainConfig
 
@@ -84,7 +93,7 @@ def test_torchrun_measure_writes_what_one_process_writes(tmp_path, model_dirs):
     one = subprocess.run([sys.executable, "-m", "headplast", "measure", str(run), *flags], env=env,
                          capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-4000:]
-    two = _torchrun(["-m", "headplast", "measure", str(run2), *flags])
+    two = _launch(["-m", "headplast", "measure", str(run2), *flags], launcher)
     assert "(2 processes)" in two.stdout and two.stdout.count("measured") == 1  # rank 0 alone reports
     written = sorted(p.name for p in run.iterdir() if p.suffix in (".jsonl", ".npy"))
     assert {"importance_pre.jsonl", "importance_post_mean.jsonl", "update_effect.jsonl", "losses_post.npy",
@@ -94,6 +103,6 @@ def test_torchrun_measure_writes_what_one_process_writes(tmp_path, model_dirs):
     meta = json.loads((run2 / "measure_meta.json").read_text())
     assert "update_effect" in meta["measurements"]
     # a second launch finds everything fresh: no process computes anything
-    again = _torchrun(["-m", "headplast", "measure", str(run2), *flags])
+    again = _launch(["-m", "headplast", "measure", str(run2), *flags], launcher)
     line = next(x for x in again.stdout.splitlines() if x.startswith("measured"))
     assert "skipped" in line and not re.search(r"\d+(\.\d+)?s\b", line), line

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from headplast.errors import HeadplastError
-from headplast.train import recipes
+from headplast.train import recipes, speed
 from headplast.train.config import TrainConfig
 from headplast.train.speed import (ATTENTION, NumpyDropout, clip_in_step, frozen_linears_in, grad_norm, numpy_dropout,
                                   sdpa_numpy_dropout)
@@ -190,9 +190,14 @@ def test_training_computes_in_the_train_dtype_with_fp32_weights(dtype, model_dir
         return real(model, *a, **kw)
 
     monkeypatch.setattr(fit, "_make_trainer", spy)
+    clipped = []  # bf16 runs clip inside fused AdamW at every step; fp32 runs as they always did
+    monkeypatch.setattr(fit, "clip_in_step", lambda *a: clipped.append(speed.clip_in_step(*a)) or clipped[-1])
     from headplast.steps.train_step import run_train
     out = run_train(TrainConfig(method="fft", train_dtype=dtype, **tiny_run_kwargs(model_dirs["bert"], tmp_path))).path
     assert seen and set(seen) == {getattr(torch, dtype)}
+    rc0 = json.loads((out / "run_config.json").read_text())
+    assert len(clipped) == (rc0["train_steps"] if dtype == "bfloat16" else 0)
+    assert all(n is not None and n > 0 for n in clipped)
     rc = json.loads((out / "run_config.json").read_text())
     assert rc["config"].get("train_dtype", "float32") == dtype
     from safetensors.torch import load_file

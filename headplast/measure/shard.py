@@ -8,6 +8,7 @@ their cost, proportional to the layers replayed above the unit's layer times its
 
     torchrun --nproc-per-node 2 -m headplast measure RUN_DIR     # 2 CPU processes (gloo)
     torchrun --nproc-per-node 4 -m headplast measure RUN_DIR     # 4 GPUs (nccl), one each
+    accelerate launch --multi_gpu --num_processes 2 -m headplast measure RUN_DIR   # the same, by accelerate
 """
 
 from __future__ import annotations

@@ -65,7 +65,8 @@ def _make_trainer(model, args, ds, tok, callbacks=(), fused_clip: bool = False):
         def _clip_grad_norm(self, model):
             opt = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate wraps torch's
             params = [p for p in model.parameters() if p.requires_grad]
-            norm = clip_in_step(opt, params, self.args.max_grad_norm) if fused_clip else None
+            whole = not (self.is_deepspeed_enabled or self.is_fsdp_enabled)  # else each rank has a shard
+            norm = clip_in_step(opt, params, self.args.max_grad_norm) if fused_clip and whole else None
             return super()._clip_grad_norm(model) if norm is None else norm
 
         def compute_loss(self, model, inputs, *a, **kw):

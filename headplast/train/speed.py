@@ -80,7 +80,7 @@ def frozen_linears_in(model: nn.Module, dtype: torch.dtype):
 
 
 def grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
-    """The 2-norm of all gradients together (float64): one BLAS dot product per tensor."""
+    """The 2-norm of all gradients together: a BLAS dot product per tensor, summed in float64."""
     return torch.stack([torch.dot(g.reshape(-1), g.reshape(-1)).double() for g in grads]).sum().sqrt()
 
 
@@ -89,9 +89,10 @@ def clip_in_step(optimizer, params, max_norm: float) -> torch.Tensor | None:
     Adam/AdamW, which divides each gradient by `grad_scale` as it reads it: the same factor as
     torch.nn.utils.clip_grad_norm_ (max_norm / (norm + 1e-6), at most 1) without a pass over the
     gradients. Returns the norm before clipping; None for an optimizer that cannot (clip as usual)."""
-    if not getattr(optimizer, "_step_supports_amp_scaling", False):
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads or not getattr(optimizer, "_step_supports_amp_scaling", False):
         return None
-    norm = grad_norm([p.grad for p in params if p.grad is not None])
+    norm = grad_norm(grads)
     optimizer.grad_scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0).float()
     return norm.float()
 
