@@ -63,10 +63,10 @@ def _make_trainer(model, args, ds, tok, callbacks=(), fused_clip: bool = False):
         gradients are clipped inside the fused AdamW step (speed.clip_in_step)."""
 
         def _clip_grad_norm(self, model):
-            opt = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate wraps torch's
-            params = [p for p in model.parameters() if p.requires_grad]
-            whole = not (self.is_deepspeed_enabled or self.is_fsdp_enabled)  # else each rank has a shard
-            norm = clip_in_step(opt, params, self.args.max_grad_norm) if fused_clip and whole else None
+            norm = None
+            if fused_clip and not (self.is_deepspeed_enabled or self.is_fsdp_enabled):  # else gradients are sharded
+                opt = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate wraps torch's
+                norm = clip_in_step(opt, [p for p in model.parameters() if p.requires_grad], self.args.max_grad_norm)
             return super()._clip_grad_norm(model) if norm is None else norm
 
         def compute_loss(self, model, inputs, *a, **kw):
@@ -95,12 +95,11 @@ def fine_tune(model, tok, train_examples, cfg: TrainConfig, log_dir: str | None 
     if cfg.tune_allocator:
         tune_allocator()
     masks = numpy_dropout(model, cfg.seed) if cfg.dropout_masks == "numpy" else nullcontext()
-    bf16 = frozen_linears_in(model, torch.bfloat16) if cfg.train_dtype == "bfloat16" else nullcontext()
-    with tempfile.TemporaryDirectory() as tmp, masks, bf16:
+    bf16 = cfg.train_dtype == "bfloat16"
+    frozen = frozen_linears_in(model, torch.bfloat16) if bf16 else nullcontext()
+    with tempfile.TemporaryDirectory() as tmp, masks, frozen:
         # bf16 runs clip inside fused AdamW (same factor, rounded once more); float32 runs train as
         # they always did, so runs trained before these settings keep their results
-        trainer = _make_trainer(model, training_args(cfg, tmp, run_name), ds, tok, callbacks,
-                                fused_clip=cfg.train_dtype == "bfloat16")
-        result = trainer.train()
+        result = _make_trainer(model, training_args(cfg, tmp, run_name), ds, tok, callbacks, fused_clip=bf16).train()
     model.eval()
     return result
