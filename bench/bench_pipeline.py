@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
-import subprocess
 import sys
 import tempfile
-import time
+
+from benchlib import run_headplast  # bench/ is the script's folder
 
 
 def steps(a, root):
@@ -39,17 +38,6 @@ def steps(a, root):
     return out
 
 
-def run_step(args) -> tuple[float, float, int]:
-    """(seconds, peak RSS MiB, exit code) of one child process."""
-    env = {**os.environ, "TQDM_DISABLE": "1"}
-    t = time.perf_counter()
-    p = subprocess.Popen([sys.executable, "-m", "headplast", *args], env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(p.pid, 0)
-    secs = time.perf_counter() - t
-    return secs, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--task", default="RTE")
@@ -63,9 +51,10 @@ def main() -> None:
     rows, total = [], 0.0
     print(f"{'step':32s} {'wall s':>8s} {'peak RSS MiB':>13s}")
     for name, args in steps(a, root):
-        secs, mib, rc = run_step(args)
-        if rc:
-            sys.exit(f"step '{name}' failed ({rc})")
+        child = run_headplast(args)
+        secs, mib = child.seconds, child.peak_rss_mib
+        if child.exit_code:
+            sys.exit(f"step '{name}' failed ({child.exit_code}):\n{child.stderr}")
         total += secs
         rows.append({"step": name, "seconds": round(secs, 1), "peak_rss_mib": round(mib)})
         print(f"{name:32s} {secs:8.1f} {mib:13.0f}", flush=True)

@@ -23,6 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchlib import mean_sd  # noqa: E402  (bench/ is the script's folder)
+
 from headplast.errors import HeadplastError  # noqa: E402
 from headplast.measure.config import MeasureConfig  # noqa: E402
 from headplast.steps.runs import measurement_arrays  # noqa: E402
@@ -59,10 +61,6 @@ def lora_run(root: str, seed: int, by: str, src: Path) -> dict:
             "ranks": rc.get("rank_pattern", {}).get("ranks")}
 
 
-def _mean_sd(xs: list[float]) -> str:
-    return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs):.4f}" if len(xs) > 1 else f"{xs[0]:.4f}"
-
-
 def table(rows: list[dict]) -> list[str]:
     seeds = sorted({r["seed"] for r in rows})
     by = {(r["seed"], r["by"]): r for r in rows}
@@ -74,8 +72,8 @@ def table(rows: list[dict]) -> list[str]:
             continue
         vals = [r["metric"] for r in got]
         diff = [r["metric"] - by[(r["seed"], "uniform")]["metric"] for r in got if (r["seed"], "uniform") in by]
-        out.append(f"| {g} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {_mean_sd(vals)} | "
-                   + ("—" if g == "uniform" else _mean_sd(diff)) + f" | {got[0]['lora_params']:,} | "
+        out.append(f"| {g} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {mean_sd(vals)} | "
+                   + ("—" if g == "uniform" else mean_sd(diff)) + f" | {got[0]['lora_params']:,} | "
                    f"{min(r['rank_min'] for r in got)}–{max(r['rank_max'] for r in got)} | "
                    f"{statistics.mean(r['train_seconds'] for r in got):.1f} |")
     return out

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchlib import mean_sd, run_headplast  # bench/ is the script's folder
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -39,19 +39,16 @@ METHODS = {"fft": "FFT", "lora": "LoRA"}
 
 def train_run(root: Path, method: str, seed: int, flags: list[str], extra: list[str]) -> dict:
     """One `headplast train` process: its run_config.json figures and its peak RSS."""
-    args = [sys.executable, "-m", "headplast", "train", "--method", method, "--seed", str(seed),
-            "--output-root", str(root), *flags, *extra]
-    p = subprocess.Popen(args, env={**os.environ, "TQDM_DISABLE": "1"}, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(p.pid, 0)
-    if os.waitstatus_to_exitcode(status):
-        sys.exit(f"{' '.join(args[2:])} failed:\n{p.stderr.read()[-3000:]}")
+    args = ["train", "--method", method, "--seed", str(seed), "--output-root", str(root), *flags, *extra]
+    child = run_headplast(args)
+    if child.exit_code:
+        sys.exit(f"{' '.join(args)} failed:\n{child.stderr}")
     run = next(root.glob(f"{METHODS[method]}/*/seed{seed}" + ("_r*" if method == "lora" else "")))
     rc = json.loads((run / "run_config.json").read_text())
     examples = rc["data"]["train_size"] * rc["config"]["num_epochs"]
     return {"seed": seed, "method": method, "run": str(run), "train_seconds": rc["seconds"]["train"],
             "examples_per_s": examples / rc["seconds"]["train"], "train_steps": rc["train_steps"],
-            "peak_rss_mib": usage.ru_maxrss / 1024, "metric_name": rc["validation"]["theta1"]["metric_name"],
+            "peak_rss_mib": child.peak_rss_mib, "metric_name": rc["validation"]["theta1"]["metric_name"],
             "metric": rc["validation"]["theta1"]["metric"], "train_loss": rc["train_loss"],
             "train_dtype": rc["config"].get("train_dtype", "float32"),
             "dropout_masks": rc["config"].get("dropout_masks", "torch")}
@@ -79,10 +76,6 @@ def dtype_agreement(run: str, n: int) -> dict:
             "seconds_float32": ta, "seconds_bfloat16": tb}
 
 
-def _mean_sd(xs: list[float], fmt: str) -> str:
-    return (fmt.format(statistics.mean(xs)) + (" ± " + fmt.format(statistics.stdev(xs)) if len(xs) > 1 else ""))
-
-
 def table(rows: list[dict]) -> tuple[list[str], dict]:
     seeds = sorted({r["seed"] for r in rows})
     lines = ["| method | configuration | examples/s | train s | peak RSS MiB | validation "
@@ -94,11 +87,11 @@ def table(rows: list[dict]) -> tuple[list[str], dict]:
         if not all(got.values()):
             continue
         for c, rs in got.items():
-            lines.append(f"| {label} | {c} | {_mean_sd([r['examples_per_s'] for r in rs], '{:.1f}')} | "
-                         f"{_mean_sd([r['train_seconds'] for r in rs], '{:.1f}')} | "
+            lines.append(f"| {label} | {c} | {mean_sd([r['examples_per_s'] for r in rs], '{:.1f}')} | "
+                         f"{mean_sd([r['train_seconds'] for r in rs], '{:.1f}')} | "
                          f"{max(r['peak_rss_mib'] for r in rs):.0f} | "
                          + ", ".join(f"{r['metric']:.4f}" for r in rs)
-                         + f" | {_mean_sd([r['metric'] for r in rs], '{:.4f}')} |")
+                         + f" | {mean_sd([r['metric'] for r in rs], '{:.4f}')} |")
         speedup[label] = statistics.mean(r["examples_per_s"] for r in got["default"]) / \
             statistics.mean(r["examples_per_s"] for r in got["plain Trainer"])
     return lines, speedup
