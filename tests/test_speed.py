@@ -217,3 +217,69 @@ def test_run_trained_before_the_speed_settings_is_refused_with_the_flags_that_ke
     with pytest.raises(HeadplastError) as e:
         run_train(TrainConfig(method="fft", train_dtype="bfloat16", dropout_masks="numpy", **kw))
     assert "--train-dtype float32 --dropout-masks torch" in e.value.fix
+
+
+def _tiny_sentiment(n: int = 24):
+    from headplast.data.loaders import Examples
+
+    rng = np.random.default_rng(0)
+    words = ["good", "bad", "film", "plot", "dull", "fun", "great", "awful", "acting"]
+    return Examples(tuple((" ".join(rng.choice(words, 5)),) for _ in range(n)), rng.integers(0, 2, n), "train", "t")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ARCHS)
+def test_training_only_the_used_embedding_rows_gives_the_same_weights(arch, tmp_path, monkeypatch):
+    from headplast.arch.adapters import get_adapter
+    from headplast.train import fit
+    from tiny import tiny_tokenizer
+
+    tok, ex = tiny_tokenizer(tmp_path / "tok"), _tiny_sentiment()
+    cfg = TrainConfig(method="fft", seed=1, train_dtype="bfloat16", dropout_masks="numpy", num_epochs=2, batch_size=4,
+                      learning_rate=5e-3, weight_decay=0.1)
+    seen, real = [], speed.embedding_rows_in_use
+
+    def spy(model, ids):
+        seen.append(ids)
+        return real(model, ids)
+
+    def train(restrict: bool):
+        model = tiny_model(arch)
+        model, _ = fit.trainable_model(model, get_adapter(model), cfg)
+        monkeypatch.setattr(fit, "embedding_rows_in_use", spy if restrict else lambda m, ids: nullcontext())
+        steps = fit.fine_tune(model, tok, ex, cfg).global_step
+        emb = model.get_input_embeddings()
+        assert type(emb) is nn.Embedding  # the model's own module is back
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}, emb, steps
+
+    theta0 = tiny_model(arch).get_input_embeddings().weight.detach().clone()
+    ours, emb, steps = train(True)
+    ref, _, _ = train(False)
+    assert ours.keys() == ref.keys()
+    for k in ref:  # every weight, the embedding rows the data never used included, bit for bit
+        assert torch.equal(ours[k], ref[k]), k
+    used = torch.unique(seen[0])
+    unused = torch.ones(len(theta0), dtype=torch.bool)
+    unused[used] = False
+    assert 0 < len(used) < len(theta0) / 2 and steps == 12
+    # the unused rows moved (weight decay at each step) exactly as AdamW moved them
+    assert not torch.equal(emb.weight[unused], theta0[unused])
+
+
+def test_used_rows_refuse_an_optimizer_that_would_move_zero_gradient_rows():
+    emb = nn.Embedding(10, 4)
+    rows = speed.UsedRows(emb, torch.tensor([1, 3, 4]))
+    assert torch.equal(rows(torch.tensor([[3, 1]])), emb(torch.tensor([[3, 1]])))
+    with pytest.raises(IndexError):  # an id the data was not scanned for is refused, not read as another row
+        rows(torch.tensor([[2]]))
+    opt = torch.optim.AdamW(rows.parameters(), lr=0.1, weight_decay=0.5)
+    rows.record_step(opt)
+    assert rows.decay == [1 - 0.1 * 0.5]
+    with pytest.raises(RuntimeError, match="AdamW"):  # plain Adam puts weight decay into the moments
+        rows.record_step(torch.optim.Adam(rows.parameters(), weight_decay=0.5))
+    tied = nn.Module()
+    tied.emb, tied.head = emb, nn.Linear(4, 10, bias=False)
+    tied.head.weight = emb.weight
+    tied.get_input_embeddings = lambda: tied.emb
+    with speed.embedding_rows_in_use(tied, torch.tensor([1, 2])) as r:  # tied to an LM head: left whole
+        assert r is None and tied.emb is emb

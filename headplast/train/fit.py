@@ -9,12 +9,13 @@ from __future__ import annotations
 import tempfile
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 
 from headplast.arch.adapters import ArchAdapter
 from headplast.train.config import TrainConfig
 from headplast.train.lora import adapted_modules, make_lora_model, resolve_targets
-from headplast.train.speed import clip_in_step, frozen_linears_in, numpy_dropout, tune_allocator
+from headplast.train.speed import clip_in_step, embedding_rows_in_use, frozen_linears_in, numpy_dropout, tune_allocator
 
 
 class NonFiniteLoss(RuntimeError):
@@ -80,12 +81,30 @@ def _make_trainer(model, args, ds, tok, callbacks=(), fused_clip: bool = False):
                           data_collator=DataCollatorWithPadding(tok), processing_class=tok)
 
 
+def _decay_recorder(rows):
+    """A callback handing each optimizer step to rows.record_step (speed.UsedRows)."""
+    from transformers import TrainerCallback
+
+    class RecordDecay(TrainerCallback):
+        def on_optimizer_step(self, args, state, control, optimizer=None, **kw):
+            rows.record_step(optimizer)
+
+    return RecordDecay()
+
+
+def _token_ids(enc, tok) -> torch.Tensor:
+    """Every token id a training batch can hold: the examples' and the padding's."""
+    ids = [f["input_ids"] for f in enc.features] + [[tok.pad_token_id]]
+    return torch.as_tensor(np.concatenate(ids), dtype=torch.long)
+
+
 def fine_tune(model, tok, train_examples, cfg: TrainConfig, log_dir: str | None = None, run_name: str | None = None):
     """Train `model` in place on the examples; returns Trainer's TrainOutput. Raises NonFiniteLoss.
     With cfg.report_to set, training is logged there (tensorboard: event files in log_dir)."""
     from headplast.data.tokenize import as_hf_dataset, encode
 
-    ds = as_hf_dataset(encode(tok, train_examples, cfg.max_length))
+    enc = encode(tok, train_examples, cfg.max_length)
+    ds = as_hf_dataset(enc)
     callbacks = []
     if cfg.report_to == "tensorboard":
         from torch.utils.tensorboard import SummaryWriter
@@ -97,9 +116,12 @@ def fine_tune(model, tok, train_examples, cfg: TrainConfig, log_dir: str | None 
     masks = numpy_dropout(model, cfg.seed) if cfg.dropout_masks == "numpy" else nullcontext()
     bf16 = cfg.train_dtype == "bfloat16"
     frozen = frozen_linears_in(model, torch.bfloat16) if bf16 else nullcontext()
-    with tempfile.TemporaryDirectory() as tmp, masks, frozen:
-        # bf16 runs clip inside fused AdamW (same factor, rounded once more); float32 runs train as
-        # they always did, so runs trained before these settings keep their results
-        result = _make_trainer(model, training_args(cfg, tmp, run_name), ds, tok, callbacks, fused_clip=bf16).train()
+    # bf16 runs also clip inside fused AdamW (same factor, rounded once more) and train only the
+    # embedding rows the data uses (the clipping norm summed without the zeros); float32 runs
+    # train as they always did, so runs trained before these settings keep their results
+    used = embedding_rows_in_use(model, _token_ids(enc, tok)) if bf16 else nullcontext()
+    with tempfile.TemporaryDirectory() as tmp, masks, frozen, used as rows:
+        cbs = [*callbacks, _decay_recorder(rows)] if rows is not None else callbacks
+        result = _make_trainer(model, training_args(cfg, tmp, run_name), ds, tok, cbs, fused_clip=bf16).train()
     model.eval()
     return result
