@@ -168,3 +168,26 @@ def test_vector_figures(runs, fmt, magic):
             assert data.startswith(magic) and b"panels=" in data and not (d / f"{n}.png").exists()
     rec = json.loads((runs / "FFT/RTE/seed1/.steps/analyse.json").read_text())
     assert f"fig_stats.{fmt}" in rec["outputs"] and "fig_stats.png" not in rec["outputs"]
+
+
+def test_undefined_statistics_read_back_as_nan_in_plot_and_report(tmp_path, capsys):
+    from headplast.measure import registry
+    from headplast.store import records
+    from headplast.store.io import atomic_write_jsonl
+
+    d = make_run(tmp_path, "FFT", 1)
+    # every head updated alike: rank correlations with U are undefined (NaN), stored as null
+    m = next(m for m in registry.required() if "U" in m.fields)
+    rows = [json.loads(line) for line in (d / m.file).read_text().splitlines()]
+    atomic_write_jsonl(d / m.file, [{**r, "U": 0.01} for r in rows])
+    records.write_record(d, m.name, "synthetic", m.outputs)
+    plot = ["plot", "--task", "RTE", "--seed", "1", "--method-label", "FFT", "--output-root", str(tmp_path), *FAST]
+    assert main(plot) == 0
+    st = json.loads((d / "stats.json").read_text())
+    assert st["pairs"]["I_pre~U"]["spearman"] is None and "ci95" not in st["pairs"]["I_pre~U"]
+    assert st["run"]["r"] is None  # a null that is not a number stays None
+    capsys.readouterr()
+    assert main(plot) == 0  # skipped: its summary line is read back from stats.json
+    assert "rho(I_pre, U) = nan, 95% CI [nan, nan] (constant or too few values)" in capsys.readouterr().out
+    assert main(["report", "--output-root", str(tmp_path)]) == 0
+    assert "rho(I_pre, U) = nan, 95% CI [nan, nan] (constant or too few values)" in (tmp_path / "report.html").read_text()

@@ -17,6 +17,7 @@ import pandas as pd
 
 from headplast.report.headline import answer_lines
 from headplast.report.html_figures import heatmaps, side_by_side_scatter
+from headplast.report.lines import rho_line
 
 RELIABILITY_BAR = 0.8  # below this a correlation with the measure is mostly noise
 CASE_NAMES = {"important_but_static": "important-but-static", "plastic_but_unimportant": "plastic-but-unimportant",
@@ -133,7 +134,7 @@ def render(data: dict) -> str:
         root=data["root"], generated=data["generated"], version=data["version"], compares=compares,
         aggregates=[aggregate_view(m) for m in data["aggregates"]],
         ranks=[{"where": w, **table_view(df)} for w, df in data["ranks"]],
-        other_runs=[{"key": k, "label": r["rc"]["label"], "stats": r["stats"]} for k, r in data["runs"].items()
+        other_runs=[{"key": k, "label": r["rc"]["label"], "rho": rho_line(r["stats"])} for k, r in data["runs"].items()
                     if k not in compared],
         provenance=[provenance_view(k, r) for k, r in data["runs"].items()], **_assets())
     return page

@@ -16,7 +16,8 @@ def rho_line(stats: dict, pair: str = "I_pre~U") -> str:
     p = stats["pairs"].get(pair, {})
     lo, hi = p.get("ci95") or [math.nan, math.nan]
     x, y = pair.split("~")
-    return f"rho({x}, {y}) = {p.get('spearman', math.nan):.3f}, 95% CI [{lo:.3f}, {hi:.3f}]"
+    note = f" ({p['note']})" if p.get("note") else ""
+    return f"rho({x}, {y}) = {p.get('spearman', math.nan):.3f}, 95% CI [{lo:.3f}, {hi:.3f}]{note}"
 
 
 def report_line(path) -> str:

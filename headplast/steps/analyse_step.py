@@ -11,7 +11,7 @@ from headplast.measure import registry
 from headplast.plotting.run_plots import run_figures
 from headplast.report.lines import rho_line
 from headplast.steps.outcome import Outcome, recorded_step
-from headplast.steps.runs import input_hashes, load_heads, load_per_example, run_info
+from headplast.steps.runs import input_hashes, load_heads, load_per_example, read_stats, run_info
 from headplast.steps.tracking import log_summary
 from headplast.store import layout, records
 from headplast.store.io import atomic_write_json, atomic_write_text, read_json
@@ -29,7 +29,7 @@ def run_analyse(run_dir: str | Path, cfg: AnalysisConfig = AnalysisConfig(), for
     d = Path(run_dir)
     key = analyse_key(d, cfg)
     return recorded_step(d, "analyse", key, outputs(cfg), lambda: write_analysis(d, cfg), force,
-                         lambda: rho_line(read_json(d / layout.STATS)))
+                         lambda: rho_line(read_stats(d)))
 
 
 def write_analysis(d: Path, cfg: AnalysisConfig) -> None:

@@ -14,6 +14,7 @@ from headplast.errors import HeadplastError
 from headplast.options import option, validate
 from headplast.store import layout, records
 from headplast.steps.outcome import Outcome, recorded_step
+from headplast.steps.runs import read_stats
 from headplast.store.io import atomic_write_text, file_sha256, read_json
 
 REPORT = "report.html"
@@ -39,7 +40,7 @@ def _run(d: Path) -> dict:
     """A plotted run, its files checked against the record of the step that wrote them."""
     records.verify(d, "analyse", _fix(d))
     meta = d / layout.MEASURE_META
-    return {"rc": read_json(d / layout.RUN_CONFIG), "stats": read_json(d / layout.STATS),
+    return {"rc": read_json(d / layout.RUN_CONFIG), "stats": read_stats(d),
             "cases": read_json(d / layout.CASES), "heads": pd.read_csv(d / layout.HEADS_CSV),
             "measure": read_json(meta) if meta.exists() else {}}
 

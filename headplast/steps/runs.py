@@ -12,7 +12,7 @@ import pandas as pd
 from headplast.errors import HeadplastError
 from headplast.measure import registry
 from headplast.store import layout, records
-from headplast.store.io import file_sha256, read_json, read_jsonl
+from headplast.store.io import file_sha256, nulls_as_nan, read_json, read_jsonl
 
 
 def measure_cmd(run_dir: Path, force: bool = False) -> str:
@@ -90,6 +90,13 @@ def verified_measurements(run_dir: str | Path) -> dict[str, dict]:
                                  measure_cmd(d))
         out[m.name] = records.verify(d, m.name, measure_cmd(d, force=True))
     return out
+
+
+def read_stats(run_dir: str | Path) -> dict:
+    """A run's stats.json with its undefined statistics (a correlation of constant scores, a CI
+    of too few examples: NaN, written as null) read back as NaN, which formats and plots as such."""
+    st = read_json(Path(run_dir) / layout.STATS, "statistics", f"re-run `headplast plot {run_dir} --force`")
+    return {**st, **{k: nulls_as_nan(st[k]) for k in ("pairs", "reliability") if k in st}}
 
 
 def load_heads(run_dir: str | Path) -> pd.DataFrame:

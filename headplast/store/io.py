@@ -98,6 +98,18 @@ def _clean(obj):
     return obj
 
 
+def nulls_as_nan(obj):
+    """The inverse of _clean for numbers: every null in `obj` read back as NaN (for sections of
+    a file that hold only numbers, where null can only be a NaN that was written)."""
+    if obj is None:
+        return math.nan
+    if isinstance(obj, dict):
+        return {k: nulls_as_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [nulls_as_nan(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: str | Path, obj) -> None:
     atomic_write_text(path, json.dumps(_clean(obj), indent=2, sort_keys=False) + "\n")
 
