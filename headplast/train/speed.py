@@ -15,10 +15,11 @@ Trainer spent its time:
   embedding gradients, which it sums in fp32) and a pass rescaling every gradient (6 ms); BLAS
   dot products summed in float64 take 3 ms, and fused AdamW divides each gradient by the clip
   factor as it reads it (the hook torch's GradScaler uses), so no pass rescales them;
-- the word embedding: full fine-tuning of MiniLM-L6 gives AdamW 30,522 vocabulary rows (half the
-  model) to update every step, though SST-2's training set looks up about 9,000 of them; training
-  those rows as their own smaller embedding, the others only decayed as AdamW decays a row whose
-  gradient is always zero, gives the same weights for a third less optimizer time;
+- the word embedding: full fine-tuning of MiniLM-L6 gives AdamW 30,522 vocabulary rows (half
+  the model) to update every step, though SST-2's 8,000 training sentences look up 8,589 of
+  them; training those rows as their own smaller embedding, the others only decayed as AdamW
+  decays a row whose gradient is always zero, gives the same weights for a third less optimizer
+  time;
 - page faults: glibc returns every freed block over 32 MB (e.g. the embedding gradient) to the
   OS and faults it in again at the next step; a higher mmap/trim threshold keeps it.
 """
