@@ -283,3 +283,16 @@ def test_used_rows_refuse_an_optimizer_that_would_move_zero_gradient_rows():
     tied.get_input_embeddings = lambda: tied.emb
     with speed.embedding_rows_in_use(tied, torch.tensor([1, 2])) as r:  # tied to an LM head: left whole
         assert r is None and tied.emb is emb
+
+
+def test_only_torch_adamw_on_whole_parameters_trains_the_used_rows():
+    from types import SimpleNamespace
+
+    from headplast.train.fit import _torch_adamw
+
+    def trainer(optim, deepspeed=False, fsdp=False):
+        return SimpleNamespace(args=SimpleNamespace(optim=optim), is_deepspeed_enabled=deepspeed, is_fsdp_enabled=fsdp)
+
+    assert _torch_adamw(trainer("adamw_torch_fused")) and _torch_adamw(trainer("adamw_torch"))
+    assert not _torch_adamw(trainer("adafactor")) and not _torch_adamw(trainer("adamw_torch", deepspeed=True))
+    assert not _torch_adamw(trainer("adamw_torch_fused", fsdp=True))

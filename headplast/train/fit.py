@@ -92,6 +92,12 @@ def _decay_recorder(rows):
     return RecordDecay()
 
 
+def _torch_adamw(trainer) -> bool:
+    """Whether training steps with torch's AdamW on whole parameters (not sharded by DeepSpeed or FSDP)."""
+    return trainer.args.optim in ("adamw_torch", "adamw_torch_fused") and \
+        not (trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled)
+
+
 def _token_ids(enc, tok) -> torch.Tensor:
     """Every token id a training batch can hold: the examples' and the padding's."""
     ids = [f["input_ids"] for f in enc.features] + [[tok.pad_token_id]]
@@ -116,12 +122,15 @@ def fine_tune(model, tok, train_examples, cfg: TrainConfig, log_dir: str | None 
     masks = numpy_dropout(model, cfg.seed) if cfg.dropout_masks == "numpy" else nullcontext()
     bf16 = cfg.train_dtype == "bfloat16"
     frozen = frozen_linears_in(model, torch.bfloat16) if bf16 else nullcontext()
-    # bf16 runs also clip inside fused AdamW (same factor, rounded once more) and train only the
-    # embedding rows the data uses (the clipping norm summed without the zeros); float32 runs
-    # train as they always did, so runs trained before these settings keep their results
-    used = embedding_rows_in_use(model, _token_ids(enc, tok)) if bf16 else nullcontext()
-    with tempfile.TemporaryDirectory() as tmp, masks, frozen, used as rows:
-        cbs = [*callbacks, _decay_recorder(rows)] if rows is not None else callbacks
-        result = _make_trainer(model, training_args(cfg, tmp, run_name), ds, tok, cbs, fused_clip=bf16).train()
+    with tempfile.TemporaryDirectory() as tmp, masks, frozen:
+        # bf16 runs also clip inside fused AdamW (same factor, rounded once more) and train only the
+        # embedding rows the data uses (the clipping norm summed without the zeros); float32 runs
+        # train as they always did, so runs trained before these settings keep their results
+        trainer = _make_trainer(model, training_args(cfg, tmp, run_name), ds, tok, callbacks, fused_clip=bf16)
+        used = embedding_rows_in_use(model, _token_ids(enc, tok)) if bf16 and _torch_adamw(trainer) else nullcontext()
+        with used as rows:  # the optimizer is built in train(), from the model as it is then
+            if rows is not None:
+                trainer.add_callback(_decay_recorder(rows))
+            result = trainer.train()
     model.eval()
     return result

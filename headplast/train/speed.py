@@ -96,10 +96,10 @@ class UsedRows(nn.Module):
         lookup[used] = torch.arange(len(used), device=lookup.device)
         self.register_buffer("lookup", lookup, persistent=False)
         pad = -1 if full.padding_idx is None else int(lookup[full.padding_idx])
-        self.rows = nn.Embedding(len(used), full.embedding_dim, padding_idx=pad if pad >= 0 else None,
-                                 device=full.weight.device, dtype=full.weight.dtype)
-        with torch.no_grad():
-            self.rows.weight.copy_(full.weight[used])
+        # from the rows themselves: a fresh nn.Embedding would draw its init from torch's generator,
+        # which Trainer has seeded (data order) by the time the model is set up for training
+        self.rows = nn.Embedding.from_pretrained(full.weight.detach()[used].clone(), freeze=False,
+                                                 padding_idx=pad if pad >= 0 else None)
         self.decay: list[float] = []
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # [B, T] vocabulary ids -> [B, T, H]
