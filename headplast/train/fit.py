@@ -15,7 +15,8 @@ import torch
 from headplast.arch.adapters import ArchAdapter
 from headplast.train.config import TrainConfig
 from headplast.train.lora import adapted_modules, make_lora_model, resolve_targets
-from headplast.train.speed import clip_in_step, embedding_rows_in_use, frozen_linears_in, numpy_dropout, tune_allocator
+from headplast.train.speed import (clip_in_step, embedding_rows_in_use, frozen_linears_in, numpy_dropout, torch_optimizer,
+                                   tune_allocator)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -65,9 +66,9 @@ def _make_trainer(model, args, ds, tok, callbacks=(), fused_clip: bool = False):
 
         def _clip_grad_norm(self, model):
             norm = None
-            if fused_clip and not (self.is_deepspeed_enabled or self.is_fsdp_enabled):  # else gradients are sharded
-                opt = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate wraps torch's
-                norm = clip_in_step(opt, [p for p in model.parameters() if p.requires_grad], self.args.max_grad_norm)
+            if fused_clip and _whole_parameters(self):
+                params = [p for p in model.parameters() if p.requires_grad]
+                norm = clip_in_step(torch_optimizer(self.optimizer), params, self.args.max_grad_norm)
             return super()._clip_grad_norm(model) if norm is None else norm
 
         def compute_loss(self, model, inputs, *a, **kw):
@@ -92,10 +93,14 @@ def _decay_recorder(rows):
     return RecordDecay()
 
 
+def _whole_parameters(trainer) -> bool:
+    """Whether each process holds whole parameters and gradients (not sharded by DeepSpeed or FSDP)."""
+    return not (trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled)
+
+
 def _torch_adamw(trainer) -> bool:
-    """Whether training steps with torch's AdamW on whole parameters (not sharded by DeepSpeed or FSDP)."""
-    return trainer.args.optim in ("adamw_torch", "adamw_torch_fused") and \
-        not (trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled)
+    """Whether training steps with torch's AdamW on whole parameters."""
+    return trainer.args.optim in ("adamw_torch", "adamw_torch_fused") and _whole_parameters(trainer)
 
 
 def _token_ids(enc, tok) -> torch.Tensor:

@@ -84,6 +84,11 @@ def frozen_linears_in(model: nn.Module, dtype: torch.dtype):
             p.data = data
 
 
+def torch_optimizer(optimizer):
+    """torch's optimizer inside the one Trainer steps (accelerate wraps it)."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
 class UsedRows(nn.Module):
     """The rows of an embedding that a training set looks up, trained as a smaller embedding.
     Vocabulary ids are mapped to rows through `lookup` (-1 for an id the data never uses, which
@@ -108,7 +113,7 @@ class UsedRows(nn.Module):
     def record_step(self, optimizer) -> None:
         """After each optimizer step: the weight-decay factor that step gave these rows. Only
         AdamW: its update of a row with zero gradient and zero moments is exactly this factor."""
-        opt = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps torch's
+        opt = torch_optimizer(optimizer)
         if not isinstance(opt, torch.optim.AdamW):
             raise RuntimeError(f"UsedRows needs torch.optim.AdamW, got {type(opt).__name__}")
         group = next(g for g in opt.param_groups if any(p is self.rows.weight for p in g["params"]))
