@@ -3,9 +3,10 @@
 For each seed and method (FFT, LoRA), trains the default experiment twice on the same data
 and steps, each run its own `headplast train` process (so each peak RSS is its own):
 - plain Trainer: what headplast trained with before (fp32, torch's dropout masks, glibc's
-  default allocator; batches of similar length, as before);
+  default allocator, the whole last layer; batches of similar length, as before);
 - default: today's defaults (bf16 autocast where the CPU has native bf16, numpy dropout
-  masks, allocator keeping freed memory; headplast/train/speed.py).
+  masks, allocator keeping freed memory, the last layer past attention on token 0 only;
+  headplast/train/speed.py).
 Both share one theta0 (built once). Reports examples/s, training seconds, peak RSS and the
 final validation metric per run; then, on the default FFT run, how importance measured in
 bfloat16 agrees with float32 (Spearman over heads, largest absolute difference, time).
@@ -32,7 +33,8 @@ from benchlib import mean_sd, run_headplast  # bench/ is the script's folder
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-CONFIGS = {"plain Trainer": ["--train-dtype", "float32", "--dropout-masks", "torch", "--no-tune-allocator"],
+CONFIGS = {"plain Trainer": ["--train-dtype", "float32", "--dropout-masks", "torch", "--no-tune-allocator",
+                             "--no-last-layer-token0"],
            "default": []}
 METHODS = {"fft": "FFT", "lora": "LoRA"}
 
@@ -51,7 +53,8 @@ def train_run(root: Path, method: str, seed: int, flags: list[str], extra: list[
             "peak_rss_mib": child.peak_rss_mib, "metric_name": rc["validation"]["theta1"]["metric_name"],
             "metric": rc["validation"]["theta1"]["metric"], "train_loss": rc["train_loss"],
             "train_dtype": rc["config"].get("train_dtype", "float32"),
-            "dropout_masks": rc["config"].get("dropout_masks", "torch")}
+            "dropout_masks": rc["config"].get("dropout_masks", "torch"),
+            "last_layer_token0": rc["config"].get("last_layer_token0", False)}
 
 
 def dtype_agreement(run: str, n: int) -> dict:

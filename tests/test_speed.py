@@ -17,7 +17,7 @@ from headplast.train import recipes, speed
 from headplast.train.config import TrainConfig
 from headplast.train.speed import (ATTENTION, NumpyDropout, clip_in_step, frozen_linears_in, grad_norm, numpy_dropout,
                                   sdpa_numpy_dropout)
-from tiny import ARCHS, tiny_model, tiny_run_kwargs
+from tiny import ALL_ARCHS, ARCHS, tiny_model, tiny_run_kwargs
 
 
 def _reference_keep(seed: int, p: float, n: int, skip: int = 0) -> np.ndarray:
@@ -296,3 +296,61 @@ def test_only_torch_adamw_on_whole_parameters_trains_the_used_rows():
     assert _torch_adamw(trainer("adamw_torch_fused")) and _torch_adamw(trainer("adamw_torch"))
     assert not _torch_adamw(trainer("adafactor")) and not _torch_adamw(trainer("adamw_torch", deepspeed=True))
     assert not _torch_adamw(trainer("adamw_torch_fused", fsdp=True))
+
+
+def _loss_and_grads(model, batch, labels):
+    model.zero_grad(set_to_none=True)
+    out = model(**batch, labels=labels)
+    out.loss.backward()
+    return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("method", ["fft", "lora"])
+@pytest.mark.parametrize("arch", ALL_ARCHS)
+def test_last_layer_on_token0_gives_the_same_logits_and_gradients(arch, method):
+    """The task head reads token 0: cutting the last layer's O and post-attention norm to it
+    changes no logit and no gradient (dropout off), and that layer's FFN then sees one token."""
+    from headplast.arch.adapters import get_adapter
+    from headplast.train.fit import trainable_model
+
+    torch.manual_seed(0)
+    model = tiny_model(arch, layers=3 if arch.endswith("conv") else 2)
+    adapter = get_adapter(model)
+    model, _ = trainable_model(model, adapter, TrainConfig(method=method, lora_r=2, seed=1))
+    model.eval()  # no dropout: both ways draw the same (no) masks
+    with torch.no_grad():  # LoRA's B starts at zero: give it values so its gradients flow everywhere
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    ids = torch.randint(5, 60, (3, 7))
+    mask = torch.ones_like(ids)
+    mask[0, 4:], mask[2, 6:] = 0, 0  # padded examples
+    batch, labels = {"input_ids": ids, "attention_mask": mask}, torch.tensor([0, 1, 1])
+    ref_logits, ref = _loss_and_grads(model, batch, labels)
+    last = adapter.layer_modules(model)[-1]
+    ffn_out = [m for n, m in last.named_modules() if n == adapter.ffn[-1]][0]
+    seen = []
+    probe = ffn_out.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[1]))
+    with speed.last_layer_token0(model, adapter) as applied:
+        logits, grads = _loss_and_grads(model, batch, labels)
+    assert applied and seen == [1]
+    assert torch.allclose(logits, ref_logits, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == ref.keys() and len(grads) > 2
+    for n in ref:
+        assert torch.allclose(grads[n], ref[n], rtol=1e-4, atol=1e-6), n
+    seen.clear()
+    _loss_and_grads(model, batch, labels)
+    probe.remove()
+    assert seen == [7]  # hooks removed: the whole sequence again
+
+
+def test_last_layer_on_token0_is_skipped_where_the_encoder_mixes_into_that_layer():
+    """DeBERTa-v2's conv mixes the embeddings into layer 0's output: a one-layer model keeps
+    its whole last layer."""
+    from headplast.arch.adapters import get_adapter
+
+    model = tiny_model("deberta-v2:conv", layers=1)
+    with speed.last_layer_token0(model, get_adapter(model)) as applied:
+        assert not applied
+    assert TrainConfig().last_layer_token0 and "last_layer_token0" not in \
+        TrainConfig(last_layer_token0=False).run_fields()  # runs trained before it keep their identity

@@ -73,6 +73,9 @@ class ArchAdapter:
     # paths from a layer to other modules whose rows belong to heads (not part of Q/K/V/O, so
     # not in U, the gradient scores or LoRA's default targets; listed in measure_meta.json)
     other_head_modules: tuple[str, ...] = ()
+    # path from a layer to the LayerNorm that takes O's output plus the residual (post-LN
+    # families): with it, training runs the last layer's O and FFN for token 0 only
+    post_attention_norm: str | None = None
 
     # --- shape -------------------------------------------------------------
     def num_layers(self, config) -> int:
@@ -113,6 +116,16 @@ class ArchAdapter:
         return [n for l in range(self.num_layers(model.config)) for p in self.other_head_modules
                 if (n := f"{self.base}.{self.layers}.{l}.{p}") in names]
 
+    def last_layer_token0_inputs(self, model) -> tuple[nn.Module, nn.Module] | None:
+        """The last layer's O and post-attention LayerNorm: cut to token 0 at their inputs, the
+        layer computes only what the task head reads. None where that is not exact: no
+        post-attention norm declared, or the encoder mixes something into that layer's output."""
+        last = self.num_layers(model.config) - 1
+        if self.post_attention_norm is None or (self.after_layer and self.after_layer(model, last)):
+            return None
+        layer = self.layer_modules(model)[last]
+        return _get(layer, self.qkvo[3]), _get(layer, self.post_attention_norm)
+
     def reuses_projections(self, config) -> bool:
         return bool(self.reuses_projections_fn and self.reuses_projections_fn(config))
 
@@ -131,6 +144,7 @@ def _get(obj, path: str):
 
 _BERT_QKVO = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense")
 _BERT_FFN = ("intermediate.dense", "output.dense")
+_BERT_NORM = "attention.output.LayerNorm"
 
 _ADAPTERS: dict[str, ArchAdapter] = {}
 
@@ -141,11 +155,12 @@ def register(adapter: ArchAdapter) -> ArchAdapter:
 
 
 register(ArchAdapter("bert", "bert", "encoder.layer", _BERT_QKVO, _BERT_FFN,
-                     ("bert.pooler", "classifier"), _pooler_then_classifier("bert.pooler")))
+                     ("bert.pooler", "classifier"), _pooler_then_classifier("bert.pooler"),
+                     post_attention_norm=_BERT_NORM))
 register(ArchAdapter("roberta", "roberta", "encoder.layer", _BERT_QKVO, _BERT_FFN,
-                     ("classifier",), _classifier_on_seq))
+                     ("classifier",), _classifier_on_seq, post_attention_norm=_BERT_NORM))
 register(ArchAdapter("electra", "electra", "encoder.layer", _BERT_QKVO, _BERT_FFN,
-                     ("classifier",), _classifier_on_seq))
+                     ("classifier",), _classifier_on_seq, post_attention_norm=_BERT_NORM))
 register(ArchAdapter("deberta-v2", "deberta", "encoder.layer",
                      ("attention.self.query_proj", "attention.self.key_proj",
                       "attention.self.value_proj", "attention.output.dense"), _BERT_FFN,
@@ -153,14 +168,17 @@ register(ArchAdapter("deberta-v2", "deberta", "encoder.layer",
                      shared_layer_args=("relative_pos", "rel_embeddings"), after_layer=_deberta_after_layer,
                      reuses_projections_fn=_deberta_reuses_projections,
                      # share_att_key=False: separate projections of the relative positions, per head
-                     other_head_modules=("attention.self.pos_key_proj", "attention.self.pos_query_proj")))
+                     other_head_modules=("attention.self.pos_key_proj", "attention.self.pos_query_proj"),
+                     post_attention_norm=_BERT_NORM))
 register(ArchAdapter("distilbert", "distilbert", "transformer.layer",
                      ("attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin"),
                      ("ffn.lin1", "ffn.lin2"), ("pre_classifier", "classifier"), _distilbert_head,
-                     n_layers_attr="n_layers", n_heads_attr="n_heads", hidden_attr="dim"))
+                     n_layers_attr="n_layers", n_heads_attr="n_heads", hidden_attr="dim",
+                     post_attention_norm="sa_layer_norm"))
 register(ArchAdapter("mpnet", "mpnet", "encoder.layer",
                      ("attention.attn.q", "attention.attn.k", "attention.attn.v", "attention.attn.o"),
-                     _BERT_FFN, ("classifier",), _classifier_on_seq, returns_tuple=True))
+                     _BERT_FFN, ("classifier",), _classifier_on_seq, returns_tuple=True,
+                     post_attention_norm="attention.LayerNorm"))
 
 
 def supported_model_types() -> list[str]:

@@ -19,7 +19,7 @@ from headplast.train.speed import DROPOUT_MASKS, TRAIN_DTYPES
 METHODS = ("fft", "lora")
 TRACKERS = ("none", "tensorboard", "wandb", "mlflow")
 # what training did before these fields existed: runs with these values keep their keys
-LEGACY = {"train_dtype": "float32", "dropout_masks": "torch"}
+LEGACY = {"train_dtype": "float32", "dropout_masks": "torch", "last_layer_token0": False}
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 
@@ -67,6 +67,9 @@ class TrainConfig:
     dropout_masks: str | None = option(None, "generator of dropout masks in training: numpy (SFC64, about 10x "
                                        "faster per mask on CPU) or torch. Default: numpy on CPU, torch on GPU",
                                        choices=DROPOUT_MASKS)
+    last_layer_token0: bool = option(True, "train with the last layer's O, FFN and norms computed for token 0 only, "
+                                     "the one the task head reads: the same logits and gradients for less work "
+                                     "(dropout masks there are drawn for token 0 only)")
     tune_allocator: bool = option(True, "keep freed memory for reuse (glibc): no page faults per step, "
                                   "results unchanged")
     max_train_samples: int | None = option(None, "train on a fixed random subset of this size (default: SST-2 "

@@ -12,11 +12,11 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from headplast.arch.adapters import ArchAdapter
+from headplast.arch.adapters import ArchAdapter, get_adapter
 from headplast.train.config import TrainConfig
 from headplast.train.lora import adapted_modules, make_lora_model, resolve_targets
-from headplast.train.speed import (clip_in_step, embedding_rows_in_use, frozen_linears_in, numpy_dropout, torch_optimizer,
-                                   tune_allocator)
+from headplast.train.speed import (clip_in_step, embedding_rows_in_use, frozen_linears_in, last_layer_token0,
+                                   numpy_dropout, torch_optimizer, tune_allocator)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -127,7 +127,8 @@ def fine_tune(model, tok, train_examples, cfg: TrainConfig, log_dir: str | None 
     masks = numpy_dropout(model, cfg.seed) if cfg.dropout_masks == "numpy" else nullcontext()
     bf16 = cfg.train_dtype == "bfloat16"
     frozen = frozen_linears_in(model, torch.bfloat16) if bf16 else nullcontext()
-    with tempfile.TemporaryDirectory() as tmp, masks, frozen:
+    token0 = last_layer_token0(model, get_adapter(model)) if cfg.last_layer_token0 else nullcontext()
+    with tempfile.TemporaryDirectory() as tmp, masks, frozen, token0:
         # bf16 runs also clip inside fused AdamW (same factor, rounded once more) and train only the
         # embedding rows the data uses (the clipping norm summed without the zeros); float32 runs
         # train as they always did, so runs trained before these settings keep their results

@@ -20,6 +20,10 @@ Trainer spent its time:
   them; training those rows as their own smaller embedding, the others only decayed as AdamW
   decays a row whose gradient is always zero, gives the same weights for a third less optimizer
   time;
+- the last layer's work past attention: the task head reads token 0 only, so that layer's O,
+  residual, LayerNorms and FFN are needed for token 0 alone (keys and values still see every
+  token); cutting their inputs to token 0 gives the same logits and gradients for about 1/T of
+  that work (what the ablation engine already does, measure/fastpath.py);
 - page faults: glibc returns every freed block over 32 MB (e.g. the embedding gradient) to the
   OS and faults it in again at the next step; a higher mmap/trim threshold keeps it.
 """
@@ -82,6 +86,28 @@ def frozen_linears_in(model: nn.Module, dtype: torch.dtype):
     finally:
         for p, data in saved:
             p.data = data
+
+
+def _token0(module, args):
+    """Forward pre-hook: the first input [B, T, D] cut to [B, 1, D]. Contiguous: LoRA's products
+    on the strided view made short batches slower."""
+    return (args[0][:, :1].contiguous(), *args[1:])
+
+
+@contextmanager
+def last_layer_token0(model: nn.Module, adapter):
+    """While training: the last layer's O projection and post-attention LayerNorm see token 0
+    only, so it computes O, its dropout, the residual, the FFN and both norms for that token (the
+    only one the task head reads: ArchAdapter.head_fn); queries, keys and values still see every
+    token. Same logits and gradients; dropout masks there are drawn for token 0 only. Yields
+    whether the family allows it (ArchAdapter.last_layer_token0_inputs)."""
+    modules = adapter.last_layer_token0_inputs(model)
+    hooks = [m.register_forward_pre_hook(_token0) for m in modules or ()]
+    try:
+        yield bool(hooks)
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def torch_optimizer(optimizer):
