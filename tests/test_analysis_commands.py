@@ -191,3 +191,23 @@ def test_undefined_statistics_read_back_as_nan_in_plot_and_report(tmp_path, caps
     assert "rho(I_pre, U) = nan, 95% CI [nan, nan] (constant or too few values)" in capsys.readouterr().out
     assert main(["report", "--output-root", str(tmp_path)]) == 0
     assert "rho(I_pre, U) = nan, 95% CI [nan, nan] (constant or too few values)" in (tmp_path / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_report_shows_an_aggregate_over_one_seed_without_a_ci(tmp_path):
+    """A method left with one seed (the other collapsed) has no CI: NaN in the aggregate, written
+    as null; the report reads it back as NaN and says so instead of failing to format it."""
+    for label, seed, collapsed in (("FFT", 1, False), ("FFT", 2, False), ("LoRA_r8", 1, False), ("LoRA_r8", 2, True)):
+        make_run(tmp_path, label, seed, collapsed=collapsed)
+        assert main(["plot", "--task", "RTE", "--seed", str(seed), "--method-label", label,
+                     "--output-root", str(tmp_path), *FAST]) == 0
+    assert main(["aggregate", "--methods", "FFT", "LoRA_r8", "--seeds", "1", "2", "--output-root", str(tmp_path),
+                 *FAST]) == 0
+    m = json.loads((tmp_path / "MULTI_SEED" / "aggregate_metrics.json").read_text())
+    one = m["per_method"]["LoRA_r8"]["rho(I_pre,U)"]
+    assert one["n"] == 1 and one["ci95"] == [None, None]
+    assert main(["report", "--output-root", str(tmp_path)]) == 0
+    html = (tmp_path / "report.html").read_text()
+    assert f"{one['mean']:+.3f} (no CI) (n=1)" in html
+    two = m["per_method"]["FFT"]["rho(I_pre,U)"]
+    assert f"{two['mean']:+.3f} [{two['ci95'][0]:+.3f}, {two['ci95'][1]:+.3f}] (n=2)" in html

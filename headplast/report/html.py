@@ -93,6 +93,13 @@ def compare_view(compare: dict, runs: dict, n: int) -> dict:
             "table": heads_table(dfs, compare, runs), "table_id": f"heads-{n}", "n_heads": m["n_heads"]}
 
 
+def _mean_ci_cell(v: dict) -> str:
+    """'mean [95% CI] (n=...)'; a single seed (or none) has no interval."""
+    lo, hi = v["ci95"]
+    ci = f" [{lo:+.3f}, {hi:+.3f}]" if math.isfinite(lo) and math.isfinite(hi) else " (no CI)"
+    return f"{v['mean']:+.3f}{ci} (n={v['n']})"
+
+
 def aggregate_view(m: dict) -> dict:
     """Every Spearman correlation across seeds, per method: mean [95% CI] (n seeds)."""
     methods = [lab for lab in m["methods"] if m["per_method"].get(lab)]
@@ -102,7 +109,7 @@ def aggregate_view(m: dict) -> dict:
         cells = [s]
         for lab in methods:
             v = m["per_method"][lab].get(s)
-            cells.append("" if not v else f"{v['mean']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}] (n={v['n']})")
+            cells.append("" if not v else _mean_ci_cell(v))
         rows.append(cells)
     return {"task": m["task"], "seeds": m["seeds"], "columns": ["statistic", *methods], "rows": rows,
             "excluded": m.get("excluded_runs", [])}

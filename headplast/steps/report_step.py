@@ -14,7 +14,7 @@ from headplast.errors import HeadplastError
 from headplast.options import option, validate
 from headplast.store import layout, records
 from headplast.steps.outcome import Outcome, recorded_step
-from headplast.steps.runs import read_stats
+from headplast.steps.runs import read_aggregate, read_stats
 from headplast.store.io import atomic_write_text, file_sha256, read_json
 
 REPORT = "report.html"
@@ -77,7 +77,7 @@ def collect(root: Path) -> dict:
                              "a run) with this --output-root first")
     return {"root": str(root), "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "version": __version__, "runs": runs, "compares": _compares(root, runs),
-            "aggregates": [json.loads(f.read_text()) for f in sorted(root.glob("MULTI_SEED/**/aggregate_metrics.json"))],
+            "aggregates": [read_aggregate(f) for f in sorted(root.glob("MULTI_SEED/**/aggregate_metrics.json"))],
             "ranks": [(str(f.parent.relative_to(root)), pd.read_csv(f))
                       for f in sorted(root.glob("RANK_COMPARISON/**/rank_table.csv"))]}
 

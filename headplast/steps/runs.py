@@ -99,6 +99,14 @@ def read_stats(run_dir: str | Path) -> dict:
     return {**st, **{k: nulls_as_nan(st[k]) for k in ("pairs", "reliability") if k in st}}
 
 
+def read_aggregate(path: str | Path) -> dict:
+    """An aggregate_metrics.json with its undefined statistics (a CI over one seed, a test over
+    too few pairs: NaN, written as null) read back as NaN, as read_stats does for a run."""
+    agg = read_json(Path(path), "aggregate over seeds", "re-run `headplast pipeline` (or `headplast aggregate`) "
+                    "with --force")
+    return {**agg, **{k: nulls_as_nan(agg[k]) for k in ("per_method", "paired_tests") if k in agg}}
+
+
 def load_heads(run_dir: str | Path) -> pd.DataFrame:
     """DataFrame [L*H rows]: layer, head and every declared measurement's columns (heads.csv)."""
     d = Path(run_dir)
