@@ -3,9 +3,11 @@
 For each seed and method (FFT, LoRA), trains the default experiment twice on the same data
 and steps, each run its own `headplast train` process (so each peak RSS is its own):
 - plain Trainer: what headplast trained with before (fp32, torch's dropout masks, glibc's
-  default allocator, the whole last layer; batches of similar length, as before);
+  default allocator, the whole last layer, Trainer's walks over the model at every step;
+  batches of similar length, as before);
 - default: today's defaults (bf16 autocast where the CPU has native bf16, numpy dropout
-  masks, allocator keeping freed memory, the last layer past attention on token 0 only;
+  masks, allocator keeping freed memory, the last layer past attention on token 0 only, the
+  model's parameters listed and its mode switched once;
   headplast/train/speed.py).
 Both share one theta0 (built once). Reports examples/s, training seconds, peak RSS and the
 final validation metric per run; then, on the default FFT run, how importance measured in
@@ -34,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 CONFIGS = {"plain Trainer": ["--train-dtype", "float32", "--dropout-masks", "torch", "--no-tune-allocator",
-                             "--no-last-layer-token0"],
+                             "--no-last-layer-token0", "--no-lean-steps"],
            "default": []}
 METHODS = {"fft": "FFT", "lora": "LoRA"}
 
@@ -54,7 +56,8 @@ def train_run(root: Path, method: str, seed: int, flags: list[str], extra: list[
             "metric": rc["validation"]["theta1"]["metric"], "train_loss": rc["train_loss"],
             "train_dtype": rc["config"].get("train_dtype", "float32"),
             "dropout_masks": rc["config"].get("dropout_masks", "torch"),
-            "last_layer_token0": rc["config"].get("last_layer_token0", False)}
+            "last_layer_token0": rc["config"].get("last_layer_token0", False),
+            "lean_steps": "--no-lean-steps" not in rc["command"].split()}  # not a run identity field
 
 
 def dtype_agreement(run: str, n: int) -> dict:

@@ -53,6 +53,7 @@ def test_bench_train_compares_both_configurations_on_the_same_data(tmp_path, mod
         assert plain["train_dtype"] == "float32" and plain["dropout_masks"] == "torch"
         assert default["dropout_masks"] == "numpy" and plain["train_steps"] == default["train_steps"] == 4
         assert default["last_layer_token0"] and not plain["last_layer_token0"]
+        assert default["lean_steps"] and not plain["lean_steps"]
     agree = r["dtype_agreement"]
     assert agree["examples"] == 6 and -1 <= agree["spearman"] <= 1 and agree["max_abs_diff"] >= 0
     assert "| FFT | default |" in (tmp_path / "res" / "train.md").read_text()

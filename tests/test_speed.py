@@ -354,3 +354,54 @@ def test_last_layer_on_token0_is_skipped_where_the_encoder_mixes_into_that_layer
         assert not applied
     assert TrainConfig().last_layer_token0 and "last_layer_token0" not in \
         TrainConfig(last_layer_token0=False).run_fields()  # runs trained before it keep their identity
+
+
+def test_steady_steps_switch_modes_and_clear_gradients_as_the_module_walks_do():
+    """peft's fresh wrapper says "training" while the model inside is in eval mode: the first
+    train() must still walk the tree; later ones skip it until eval() came in between."""
+    from headplast.arch.adapters import get_adapter
+    from headplast.train.fit import trainable_model
+
+    model = tiny_model("bert").eval()
+    model, _ = trainable_model(model, get_adapter(model), TrainConfig(method="lora", lora_r=2, seed=1))
+    with speed.steady_steps(model):
+        model.train()
+        assert all(m.training for m in model.modules())
+        out = model(input_ids=torch.randint(5, 60, (2, 6)), labels=torch.tensor([0, 1]))
+        out.loss.backward()
+        assert any(p.grad is not None for p in model.parameters())
+        model.zero_grad()
+        assert all(p.grad is None for p in model.parameters())
+        leaf = model.get_submodule("base_model.model.classifier")
+        leaf.eval()
+        model.train()
+        assert not leaf.training  # the walk is skipped: the model was already put in training mode
+        model.eval()
+        assert not any(m.training for m in model.modules())
+        model.train()  # back from eval (Trainer's evaluation): walked again
+        assert all(m.training for m in model.modules())
+    assert "train" not in vars(model) and "zero_grad" not in vars(model)  # the methods are back
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["fft", "lora"])
+def test_lean_steps_train_the_same_weights_and_count_the_same_flops(method, tmp_path):
+    from headplast.arch.adapters import get_adapter
+    from headplast.train import fit
+    from tiny import tiny_tokenizer
+
+    tok, ex = tiny_tokenizer(tmp_path / "tok"), _tiny_sentiment()
+    runs = []
+    for lean in (True, False):
+        cfg = TrainConfig(method=method, seed=1, train_dtype="bfloat16", dropout_masks="numpy", num_epochs=2,
+                          batch_size=4, learning_rate=5e-3, lora_r=2, lean_steps=lean)
+        model = tiny_model("bert").eval()
+        model, _ = fit.trainable_model(model, get_adapter(model), cfg)
+        out = fit.fine_tune(model, tok, ex, cfg)
+        runs.append((out, {k: v.detach().clone() for k, v in model.state_dict().items()}))
+    (lean, w_lean), (plain, w_plain) = runs
+    assert lean.global_step == plain.global_step == 12 and lean.training_loss == plain.training_loss
+    assert lean.metrics["total_flos"] == plain.metrics["total_flos"] > 0
+    assert w_lean.keys() == w_plain.keys()
+    for k in w_plain:
+        assert torch.equal(w_lean[k], w_plain[k]), k

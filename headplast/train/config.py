@@ -70,6 +70,8 @@ class TrainConfig:
     last_layer_token0: bool = option(True, "train with the last layer's O, FFN and norms computed for token 0 only, "
                                      "the one the task head reads: the same logits and gradients for less work "
                                      "(dropout masks there are drawn for token 0 only)")
+    lean_steps: bool = option(True, "list the model's parameters and switch its mode once, not at every step as "
+                              "Trainer does (a walk over every module each time): results unchanged")
     tune_allocator: bool = option(True, "keep freed memory for reuse (glibc): no page faults per step, "
                                   "results unchanged")
     max_train_samples: int | None = option(None, "train on a fixed random subset of this size (default: SST-2 "
@@ -123,7 +125,7 @@ class TrainConfig:
     def run_fields(self) -> dict:
         """What makes a run different from another (used to refuse overwriting)."""
         d = self.to_dict()
-        for k in ("output_root", "force", "report_to", "tune_allocator"):  # where/how fast, not what
+        for k in ("output_root", "force", "report_to", "tune_allocator", "lean_steps"):  # where/how fast, not what
             d.pop(k)
         for k, legacy in LEGACY.items():  # runs trained before the field existed keep their identity
             if d[k] == legacy:

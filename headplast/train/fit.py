@@ -16,7 +16,7 @@ from headplast.arch.adapters import ArchAdapter, get_adapter
 from headplast.train.config import TrainConfig
 from headplast.train.lora import adapted_modules, make_lora_model, resolve_targets
 from headplast.train.speed import (clip_in_step, embedding_rows_in_use, frozen_linears_in, last_layer_token0,
-                                   numpy_dropout, torch_optimizer, tune_allocator)
+                                   numpy_dropout, steady_steps, torch_optimizer, tune_allocator)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -57,19 +57,33 @@ def training_args(cfg: TrainConfig, tmp: str, run_name: str | None = None):
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random")
 
 
-def _make_trainer(model, args, ds, tok, callbacks=(), fused_clip: bool = False):
+def _make_trainer(model, args, ds, tok, callbacks=(), fused_clip: bool = False, lean: bool = False):
     from transformers import DataCollatorWithPadding, Trainer
 
     class GuardedTrainer(Trainer):
         """Stops at the first non-finite loss instead of training on garbage; with fused_clip,
-        gradients are clipped inside the fused AdamW step (speed.clip_in_step)."""
+        gradients are clipped inside the fused AdamW step (speed.clip_in_step). With lean, what
+        Trainer would list again at every step by walking the model (the trained parameters,
+        the parameter count of its FLOP estimate) is listed once: the same values."""
+
+        _trained: list | None = None
+        _counted: int | None = None
 
         def _clip_grad_norm(self, model):
             norm = None
             if fused_clip and _whole_parameters(self):
-                params = [p for p in model.parameters() if p.requires_grad]
-                norm = clip_in_step(torch_optimizer(self.optimizer), params, self.args.max_grad_norm)
+                if self._trained is None or not lean:
+                    self._trained = [p for p in model.parameters() if p.requires_grad]
+                norm = clip_in_step(torch_optimizer(self.optimizer), self._trained, self.args.max_grad_norm)
             return super()._clip_grad_norm(model) if norm is None else norm
+
+        def floating_point_ops(self, inputs):
+            main = getattr(self.model, "main_input_name", "input_ids")
+            if not lean or main not in inputs or not hasattr(self.model, "num_parameters"):
+                return super().floating_point_ops(inputs)
+            if self._counted is None:  # Trainer's own estimate, 6 * tokens * non-embedding parameters
+                self._counted = self.model.num_parameters(exclude_embeddings=True)
+            return 6 * inputs[main].numel() * self._counted
 
         def compute_loss(self, model, inputs, *a, **kw):
             loss = super().compute_loss(model, inputs, *a, **kw)
@@ -132,11 +146,13 @@ def fine_tune(model, tok, train_examples, cfg: TrainConfig, log_dir: str | None 
         # bf16 runs also clip inside fused AdamW (same factor, rounded once more) and train only the
         # embedding rows the data uses (the clipping norm summed without the zeros); float32 runs
         # train as they always did, so runs trained before these settings keep their results
-        trainer = _make_trainer(model, training_args(cfg, tmp, run_name), ds, tok, callbacks, fused_clip=bf16)
+        trainer = _make_trainer(model, training_args(cfg, tmp, run_name), ds, tok, callbacks, fused_clip=bf16,
+                                lean=cfg.lean_steps)
         used = embedding_rows_in_use(model, _token_ids(enc, tok)) if bf16 and _torch_adamw(trainer) else nullcontext()
         with used as rows:  # the optimizer is built in train(), from the model as it is then
             if rows is not None:
                 trainer.add_callback(_decay_recorder(rows))
-            result = trainer.train()
+            with steady_steps(model) if cfg.lean_steps else nullcontext():  # after the rows' swap
+                result = trainer.train()
     model.eval()
     return result
