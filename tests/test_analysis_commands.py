@@ -184,13 +184,47 @@ def test_undefined_statistics_read_back_as_nan_in_plot_and_report(tmp_path, caps
     plot = ["plot", "--task", "RTE", "--seed", "1", "--method-label", "FFT", "--output-root", str(tmp_path), *FAST]
     assert main(plot) == 0
     st = json.loads((d / "stats.json").read_text())
-    assert st["pairs"]["I_pre~U"]["spearman"] is None and "ci95" not in st["pairs"]["I_pre~U"]
+    undefined = st["pairs"]["I_pre~U"]
+    assert undefined["spearman"] is None and undefined["ci95"] == [None, None] and undefined["top_k"]["overlap"] is None
+    defined = {k for k in st["pairs"]["I_pre~I_post"] if not k.startswith(("disattenuated", "ci95_examples"))}
+    assert defined <= undefined.keys()  # every statistic a defined pair has, as NaN
     assert st["run"]["r"] is None  # a null that is not a number stays None
     capsys.readouterr()
     assert main(plot) == 0  # skipped: its summary line is read back from stats.json
     assert "rho(I_pre, U) = nan, 95% CI [nan, nan] (constant or too few values)" in capsys.readouterr().out
     assert main(["report", "--output-root", str(tmp_path)]) == 0
     assert "rho(I_pre, U) = nan, 95% CI [nan, nan] (constant or too few values)" in (tmp_path / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_compare_and_report_say_undefined_where_a_run_has_constant_updates(tmp_path):
+    """One run's U is the same for every head: its correlations with U are undefined. compare
+    (figures, summary, findings, headline) and report show them as undefined instead of failing
+    on the statistics such a pair lacked or on nulls read back from compare_metrics.json."""
+    from headplast.measure import registry
+    from headplast.store import records
+    from headplast.store.io import atomic_write_jsonl
+
+    make_run(tmp_path, "FFT", 1)
+    d = make_run(tmp_path, "LoRA_r8", 1)
+    m = next(m for m in registry.required() if "U" in m.fields)
+    rows = [json.loads(line) for line in (d / m.file).read_text().splitlines()]
+    atomic_write_jsonl(d / m.file, [{**r, "U": 0.01} for r in rows])
+    records.write_record(d, m.name, "synthetic", m.outputs)
+    for lab in ("FFT", "LoRA_r8"):
+        assert main(["plot", "--task", "RTE", "--seed", "1", "--method-label", lab, "--output-root", str(tmp_path),
+                     *FAST]) == 0
+    assert main(["compare", "--output-root", str(tmp_path), *FAST]) == 0
+    cmp = tmp_path / "COMPARE/RTE/seed1"
+    summary = (cmp / "compare_summary.txt").read_text()
+    assert "FFT vs LoRA_r8: the two cannot be compared (ρ(I_pre, U) is undefined for a run)" in summary
+    assert "top20_overlap(I_pre,U): FFT 0.850 vs LoRA_r8 nan" in summary  # a constant score has no top 20
+    assert "(undefined for a run)" in summary and "(within noise)" in summary  # the defined ones keep theirs
+    raw = json.loads((cmp / "compare_metrics.json").read_text())
+    assert raw["key_statistics"]["rho(I_pre,U)"]["LoRA_r8"] is None
+    assert main(["report", "--output-root", str(tmp_path)]) == 0
+    html = (tmp_path / "report.html").read_text()
+    assert "the two cannot be compared" in html and "LoRA_r8: undefined (too few heads or constant values)" in html
 
 
 @pytest.mark.slow

@@ -50,6 +50,9 @@ def top_k_overlap(a, b, k: int) -> dict:
     a, b = np.asarray(a, float), np.asarray(b, float)
     n = len(a)
     k = min(k, n)
+    if n == 0 or np.ptp(a) == 0 or np.ptp(b) == 0:  # a constant score has no top K
+        return {"k": k, "overlap": math.nan, "count": math.nan, "chance": k / n if n else math.nan,
+                "p_value": math.nan}
     ta, tb = set(np.argsort(-a, kind="stable")[:k]), set(np.argsort(-b, kind="stable")[:k])
     hits = len(ta & tb)
     return {"k": k, "overlap": hits / k, "count": hits, "chance": k / n,
@@ -179,12 +182,21 @@ def example_bootstrap_spearman(cols, per_example: dict, x: str, y: str, counts: 
     return _rowwise_pearson(_rank_rows(resampled(x)), _rank_rows(resampled(y)))
 
 
+def undefined_pair(n: int, k: int) -> dict:
+    """pair_stats of scores that cannot be ranked (a constant column, fewer than 3 heads): every
+    statistic there, NaN, so readers index it as any other pair and show it as undefined."""
+    nan = math.nan
+    return {"n": int(n), "spearman": nan, "p_value": nan, "ci95": [nan, nan], "boot_se": nan, "kendall_tau": nan,
+            "kendall_p": nan, "top_k": top_k_overlap(np.zeros(n), np.zeros(n), k), "partial_spearman_layer": nan,
+            "within_layer_perm_p": nan, "note": "constant or too few values"}
+
+
 def pair_stats(a, b, layers, k: int, n_boot: int, n_perm: int, seed: int) -> dict:
     a, b = np.asarray(a, float), np.asarray(b, float)
     ok = np.isfinite(a) & np.isfinite(b)
     a, b, layers = a[ok], b[ok], np.asarray(layers)[ok]
     if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return {"n": int(len(a)), "spearman": math.nan, "note": "constant or too few values"}
+        return undefined_pair(len(a), k)
     rho, p = stats.spearmanr(a, b)
     tau, tau_p = stats.kendalltau(a, b)
     boots = bootstrap_spearman(a, b, bootstrap_indices(len(a), n_boot, seed))

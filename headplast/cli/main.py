@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import logging
 import os
 import sys
@@ -51,6 +50,7 @@ def cmd_pipeline(a) -> int:
     from headplast.report.headline import answer_lines
     from headplast.report.lines import report_line
     from headplast.steps.pipeline import PipelineConfig, run_pipeline
+    from headplast.steps.runs import read_compare
     from headplast.store import layout
 
     cfg = config_from_args(PipelineConfig, a, "p_", train=config_from_args(TrainConfig, a),
@@ -59,7 +59,7 @@ def cmd_pipeline(a) -> int:
     out = run_pipeline(cfg)
     print("\n" + "=" * 60)
     for p in out["compare"]:  # the answer first, then where everything is
-        m = json.loads((p / layout.COMPARE_METRICS).read_text())
+        m = read_compare(p / layout.COMPARE_METRICS)
         print(f"ANSWER ({m['task']}, seed {m['seed']}): does a head's importance before fine-tuning predict "
               "how much fine-tuning changes it?")
         print("\n".join(f"  {line}" for line in answer_lines(m)) + "\n")

@@ -3,6 +3,7 @@ main findings (written from the numbers)."""
 
 from __future__ import annotations
 
+from headplast.report.findings import difference_verdict
 from headplast.report.headline import effect_lines
 
 RULE = "=" * 60
@@ -24,7 +25,7 @@ def compare_summary(m: dict) -> str:
         f = "d" if name.startswith("n_") else ".4f"  # counts are integers
         lines = [f"  {title}:", f"    {la}: {d[la]:{f}}", f"    {lb}: {d[lb]:{f}}",
                  f"    difference ({lb} - {la}): {d['difference']:+{f}}  95% CI [{lo:+.4f}, {hi:+.4f}]"
-                 f"  {'(exceeds noise)' if d['exceeds_uncertainty'] else '(within noise)'}"]
+                 f"  ({difference_verdict(d, 'exceeds noise', 'within noise')})"]
         if d.get("ci95_examples"):
             (hl, hh), (el, eh) = d["ci95_heads"], d["ci95_examples"]
             lines.append(f"    (CI = union of resampling heads [{hl:+.4f}, {hh:+.4f}] and eval examples "

@@ -8,6 +8,14 @@ import math
 import numpy as np
 
 
+def difference_verdict(d: dict, beyond: str, within: str) -> str:
+    """A key statistic's verdict: `beyond` or `within` its bootstrap noise, or undefined when a
+    run's value is (a correlation with a constant score)."""
+    if not np.isfinite(d["difference"]):
+        return "undefined for a run"
+    return beyond if d["exceeds_uncertainty"] else within
+
+
 def describe_rho(rho: float, ci) -> str:
     if not np.isfinite(rho):
         return "undefined"
@@ -30,13 +38,16 @@ def findings(keys: dict, labels: tuple[str, str], stats: dict, val: dict, k: int
                      f"(within-layer permutation p = {p.get('within_layer_perm_p', math.nan):.3g}); "
                      f"split-half reliability of I_pre = {rel:.2f}.")
     for name, d in keys.items():
-        verdict = "a difference beyond bootstrap uncertainty" if d["exceeds_uncertainty"] else "within noise"
+        verdict = difference_verdict(d, "a difference beyond bootstrap uncertainty", "within noise")
         lo, hi = d["ci95"]
         f = "d" if name.startswith("n_") else ".3f"  # counts are integers
         lines.append(f"{name}: {la} {d[la]:{f}} vs {lb} {d[lb]:{f}}; difference ({lb} − {la}) "
                      f"{d['difference']:+{f}}, 95% CI [{lo:+.3f}, {hi:+.3f}]: {verdict}.")
     r = keys["rho(I_pre,U)"]
-    if r["exceeds_uncertainty"]:
+    if not np.isfinite(r["difference"]):
+        lines.append("How well importance predicts the update cannot be compared: ρ(I_pre, U) is undefined for "
+                     "a run (constant scores or too few heads).")
+    elif r["exceeds_uncertainty"]:
         weaker = lb if abs(r[lb]) < abs(r[la]) else la
         lines.append(f"Importance predicts the update less under {weaker}: stronger support for "
                      f"'importance ≠ plasticity' there.")

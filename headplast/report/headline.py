@@ -52,7 +52,9 @@ def difference_line(labels: tuple[str, str], keys: dict) -> str:
     la, lb = labels
     d = keys["rho(I_pre,U)"]
     diff, ci = d["difference"], d["ci95"]
-    if not d["exceeds_uncertainty"]:
+    if not np.isfinite(diff):
+        verdict = "the two cannot be compared (ρ(I_pre, U) is undefined for a run)"
+    elif not d["exceeds_uncertainty"]:
         verdict = "importance predicts the update no differently under the two (within noise)"
     else:
         verdict = f"ρ(I_pre, U) is {'higher' if diff > 0 else 'lower'} under {lb} than under {la}"

@@ -4,7 +4,6 @@ comparisons, seeds, ranks, provenance), by headplast.report.html."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from headplast.errors import HeadplastError
 from headplast.options import option, validate
 from headplast.store import layout, records
 from headplast.steps.outcome import Outcome, recorded_step
-from headplast.steps.runs import read_aggregate, read_stats
+from headplast.steps.runs import read_aggregate, read_compare, read_stats
 from headplast.store.io import atomic_write_text, file_sha256, read_json
 
 REPORT = "report.html"
@@ -58,7 +57,7 @@ def _compares(root: Path, runs: dict) -> list[dict]:
     out = []
     for f in sorted(root.glob(f"COMPARE/*/*/{layout.COMPARE_METRICS}")):
         records.verify(f.parent, "compare", f"re-run `headplast compare --output-root {root} --force`")
-        m = json.loads(f.read_text())
+        m = read_compare(f)
         keys = {lab: str(layout.run_dir(root, layout.RunId.from_label(m["task"], lab, m["seed"])).relative_to(root))
                 for lab in m["labels"]}
         if all(k in runs for k in keys.values()):

@@ -96,7 +96,24 @@ def read_stats(run_dir: str | Path) -> dict:
     """A run's stats.json with its undefined statistics (a correlation of constant scores, a CI
     of too few examples: NaN, written as null) read back as NaN, which formats and plots as such."""
     st = read_json(Path(run_dir) / layout.STATS, "statistics", f"re-run `headplast plot {run_dir} --force`")
-    return {**st, **{k: nulls_as_nan(st[k]) for k in ("pairs", "reliability") if k in st}}
+    return _sections_as_nan(st, ("pairs", "reliability"))
+
+
+def _sections_as_nan(d: dict, sections) -> dict:
+    """`d` with the nulls of its numbers-only sections read back as NaN (store.io.nulls_as_nan)."""
+    return {**d, **{k: nulls_as_nan(d[k]) for k in sections if k in d}}
+
+
+def read_compare(path: str | Path) -> dict:
+    """A compare_metrics.json with its undefined statistics (a correlation with a constant score,
+    a CI of too few values: NaN, written as null) read back as NaN, as read_stats does for a run:
+    each run's statistics, the key statistics and the subspace figures."""
+    root = Path(path).parents[3]  # ROOT/COMPARE/<task>/seed<s>/compare_metrics.json
+    m = read_json(Path(path), "comparison", f"re-run `headplast compare --output-root {root} --force`")
+    m = _sections_as_nan(m, ("key_statistics",))
+    stats = {lab: _sections_as_nan(st, ("pairs", "reliability")) for lab, st in m.get("stats", {}).items()}
+    sub = _sections_as_nan(m.get("subspace", {}), ("phi", "rho_I_pre_phi", "noise_floor"))
+    return {**m, "stats": stats, **({"subspace": sub} if "subspace" in m else {})}
 
 
 def read_aggregate(path: str | Path) -> dict:
@@ -104,7 +121,7 @@ def read_aggregate(path: str | Path) -> dict:
     too few pairs: NaN, written as null) read back as NaN, as read_stats does for a run."""
     agg = read_json(Path(path), "aggregate over seeds", "re-run `headplast pipeline` (or `headplast aggregate`) "
                     "with --force")
-    return {**agg, **{k: nulls_as_nan(agg[k]) for k in ("per_method", "paired_tests") if k in agg}}
+    return _sections_as_nan(agg, ("per_method", "paired_tests"))
 
 
 def load_heads(run_dir: str | Path) -> pd.DataFrame:
