@@ -56,3 +56,14 @@ def test_effect_lines_use_the_wider_interval():
     assert effect_lines(m) == [  # LoRA_r8 has no update effect here: no line
         "FFT: the gain a head's own update carries vs its size: ρ(U, effect_fwd) = +0.40 (95% CI [-0.05, +0.60], "
         "within noise); vs its importance before: ρ(I_pre, effect_fwd) = +0.50 (95% CI [+0.30, +0.70])"]
+
+
+@pytest.mark.parametrize("mean", [None, float("nan")])
+def test_no_subspace_line_without_a_mean_overlap(mean):
+    """phi's mean undefined: null as compare writes it, NaN as steps.runs.read_compare reads it back."""
+    from headplast.report.headline import subspace_line
+
+    sub = {"k": 8, "random_subspaces": 0.25, "phi": {"mean": mean}, "noise_floor": {}}
+    assert subspace_line({"labels": ["FFT", "LoRA_r8"], "subspace": sub}) == []
+    sub["phi"]["mean"] = 0.5
+    assert subspace_line({"labels": ["FFT", "LoRA_r8"], "subspace": sub})[0].startswith("FFT and LoRA_r8 share φ = 0.50")

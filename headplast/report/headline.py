@@ -99,7 +99,8 @@ def answer_lines(m: dict) -> list[str]:
 def subspace_line(m: dict) -> list[str]:
     """Do FFT and LoRA move a head in the same directions (more than two seeds of one method do)?"""
     sub = m.get("subspace")
-    if not sub or sub["phi"].get("mean") is None:
+    mean = sub["phi"].get("mean") if sub else None
+    if mean is None or not np.isfinite(mean):  # null as written, NaN as read back (steps.runs.read_compare)
         return []
     floors = "; ".join(f"{lab} seed vs seed {f['mean']:.2f}" for lab, f in sub["noise_floor"].items())
     return [f"{' and '.join(m['labels'])} share φ = {sub['phi']['mean']:.2f} of a head's top-{sub['k']} update "
