@@ -103,6 +103,6 @@ def subspace_line(m: dict) -> list[str]:
     if mean is None or not np.isfinite(mean):  # null as written, NaN as read back (steps.runs.read_compare)
         return []
     floors = "; ".join(f"{lab} seed vs seed {f['mean']:.2f}" for lab, f in sub["noise_floor"].items())
-    return [f"{' and '.join(m['labels'])} share φ = {sub['phi']['mean']:.2f} of a head's top-{sub['k']} update "
+    return [f"{' and '.join(m['labels'])} share φ = {mean:.2f} of a head's top-{sub['k']} update "
             f"directions on average (random subspaces {sub['random_subspaces']:.2f}; "
             + (floors or "no second seed for a noise floor") + ")"]

@@ -25,9 +25,10 @@ Trainer spent its time:
   token); cutting their inputs to token 0 gives the same logits and gradients for about 1/T of
   that work (what the ablation engine already does, measure/fastpath.py);
 - walks of the module tree: Trainer calls model.train() and model.zero_grad() and counts FLOPs
-  through num_parameters() at every step, each a walk over every module and parameter (~11 ms of
-  a ~100 ms LoRA step, measured with cProfile); the model's mode is switched only when it
-  changes, and the parameters and their count are listed once;
+  through num_parameters() at every step, and the fused clipping listed the trained parameters,
+  each a walk over every module and parameter (3.1 ms of a ~90 ms LoRA step, 1.1 ms of an FFT
+  step, timed with timeit); the model's mode is switched only when it changes, and the
+  parameters and their count are listed once;
 - page faults: glibc returns every freed block over 32 MB (e.g. the embedding gradient) to the
   OS and faults it in again at the next step; a higher mmap/trim threshold keeps it.
 """
@@ -118,7 +119,7 @@ def last_layer_token0(model: nn.Module, adapter):
 def steady_steps(model: nn.Module):
     """While training: model.train() and model.zero_grad() without walking the module tree at
     every step. Trainer calls both at every step, and each walk visits every module and parameter
-    (a LoRA model of MiniLM-L6 has ~370 modules: 2-4 ms a walk, 5-6% of a step).
+    (a LoRA model of MiniLM-L6 has 373 modules: train() 1.05 ms, zero_grad() 0.58 ms a call).
     - train(): the first call walks the tree as always (a fresh peft wrapper says "training" while
       the model inside is in eval mode); later calls return at once unless eval() or train(False)
       came in between (Trainer's evaluation). Fine-tuning never switches a submodule alone.
