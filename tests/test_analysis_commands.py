@@ -220,6 +220,11 @@ def test_compare_and_report_say_undefined_where_a_run_has_constant_updates(tmp_p
     assert "FFT vs LoRA_r8: the two cannot be compared (ρ(I_pre, U) is undefined for a run)" in summary
     assert "top20_overlap(I_pre,U): FFT 0.850 vs LoRA_r8 nan" in summary  # a constant score has no top 20
     assert "(undefined for a run)" in summary and "(within noise)" in summary  # the defined ones keep theirs
+    # no head is more static than another: counter-examples are undefined, not an arbitrary subset
+    assert "n_important_but_static: FFT 1 vs LoRA_r8 undefined; difference (LoRA_r8 − FFT) undefined" in summary
+    assert "Counter-examples in total: FFT 3, LoRA_r8 undefined." in summary
+    cases = json.loads((d / "cases.json").read_text())["important_but_static"]
+    assert cases["count"] is None and cases["heads"] == []
     raw = json.loads((cmp / "compare_metrics.json").read_text())
     assert raw["key_statistics"]["rho(I_pre,U)"]["LoRA_r8"] is None
     assert main(["report", "--output-root", str(tmp_path)]) == 0

@@ -4,8 +4,8 @@ import pytest
 from scipy import stats as st
 
 from headplast.analysis.across import head_agreement, kendalls_w, mean_ci, paired_tests, summarise
-from headplast.analysis.cases import counter_examples
-from headplast.analysis.stats import (partial_spearman_layer, run_stats, spearman, split_half_reliability,
+from headplast.analysis.cases import counter_examples, effect_cases
+from headplast.analysis.stats import (membership, partial_spearman_layer, run_stats, spearman, split_half_reliability,
                                       top_k_overlap, within_layer_permutation_p)
 
 
@@ -101,6 +101,78 @@ def test_counter_examples_by_hand():
     assert [h["head"] for h in c["plastic_but_unimportant"]["heads"]] == [8]
     assert c["important_but_static"]["expected_if_independent"] == pytest.approx(2 * 5 / 10)
     assert c["plastic_but_unimportant"]["heads"][0]["U"] == 8.0
+
+
+def _every_order(n: int):
+    """Every order of n heads (n small): the naive reference breaks ties by position in each."""
+    import itertools
+    return [np.array(p) for p in itertools.permutations(range(n))]
+
+
+def _naive_set(x, k, largest, order):
+    """The k largest/smallest of x, ties broken by position in `order` (what a stable sort of
+    the reordered heads picks)."""
+    key = -x[order] if largest else x[order]
+    return set(order[np.argsort(key, kind="stable")[:k]].tolist())
+
+
+def test_membership_is_the_chance_of_being_picked_when_ties_are_broken_at_random():
+    x = np.array([3.0, 1.0, 1.0, 1.0, 0.0, 5.0, np.nan])  # the tie group {1, 2, 3} straddles k = 3
+    for k, largest in ((3, True), (2, True), (4, False), (1, False), (9, True)):
+        orders = [o for o in _every_order(7)]
+        want = np.zeros(7)
+        for o in orders:
+            for i in _naive_set(np.where(np.isfinite(x), x, -np.inf if largest else np.inf), min(k, 6), largest, o):
+                want[i] += 1 / len(orders)
+        assert membership(x, k, largest) == pytest.approx(want), (k, largest)
+    assert membership(x, 3).tolist() == [1, 1 / 3, 1 / 3, 1 / 3, 0, 1, 0]
+    assert membership(np.arange(5.0), 2, largest=False).tolist() == [1, 1, 0, 0, 0]  # no ties: a plain set
+
+
+def test_counter_examples_with_ties_average_over_random_tie_breaks():
+    """U = 0 for a whole layer (LoRA on some layers only): the bottom half of U is a tie group.
+    Counts and shares equal the average over every order of the heads of the old rule (a stable
+    sort, i.e. ties broken by head order), so they no longer depend on which heads come first."""
+    rng = np.random.default_rng(3)
+    i, u = rng.normal(size=7), np.r_[np.zeros(4), rng.uniform(1, 2, size=3)]
+    eff = rng.normal(size=7)
+    t = _table(i, u, layers=np.r_[[0] * 4, [1] * 3], effect_fwd=eff)
+    orders = _every_order(7)
+    want = {"important_but_static": 0.0, "plastic_but_unimportant": 0.0, "small_but_decisive": 0.0}
+    for o in orders:
+        top_i, bot_i = _naive_set(i, 1, True, o), _naive_set(i, 4, False, o)  # round(0.2 * 7), round(0.5 * 7)
+        top_u, bot_u = _naive_set(u, 1, True, o), _naive_set(u, 4, False, o)
+        want["important_but_static"] += len(top_i & bot_u) / len(orders)
+        want["plastic_but_unimportant"] += len(top_u & bot_i) / len(orders)
+        want["small_but_decisive"] += len(bot_u & _naive_set(eff, 1, True, o)) / len(orders)
+    c = {**counter_examples(t), **effect_cases(t)}
+    for kind, count in want.items():
+        assert c[kind]["count"] == pytest.approx(count), kind
+        assert sum(h.get("share", 1.0) for h in c[kind]["heads"]) == pytest.approx(count)
+    shuffled = t.iloc[rng.permutation(7)].reset_index(drop=True)  # the same heads in another order
+    again = counter_examples(shuffled)["important_but_static"]
+    assert again["count"] == pytest.approx(c["important_but_static"]["count"])
+    assert {(h["layer"], h["head"], h.get("share")) for h in again["heads"]} == \
+        {(h["layer"], h["head"], h.get("share")) for h in c["important_but_static"]["heads"]}
+
+
+def test_counter_examples_are_undefined_for_a_constant_measure():
+    t = _table(np.arange(10.0), np.full(10, 0.01))
+    c = counter_examples(t)
+    for kind in ("important_but_static", "plastic_but_unimportant"):
+        assert np.isnan(c[kind]["count"]) and c[kind]["heads"] == [] and "same for every head" in c[kind]["note"]
+        assert c[kind]["expected_if_independent"] == pytest.approx(2 * 5 / 10)
+
+
+def test_top_k_overlap_with_ties_averages_over_random_tie_breaks():
+    a = np.array([5.0, 4, 3, 3, 3, 1, 0])
+    b = np.array([3.0, 6, 2, 2, 5, 2, 1])  # top 3 of b: {1, 4, 0}; of a: {0, 1} and one of {2, 3, 4}
+    orders = _every_order(7)
+    want = sum(len(_naive_set(a, 3, True, o) & _naive_set(b, 3, True, o)) for o in orders) / len(orders)
+    r = top_k_overlap(a, b, 3)
+    assert r["count"] == pytest.approx(want) and r["overlap"] == pytest.approx(want / 3)
+    assert want == pytest.approx(2 + 1 / 3)
+    assert r["p_value"] == pytest.approx(st.hypergeom.sf(1, 7, 3, 3))  # of the 2 heads it surely holds
 
 
 def test_aggregation_means_cis_and_paired_tests_by_hand():

@@ -3,43 +3,56 @@ and to "a large update is what matters": moved-but-inert and small-but-decisive 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-
-def _top(x: np.ndarray, q: float) -> set:
-    k = int(round(q * len(x)))
-    return set(np.argsort(-x, kind="stable")[:k].tolist())
+from headplast.analysis.stats import membership, share_count
 
 
-def _bottom(x: np.ndarray, q: float) -> set:
-    k = int(round(q * len(x)))
-    return set(np.argsort(x, kind="stable")[:k].tolist())
+def _in_both(table, first: np.ndarray, second: np.ndarray, names: tuple[str, str]) -> dict:
+    """The heads whose share of both sets is positive, their count (the number expected when
+    ties at a boundary are broken at random: whole unless a tie was split) and the count expected
+    were the two measures independent. A measure equal for every head has no top or bottom:
+    count NaN, no heads."""
+    n = len(first)
+    expected = float(first.sum() * second.sum() / n) if n else math.nan
+    if any(np.ptp(table[c].to_numpy(float)) == 0 for c in names):
+        return {"count": math.nan, "expected_if_independent": expected, "heads": [],
+                "note": "undefined: a measure is the same for every head"}
+    share = first * second
+    ix = np.flatnonzero(share > 0)
+    heads = [{**row, **({"share": float(share[i])} if share[i] < 1 else {})}
+             for i, row in zip(ix, _describe(table, ix))]
+    return {"count": share_count(share), "expected_if_independent": expected, "heads": heads}
+
+
+def _top(x: np.ndarray, q: float) -> np.ndarray:
+    return membership(x, round(q * len(x)), largest=True)
+
+
+def _bottom(x: np.ndarray, q: float) -> np.ndarray:
+    return membership(x, round(q * len(x)), largest=False)
 
 
 def counter_examples(table, importance: str = "I_pre", update: str = "U", top_q: float = 0.2,
                      bottom_q: float = 0.5) -> dict:
     """Heads in the top `top_q` of one measure and the bottom `bottom_q` of the other.
 
-    Also the count expected if the two measures were independent: n * top_q * bottom_q.
+    Also the count expected if the two measures were independent: n * top_q * bottom_q. Heads tied
+    at a quantile's boundary share its remaining places (stats.membership): a head listed with a
+    `share` below 1 is a counter-example in that fraction of random tie-breaks.
     """
     imp, upd = table[importance].to_numpy(float), table[update].to_numpy(float)
-    n = len(imp)
-    static = sorted(_top(imp, top_q) & _bottom(upd, bottom_q))
-    plastic = sorted(_top(upd, top_q) & _bottom(imp, bottom_q))
-    expected = round(top_q * n) * round(bottom_q * n) / n
-    describe = _describer(table)
+    names = (importance, update)
     return {"importance": importance, "update": update, "top_quantile": top_q, "bottom_quantile": bottom_q,
-            "n_heads": n,
-            "important_but_static": {"count": len(static), "expected_if_independent": expected,
-                                     "heads": describe(static)},
-            "plastic_but_unimportant": {"count": len(plastic), "expected_if_independent": expected,
-                                        "heads": describe(plastic)}}
+            "n_heads": len(imp),
+            "important_but_static": _in_both(table, _top(imp, top_q), _bottom(upd, bottom_q), names),
+            "plastic_but_unimportant": _in_both(table, _top(upd, top_q), _bottom(imp, bottom_q), names)}
 
 
-def _describer(table):
-    def describe(ix):
-        return [{c: (int(v) if c in ("layer", "head") else float(v)) for c, v in table.iloc[i].items()} for i in ix]
-    return describe
+def _describe(table, ix) -> list[dict]:
+    return [{c: (int(v) if c in ("layer", "head") else float(v)) for c, v in table.iloc[i].items()} for i in ix]
 
 
 def effect_cases(table, update: str = "U", effect: str = "effect_fwd", top_q: float = 0.2,
@@ -47,12 +60,8 @@ def effect_cases(table, update: str = "U", effect: str = "effect_fwd", top_q: fl
     """moved-but-inert: top `top_q` of the update, bottom `bottom_q` of |effect| (its update barely
     changes the loss); small-but-decisive: bottom `bottom_q` of the update, top `top_q` of the effect."""
     upd, eff = table[update].to_numpy(float), table[effect].to_numpy(float)
-    n = len(upd)
-    inert = sorted(_top(upd, top_q) & _bottom(np.abs(eff), bottom_q))
-    decisive = sorted(_bottom(upd, bottom_q) & _top(eff, top_q))
-    expected = round(top_q * n) * round(bottom_q * n) / n
-    describe = _describer(table)
-    return {"moved_but_inert": {"update": update, "effect": effect, "count": len(inert),
-                                "expected_if_independent": expected, "heads": describe(inert)},
-            "small_but_decisive": {"update": update, "effect": effect, "count": len(decisive),
-                                   "expected_if_independent": expected, "heads": describe(decisive)}}
+    names = (update, effect)
+    return {"moved_but_inert": {"update": update, "effect": effect,
+                                **_in_both(table, _top(upd, top_q), _bottom(np.abs(eff), bottom_q), names)},
+            "small_but_decisive": {"update": update, "effect": effect,
+                                   **_in_both(table, _bottom(upd, bottom_q), _top(eff, top_q), names)}}

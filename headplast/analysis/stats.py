@@ -45,18 +45,44 @@ def percentile_ci(samples: np.ndarray, level: float = 0.95) -> list[float]:
     return [float(np.quantile(s, lo)), float(np.quantile(s, 1 - lo))]
 
 
+def membership(x, k: int, largest: bool = True) -> np.ndarray:
+    """[n] in [0, 1]: each value's share of the k largest (or smallest) of x. 1 inside, 0 outside;
+    a tie group straddling the boundary shares the places left (k - the ones inside) equally: each
+    member's chance of being chosen when ties are broken at random, so a set never depends on head
+    order. NaN is never chosen. Shares sum to min(k, finite values)."""
+    v = np.asarray(x, float)
+    v = -v if largest else v
+    finite = np.isfinite(v)
+    out = np.zeros(len(v))
+    k = min(int(k), int(finite.sum()))
+    if k <= 0:
+        return out
+    cut = np.sort(v[finite])[k - 1]
+    inside, tied = finite & (v < cut), finite & (v == cut)
+    out[inside] = 1.0
+    out[tied] = (k - inside.sum()) / tied.sum()
+    return out
+
+
+def share_count(shares: np.ndarray) -> float | int:
+    """A sum of shares as a count: an int when whole (no ties were split), else rounded to 1e-9."""
+    c = float(shares.sum())
+    return int(round(c)) if abs(c - round(c)) < 1e-9 else round(c, 9)
+
+
 def top_k_overlap(a, b, k: int) -> dict:
-    """|topK(a) ∩ topK(b)| / K, the overlap expected by chance, and a hypergeometric p-value."""
+    """|topK(a) ∩ topK(b)| / K, the overlap expected by chance, and a hypergeometric p-value.
+    Ties at either top K's boundary count by their shares (membership): the overlap expected when
+    ties are broken at random; the p-value is then that of the whole heads it surely holds."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     n = len(a)
     k = min(k, n)
     if n == 0 or np.ptp(a) == 0 or np.ptp(b) == 0:  # a constant score has no top K
         return {"k": k, "overlap": math.nan, "count": math.nan, "chance": k / n if n else math.nan,
                 "p_value": math.nan}
-    ta, tb = set(np.argsort(-a, kind="stable")[:k]), set(np.argsort(-b, kind="stable")[:k])
-    hits = len(ta & tb)
+    hits = share_count(membership(a, k) * membership(b, k))
     return {"k": k, "overlap": hits / k, "count": hits, "chance": k / n,
-            "p_value": float(stats.hypergeom.sf(hits - 1, n, k, k))}
+            "p_value": float(stats.hypergeom.sf(math.floor(hits) - 1, n, k, k))}
 
 
 def _layer_residuals(x: np.ndarray, layers: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@ main findings (written from the numbers)."""
 
 from __future__ import annotations
 
-from headplast.report.findings import difference_verdict
+from headplast.report.findings import count_text, difference_verdict, stat_text
 from headplast.report.headline import effect_lines
 
 RULE = "=" * 60
@@ -22,9 +22,10 @@ def compare_summary(m: dict) -> str:
     def block(name, title):
         d = keys[name]
         lo, hi = d["ci95"]
-        f = "d" if name.startswith("n_") else ".4f"  # counts are integers
-        lines = [f"  {title}:", f"    {la}: {d[la]:{f}}", f"    {lb}: {d[lb]:{f}}",
-                 f"    difference ({lb} - {la}): {d['difference']:+{f}}  95% CI [{lo:+.4f}, {hi:+.4f}]"
+        lines = [f"  {title}:", f"    {la}: {stat_text(name, d[la], digits=4)}",
+                 f"    {lb}: {stat_text(name, d[lb], digits=4)}",
+                 f"    difference ({lb} - {la}): {stat_text(name, d['difference'], True, 4)}  "
+                 f"95% CI [{lo:+.4f}, {hi:+.4f}]"
                  f"  ({difference_verdict(d, 'exceeds noise', 'within noise')})"]
         if d.get("ci95_examples"):
             (hl, hh), (el, eh) = d["ci95_heads"], d["ci95_examples"]
@@ -49,7 +50,8 @@ def compare_summary(m: dict) -> str:
         for kind, title in (("moved_but_inert", "moved-but-inert (top U, effect near 0)"),
                             ("small_but_decisive", "small-but-decisive (bottom U, top effect)")):
             c = {lab: m["cases"][lab].get(kind, {}) for lab in (la, lb)}
-            out.append(f"  {title}: " + ", ".join(f"{lab} {c[lab].get('count', '-')}" for lab in (la, lb))
+            counts = [count_text(c[lab]["count"]) if "count" in c[lab] else "-" for lab in (la, lb)]
+            out.append(f"  {title}: {la} {counts[0]}, {lb} {counts[1]}"
                        + f" (expected if independent: {c[la].get('expected_if_independent', float('nan')):.1f})")
     out += shape_lines(m)
     out += ["", "## 6. Main findings"] + [f"  - {line}" for line in m["findings"]] + ["", RULE, ""]

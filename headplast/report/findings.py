@@ -16,6 +16,19 @@ def difference_verdict(d: dict, beyond: str, within: str) -> str:
     return beyond if d["exceeds_uncertainty"] else within
 
 
+def count_text(x: float, sign: bool = False) -> str:
+    """A counter-example count: whole as an integer, split ties to two decimals, NaN as undefined."""
+    if not np.isfinite(x):
+        return "undefined"
+    whole = abs(x - round(x)) < 1e-9
+    return f"{round(x):+d}" if whole and sign else f"{round(x):d}" if whole else f"{x:+.2f}" if sign else f"{x:.2f}"
+
+
+def stat_text(name: str, x: float, sign: bool = False, digits: int = 3) -> str:
+    """A key statistic's value: counts (n_*) by count_text, the others to `digits` decimals."""
+    return count_text(x, sign) if name.startswith("n_") else f"{x:{'+' if sign else ''}.{digits}f}"
+
+
 def describe_rho(rho: float, ci) -> str:
     if not np.isfinite(rho):
         return "undefined"
@@ -40,9 +53,9 @@ def findings(keys: dict, labels: tuple[str, str], stats: dict, val: dict, k: int
     for name, d in keys.items():
         verdict = difference_verdict(d, "a difference beyond bootstrap uncertainty", "within noise")
         lo, hi = d["ci95"]
-        f = "d" if name.startswith("n_") else ".3f"  # counts are integers
-        lines.append(f"{name}: {la} {d[la]:{f}} vs {lb} {d[lb]:{f}}; difference ({lb} − {la}) "
-                     f"{d['difference']:+{f}}, 95% CI [{lo:+.3f}, {hi:+.3f}]: {verdict}.")
+        lines.append(f"{name}: {la} {stat_text(name, d[la])} vs {lb} {stat_text(name, d[lb])}; difference "
+                     f"({lb} − {la}) {stat_text(name, d['difference'], True)}, 95% CI [{lo:+.3f}, {hi:+.3f}]: "
+                     f"{verdict}.")
     r = keys["rho(I_pre,U)"]
     if not np.isfinite(r["difference"]):
         lines.append("How well importance predicts the update cannot be compared: ρ(I_pre, U) is undefined for "
@@ -55,7 +68,7 @@ def findings(keys: dict, labels: tuple[str, str], stats: dict, val: dict, k: int
         lines.append("The two methods do not differ detectably in how well importance predicts the update.")
     na = keys["n_important_but_static"][la] + keys["n_plastic_but_unimportant"][la]
     nb = keys["n_important_but_static"][lb] + keys["n_plastic_but_unimportant"][lb]
-    lines.append(f"Counter-examples in total: {la} {na}, {lb} {nb}.")
+    lines.append(f"Counter-examples in total: {la} {count_text(na)}, {lb} {count_text(nb)}.")
     lines.append(f"Validation {val['metric_name']}: {la} {val[la]:.4f}, {lb} {val[lb]:.4f} "
                  f"(theta0 {val['theta0']:.4f}, majority baseline {val['majority']:.4f}).")
     for lab in labels:

@@ -70,7 +70,8 @@ def heads_table(dfs: dict, compare: dict, runs: dict) -> dict:
         cases = runs[compare["runs"][lab]]["cases"]
         for kind, name in CASE_NAMES.items():
             for h in cases.get(kind, {}).get("heads", []):
-                flags[(h["layer"], h["head"])].append(f"{lab}: {name}")
+                share = f" (share {h['share']:.2f}: tied at a quantile)" if "share" in h else ""
+                flags[(h["layer"], h["head"])].append(f"{lab}: {name}{share}")
     table["counter-example"] = ["; ".join(flags[(int(r.layer), int(r.head))]) for r in first.itertuples()]
     rows = [{"cells": [_num(v) if c != "counter-example" else v for c, v in zip(table.columns, row)],
              "case": bool(row[-1])} for row in table.itertuples(index=False)]

@@ -107,10 +107,11 @@ def _sections_as_nan(d: dict, sections) -> dict:
 def read_compare(path: str | Path) -> dict:
     """A compare_metrics.json with its undefined statistics (a correlation with a constant score,
     a CI of too few values: NaN, written as null) read back as NaN, as read_stats does for a run:
-    each run's statistics, the key statistics and the subspace figures."""
+    each run's statistics and counter-example counts, the key statistics and the subspace figures."""
     root = Path(path).parents[3]  # ROOT/COMPARE/<task>/seed<s>/compare_metrics.json
     m = read_json(Path(path), "comparison", f"re-run `headplast compare --output-root {root} --force`")
     m = _sections_as_nan(m, ("key_statistics",))
+    m["cases"] = {lab: _sections_as_nan(c, tuple(c)) for lab, c in m.get("cases", {}).items()}
     stats = {lab: _sections_as_nan(st, ("pairs", "reliability")) for lab, st in m.get("stats", {}).items()}
     sub = _sections_as_nan(m.get("subspace", {}), ("phi", "rho_I_pre_phi", "noise_floor"))
     return {**m, "stats": stats, **({"subspace": sub} if "subspace" in m else {})}
