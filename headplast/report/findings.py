@@ -20,13 +20,14 @@ def count_text(x: float, sign: bool = False) -> str:
     """A counter-example count: whole as an integer, split ties to two decimals, NaN as undefined."""
     if not np.isfinite(x):
         return "undefined"
-    whole = abs(x - round(x)) < 1e-9
-    return f"{round(x):+d}" if whole and sign else f"{round(x):d}" if whole else f"{x:+.2f}" if sign else f"{x:.2f}"
+    plus = "+" if sign else ""
+    return f"{round(x):{plus}d}" if abs(x - round(x)) < 1e-9 else f"{x:{plus}.2f}"
 
 
 def stat_text(name: str, x: float, sign: bool = False, digits: int = 3) -> str:
     """A key statistic's value: counts (n_*) by count_text, the others to `digits` decimals."""
-    return count_text(x, sign) if name.startswith("n_") else f"{x:{'+' if sign else ''}.{digits}f}"
+    plus = "+" if sign else ""
+    return count_text(x, sign) if name.startswith("n_") else f"{x:{plus}.{digits}f}"
 
 
 def describe_rho(rho: float, ci) -> str:
