@@ -1,6 +1,7 @@
 """plot, compare, aggregate and ranks end to end on synthetic run directories."""
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -225,6 +226,9 @@ def test_compare_and_report_say_undefined_where_a_run_has_constant_updates(tmp_p
     assert "Counter-examples in total: FFT 3, LoRA_r8 undefined." in summary
     cases = json.loads((d / "cases.json").read_text())["important_but_static"]
     assert cases["count"] is None and cases["heads"] == []
+    from headplast.steps.runs import read_compare
+
+    assert math.isnan(read_compare(cmp / "compare_metrics.json")["cases"]["LoRA_r8"]["important_but_static"]["count"])
     raw = json.loads((cmp / "compare_metrics.json").read_text())
     assert raw["key_statistics"]["rho(I_pre,U)"]["LoRA_r8"] is None
     assert main(["report", "--output-root", str(tmp_path)]) == 0

@@ -10,14 +10,14 @@ import numpy as np
 from headplast.analysis.stats import membership, share_count
 
 
-def _in_both(table, first: np.ndarray, second: np.ndarray, names: tuple[str, str]) -> dict:
+def _in_both(table, first: np.ndarray, second: np.ndarray, measures: tuple[np.ndarray, np.ndarray]) -> dict:
     """The heads whose share of both sets is positive, their count (the number expected when
     ties at a boundary are broken at random: whole unless a tie was split) and the count expected
     were the two measures independent. A measure equal for every head has no top or bottom:
     count NaN, no heads."""
     n = len(first)
     expected = float(first.sum() * second.sum() / n) if n else math.nan
-    if any(np.ptp(table[c].to_numpy(float)) == 0 for c in names):
+    if any(np.ptp(x) == 0 for x in measures):
         return {"count": math.nan, "expected_if_independent": expected, "heads": [],
                 "note": "undefined: a measure is the same for every head"}
     share = first * second
@@ -44,11 +44,10 @@ def counter_examples(table, importance: str = "I_pre", update: str = "U", top_q:
     `share` below 1 is a counter-example in that fraction of random tie-breaks.
     """
     imp, upd = table[importance].to_numpy(float), table[update].to_numpy(float)
-    names = (importance, update)
     return {"importance": importance, "update": update, "top_quantile": top_q, "bottom_quantile": bottom_q,
             "n_heads": len(imp),
-            "important_but_static": _in_both(table, _top(imp, top_q), _bottom(upd, bottom_q), names),
-            "plastic_but_unimportant": _in_both(table, _top(upd, top_q), _bottom(imp, bottom_q), names)}
+            "important_but_static": _in_both(table, _top(imp, top_q), _bottom(upd, bottom_q), (imp, upd)),
+            "plastic_but_unimportant": _in_both(table, _top(upd, top_q), _bottom(imp, bottom_q), (imp, upd))}
 
 
 def _describe(table, ix) -> list[dict]:
@@ -60,8 +59,7 @@ def effect_cases(table, update: str = "U", effect: str = "effect_fwd", top_q: fl
     """moved-but-inert: top `top_q` of the update, bottom `bottom_q` of |effect| (its update barely
     changes the loss); small-but-decisive: bottom `bottom_q` of the update, top `top_q` of the effect."""
     upd, eff = table[update].to_numpy(float), table[effect].to_numpy(float)
-    names = (update, effect)
     return {"moved_but_inert": {"update": update, "effect": effect,
-                                **_in_both(table, _top(upd, top_q), _bottom(np.abs(eff), bottom_q), names)},
+                                **_in_both(table, _top(upd, top_q), _bottom(np.abs(eff), bottom_q), (upd, eff))},
             "small_but_decisive": {"update": update, "effect": effect,
-                                   **_in_both(table, _bottom(upd, bottom_q), _top(eff, top_q), names)}}
+                                   **_in_both(table, _bottom(upd, bottom_q), _top(eff, top_q), (upd, eff))}}

@@ -110,8 +110,7 @@ def read_compare(path: str | Path) -> dict:
     each run's statistics and counter-example counts, the key statistics and the subspace figures."""
     root = Path(path).parents[3]  # ROOT/COMPARE/<task>/seed<s>/compare_metrics.json
     m = read_json(Path(path), "comparison", f"re-run `headplast compare --output-root {root} --force`")
-    m = _sections_as_nan(m, ("key_statistics",))
-    m["cases"] = {lab: _sections_as_nan(c, tuple(c)) for lab, c in m.get("cases", {}).items()}
+    m = _sections_as_nan(m, ("key_statistics", "cases"))  # cases: per run, only counts can be null
     stats = {lab: _sections_as_nan(st, ("pairs", "reliability")) for lab, st in m.get("stats", {}).items()}
     sub = _sections_as_nan(m.get("subspace", {}), ("phi", "rho_I_pre_phi", "noise_floor"))
     return {**m, "stats": stats, **({"subspace": sub} if "subspace" in m else {})}
