@@ -1,0 +1,140 @@
+"""The compute device and its numerics, resolved once per process and recorded with the results.
+
+- `compute_device`: what a step computes on: the requested device, else the GPU torchrun /
+  accelerate launch gave this process (LOCAL_RANK), else cuda:0 when a GPU is visible, else the CPU.
+- `native_bf16`: whether bf16 matrix products run natively (emulated bf16 is slower than fp32,
+  and torch.cuda.is_bf16_supported() counts emulation unless told not to).
+- `exact_fp32`: IEEE fp32 matrix products while measuring or building theta0. TF32 (CUDA) and
+  oneDNN's bf16 math mode (CPU) round fp32 inputs to 10 or 7 mantissa bits; containers turn TF32
+  on by environment or by global flags, and the measurements are only exact without it.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+import torch
+
+from headplast.errors import HeadplastError
+
+# read once by ATen at the first cuBLAS call: forces TF32 whatever the flags say (NGC containers)
+TF32_OVERRIDE = "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE"
+
+
+def gpu_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def native_bf16(device: str | torch.device = "cpu") -> bool:
+    """Whether `device` multiplies bf16 matrices natively (not emulated)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return False
+        try:
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        except TypeError:  # torch < 2.3 has no including_emulation: compute capability 8.0 (Ampere) or later
+            return torch.cuda.get_device_capability(device)[0] >= 8
+    checks = (getattr(torch.cpu, "_is_amx_tile_supported", None), getattr(torch.cpu, "_is_avx512_bf16_supported", None))
+    return any(bool(c()) for c in checks if c is not None)
+
+
+def launched_rank_device() -> torch.device | None:
+    """The GPU of this process under torchrun / accelerate launch (LOCAL_RANK), if any."""
+    local = os.environ.get("LOCAL_RANK")
+    if local is None or int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not torch.cuda.is_available():
+        return None
+    return torch.device("cuda", int(local))
+
+
+def compute_device(requested: str | None = None) -> torch.device:
+    """The device a step computes on. Under torchrun each rank computes on its own LOCAL_RANK GPU,
+    whatever `requested` names (every rank gets the same flags); only 'cpu' is kept."""
+    ranked = launched_rank_device()
+    if ranked is not None and (requested is None or not str(requested).startswith("cpu")):
+        return ranked
+    if requested:
+        try:
+            dev = torch.device(requested)
+        except RuntimeError as e:
+            raise HeadplastError(f"--device {requested}: not a device ({e})", "pass cpu, cuda or cuda:N") from e
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise HeadplastError(f"--device {requested}: no GPU is visible to this process",
+                                     "pass --device cpu, or run where a GPU is visible (check CUDA_VISIBLE_DEVICES)")
+            if dev.index is not None and dev.index >= torch.cuda.device_count():
+                raise HeadplastError(f"--device {requested}: only {torch.cuda.device_count()} GPU(s) are visible",
+                                     f"pass --device cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+        return dev if dev.type != "cuda" or dev.index is not None else torch.device("cuda", 0)
+    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def describe(device: torch.device) -> dict:
+    """What a result was computed on (recorded beside it)."""
+    device = torch.device(device)
+    out = {"device": str(device), "type": device.type}
+    if device.type == "cuda":
+        idx = device.index or 0
+        props = torch.cuda.get_device_properties(idx)
+        out.update(name=props.name, capability=f"{props.major}.{props.minor}", memory_gib=round(props.total_memory / 2 ** 30, 1),
+                   visible_gpus=torch.cuda.device_count(), cuda=torch.version.cuda)
+    return out
+
+
+def _new_api() -> bool:
+    return hasattr(torch.backends, "fp32_precision")  # torch >= 2.9: per-backend fp32_precision
+
+
+def precision_state() -> dict:
+    """How fp32 matrix products are computed right now (what the exactness of a result depends on)."""
+    b = torch.backends
+    if _new_api():  # reading the legacy flags after the new API was used raises: read the new ones only
+        state = {"cuda_matmul": b.cuda.matmul.fp32_precision, "cudnn_conv": b.cudnn.conv.fp32_precision,
+                 "mkldnn_matmul": b.mkldnn.matmul.fp32_precision}
+    else:
+        state = {"cuda_matmul": "tf32" if b.cuda.matmul.allow_tf32 else "ieee",
+                 "cudnn_conv": "tf32" if b.cudnn.allow_tf32 else "ieee"}
+    state["float32_matmul_precision"] = torch.get_float32_matmul_precision()
+    state[TF32_OVERRIDE] = os.environ.get(TF32_OVERRIDE)
+    return state
+
+
+def refuse_tf32_override() -> None:
+    """The environment forces TF32 in cuBLAS whatever the flags say: exact measurement is impossible."""
+    value = os.environ.get(TF32_OVERRIDE, "")
+    if value and value not in ("0", "false", "False") and torch.cuda.is_available():
+        raise HeadplastError(f"{TF32_OVERRIDE}={value} is set: cuBLAS then computes every fp32 product in TF32 "
+                             "(10-bit mantissa), and the exact measurements would not be exact",
+                             f"unset it for headplast: `env -u {TF32_OVERRIDE} headplast ...` (set by some "
+                             "containers)")
+
+
+@contextmanager
+def exact_fp32():
+    """IEEE fp32 matrix products inside the block (no TF32 on CUDA, no bf16 math mode in oneDNN);
+    the previous settings are back afterwards. Yields the state inside, for the record."""
+    refuse_tf32_override()
+    b = torch.backends
+    before_precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    if _new_api():
+        saved = [(b.cuda.matmul, b.cuda.matmul.fp32_precision), (b.cudnn.conv, b.cudnn.conv.fp32_precision),
+                 (b.cudnn.rnn, b.cudnn.rnn.fp32_precision), (b.mkldnn.matmul, b.mkldnn.matmul.fp32_precision),
+                 (b.mkldnn.conv, b.mkldnn.conv.fp32_precision)]
+        for backend, _ in saved:
+            backend.fp32_precision = "ieee"
+    else:
+        saved = [(b.cuda.matmul, b.cuda.matmul.allow_tf32), (b.cudnn, b.cudnn.allow_tf32)]
+        for backend, _ in saved:
+            backend.allow_tf32 = False
+    try:
+        yield precision_state()
+    finally:
+        for backend, value in saved:
+            if _new_api():
+                backend.fp32_precision = value
+            else:
+                backend.allow_tf32 = value
+        if torch.get_float32_matmul_precision() != before_precision:
+            torch.set_float32_matmul_precision(before_precision)
