@@ -97,8 +97,13 @@ def ablation_importance(model, adapter: ArchAdapter, enc: Encoded, task, pad_id:
         if donors is not None:  # per batch: the donors' outputs on these examples' positions
             means = replacements(model, adapter, enc, donors[idx], T, pad_id)
         base = rp.logits
-        losses[idx, 0] = example_losses(base, labels, task.is_regression).double().cpu().numpy()
-        logits_all[idx, 0] = base.float().cpu().numpy()
+        # the batch's results stay on the device and are copied to the host once per batch: no
+        # synchronisation per head (the same values as copying each head's, bit for bit)
+        b_losses = torch.zeros(B, 1 + L * H, dtype=torch.float64, device=device)
+        b_logits = torch.zeros(B, 1 + L * H, C, dtype=torch.float32, device=device)
+        b_kl = torch.zeros(B, L * H, dtype=torch.float64, device=device)
+        b_losses[:, 0] = example_losses(base, labels, task.is_regression).double()
+        b_logits[:, 0] = base.float()
         owned[idx, 0] = shard.leader  # every process computes the unablated pass; rank 0's is kept
         for l, heads in mine(units(L, H, _chunk_size(H, B, T, max_tokens)), L, shard):
             k = len(heads)
@@ -110,12 +115,13 @@ def ablation_importance(model, adapter: ArchAdapter, enc: Encoded, task, pad_id:
             for j, h in enumerate(heads):
                 lg = out[j * B:(j + 1) * B]
                 col = 1 + l * H + h
-                losses[idx, col] = example_losses(lg, labels, task.is_regression).double().cpu().numpy()
-                logits_all[idx, col] = lg.float().cpu().numpy()
+                b_losses[:, col] = example_losses(lg, labels, task.is_regression).double()
+                b_logits[:, col] = lg.float()
                 owned[idx, col] = True
                 if not task.is_regression:
-                    kl[idx, col - 1] = kl_base_to(base, lg).double().cpu().numpy()
+                    b_kl[:, col - 1] = kl_base_to(base, lg).double()
             bar.update(B * k)
+        losses[idx], logits_all[idx], kl[idx] = b_losses.cpu().numpy(), b_logits.cpu().numpy(), b_kl.cpu().numpy()
     bar.close()
     losses, logits_all, kl = gather(owned, [losses, logits_all, kl], [0, 0, 1])
     return summarize(losses, logits_all, kl, enc.labels, task, ablation, L, H)

@@ -62,11 +62,14 @@ def _patched_context(rp: Replay, other, l: int) -> torch.Tensor:
 def _patch_hooks(o_module, ctx1: torch.Tensor, d_o: torch.Tensor, heads: list[int], d: int):
     """Copy j of the k stacked copies gets head heads[j] patched: its slice of O's input replaced
     by ctx1's, and d_o[:, slice] @ that slice added to O's output (one tensor op for all copies)."""
-    B, k = ctx1.shape[0], len(heads)
+    B, k, h0 = ctx1.shape[0], len(heads), heads[0]
     H = ctx1.shape[-1] // d
+    if heads != list(range(h0, h0 + k)):
+        raise ValueError(f"heads {heads}: a block of consecutive heads (headplast.measure.shard.units)")
+    # slices, not index lists: an index list is copied to the device, a wait for the GPU per block
     select = torch.zeros(k, 1, 1, H, 1, dtype=ctx1.dtype, device=ctx1.device)  # [k, 1, 1, H, 1]
-    select[torch.arange(k), 0, 0, heads] = 1
-    d_sel = d_o.view(d_o.shape[0], H, d)[:, heads]  # [D_out, k, d]
+    select[:, 0, 0, h0:h0 + k, 0] = torch.eye(k, dtype=ctx1.dtype, device=ctx1.device)
+    d_sel = d_o.view(d_o.shape[0], H, d)[:, h0:h0 + k].contiguous()  # [D_out, k, d]
 
     def pre(module, args):
         x = args[0]  # [k*B, T', H*d]; T' = 1 where the engine needs token 0 only
@@ -77,7 +80,7 @@ def _patch_hooks(o_module, ctx1: torch.Tensor, d_o: torch.Tensor, heads: list[in
 
     def post(module, args, out):
         T = out.shape[1]
-        c = ctx1[:, :T].view(B, T, H, d)[:, :, heads]  # [B, T', k, d]
+        c = ctx1[:, :T].view(B, T, H, d)[:, :, h0:h0 + k].contiguous()  # [B, T', k, d]
         return out + torch.einsum("btkd,okd->kbto", c, d_sel).reshape(k * B, T, -1)
     handles = [o_module.register_forward_pre_hook(pre), o_module.register_forward_hook(post)]
     try:
@@ -105,7 +108,9 @@ def patch_losses(model, other, adapter: ArchAdapter, enc: Encoded, task, pad_id:
         labels = batch.pop("labels")
         B, T = batch["input_ids"].shape
         rp = Replay(model, adapter, batch)
-        losses[idx, 0] = example_losses(rp.logits, labels, task.is_regression).double().cpu().numpy()
+        # the batch's losses stay on the device, copied to the host once per batch (no wait per head)
+        b_losses = torch.zeros(B, 1 + L * H, dtype=torch.float64, device=device)
+        b_losses[:, 0] = example_losses(rp.logits, labels, task.is_regression).double()
         owned[idx, 0] = shard.leader
         patch = {}  # layer -> (O, patched context, O's weight difference), once for all its units here
         for l, heads in mine(units(L, H, _chunk_size(H, B, T, max_tokens)), L, shard):
@@ -119,9 +124,10 @@ def patch_losses(model, other, adapter: ArchAdapter, enc: Encoded, task, pad_id:
                 out = rp.run_from(l, rp.input_of(l, k), k) if fast is None else rp.from_o_input(fast, l, k)
             for j, h in enumerate(heads):
                 lg = out[j * B:(j + 1) * B]
-                losses[idx, 1 + l * H + h] = example_losses(lg, labels, task.is_regression).double().cpu().numpy()
+                b_losses[:, 1 + l * H + h] = example_losses(lg, labels, task.is_regression).double()
                 owned[idx, 1 + l * H + h] = True
             bar.update(B * k)
+        losses[idx] = b_losses.cpu().numpy()
     bar.close()
     losses, = gather(owned, [losses], [0])
     if not np.isfinite(losses).all():
