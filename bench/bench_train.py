@@ -36,7 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 CONFIGS = {"plain Trainer": ["--train-dtype", "float32", "--dropout-masks", "torch", "--no-tune-allocator",
-                             "--no-last-layer-token0", "--no-lean-steps"],
+                             "--no-last-layer-token0", "--no-lean-steps", "--no-fused-clip", "--no-embedding-rows",
+                             "--no-frozen-bf16"],
            "default": []}
 METHODS = {"fft": "FFT", "lora": "LoRA"}
 
@@ -54,10 +55,7 @@ def train_run(root: Path, method: str, seed: int, flags: list[str], extra: list[
             "examples_per_s": examples / rc["seconds"]["train"], "train_steps": rc["train_steps"],
             "peak_rss_mib": child.peak_rss_mib, "metric_name": rc["validation"]["theta1"]["metric_name"],
             "metric": rc["validation"]["theta1"]["metric"], "train_loss": rc["train_loss"],
-            "train_dtype": rc["config"].get("train_dtype", "float32"),
-            "dropout_masks": rc["config"].get("dropout_masks", "torch"),
-            "last_layer_token0": rc["config"].get("last_layer_token0", False),
-            "lean_steps": "--no-lean-steps" not in rc["command"].split()}  # not a run identity field
+            **rc["speed"], "device": rc["device"]["device"]}  # every speed setting as resolved and recorded
 
 
 def dtype_agreement(run: str, n: int) -> dict:

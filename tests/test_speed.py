@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from headplast.errors import HeadplastError
-from headplast.train import recipes, speed
+from headplast.train import speed
 from headplast.train.config import TrainConfig
 from headplast.train.speed import (ATTENTION, NumpyDropout, clip_in_step, frozen_linears_in, grad_norm, numpy_dropout,
                                   sdpa_numpy_dropout)
@@ -165,10 +165,11 @@ def test_grad_norm_is_the_float64_norm():
 
 
 def test_hardware_defaults_are_resolved_recorded_and_legacy_runs_keep_their_identity():
-    cfg, sources = recipes.resolve(TrainConfig())
+    cfg, sources = speed.resolve_speed(TrainConfig())
     assert cfg.train_dtype in ("float32", "bfloat16") and cfg.dropout_masks in ("numpy", "torch")
-    assert sources["train_dtype"] == sources["dropout_masks"] == "hardware default"
-    given, sources = recipes.resolve(TrainConfig(train_dtype="float32", dropout_masks="torch"))
+    assert sources["train_dtype"] == sources["dropout_masks"] == "hardware default (cpu)"
+    assert None not in cfg.speed().values() and cfg.device == "cpu"
+    given, sources = speed.resolve_speed(TrainConfig(train_dtype="float32", dropout_masks="torch"))
     assert "train_dtype" not in sources and given.train_dtype == "float32"
     legacy = given.run_fields()  # how runs were keyed before these settings existed
     assert "train_dtype" not in legacy and "dropout_masks" not in legacy and "tune_allocator" not in legacy
@@ -352,7 +353,7 @@ def test_last_layer_on_token0_is_skipped_where_the_encoder_mixes_into_that_layer
     model = tiny_model("deberta-v2:conv", layers=1)
     with speed.last_layer_token0(model, get_adapter(model)) as applied:
         assert not applied
-    assert TrainConfig().last_layer_token0 and "last_layer_token0" not in \
+    assert speed.resolve_speed(TrainConfig(device="cpu"))[0].last_layer_token0 and "last_layer_token0" not in \
         TrainConfig(last_layer_token0=False).run_fields()  # runs trained before it keep their identity
 
 

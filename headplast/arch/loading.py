@@ -61,10 +61,13 @@ def load_tokenizer(path: str):
 
 def load_model(path: str, num_labels: int | None = None, problem_type: str | None = None,
                attn_implementation: str | None = None):
-    """AutoModelForSequenceClassification from a hub id or directory (always fp32)."""
+    """AutoModelForSequenceClassification from a hub id or directory, in fp32 whatever dtype the
+    checkpoint is stored in (transformers 5 keeps the stored dtype, fp16/bf16 for most released
+    checkpoints; the exact measurements and theta0's probe need fp32)."""
+    import torch
     from transformers import AutoModelForSequenceClassification
 
-    kw = {}
+    kw = {"dtype": torch.float32}
     if num_labels is not None:
         kw["num_labels"] = num_labels
     if problem_type:
@@ -75,6 +78,44 @@ def load_model(path: str, num_labels: int | None = None, problem_type: str | Non
         return AutoModelForSequenceClassification.from_pretrained(path, **kw)
     except OSError as e:
         raise _load_error(path, e) from e
+
+
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+                       "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+
+
+def stored_dtype(path: str) -> str | None:
+    """The dtype a checkpoint's floating-point weights are stored in ('float16', 'bfloat16',
+    'mixed: a, b', ...), read from the safetensors headers without loading a tensor; else the
+    dtype config.json declares; None when neither is available (a hub id not in the cache)."""
+    import json
+    import struct
+
+    d = Path(path)
+    if not d.is_dir():
+        try:
+            from transformers.utils import cached_file
+
+            found = cached_file(path, "config.json", _raise_exceptions_for_missing_entries=False)
+        except Exception:  # offline, not cached: nothing to read
+            return None
+        if not found:
+            return None
+        d = Path(found).parent
+    seen = set()
+    for f in sorted(d.glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        seen |= {v["dtype"] for k, v in header.items() if k != "__metadata__" and v["dtype"] in _SAFETENSORS_DTYPES}
+    if seen:
+        names = sorted(_SAFETENSORS_DTYPES[s] for s in seen)
+        return names[0] if len(names) == 1 else "mixed: " + ", ".join(names)
+    cfg = d / "config.json"
+    if cfg.exists():
+        c = json.loads(cfg.read_text())
+        return c.get("dtype") or c.get("torch_dtype")
+    return None
 
 
 def _load_error(path: str, e: Exception) -> HeadplastError:

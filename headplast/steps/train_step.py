@@ -11,7 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from headplast.arch.adapters import get_adapter
-from headplast.arch.loading import load_model, load_tokenizer, resolve_model
+from headplast.arch.device import describe, exact_fp32, gpu_count, precision_state
+from headplast.arch.loading import load_model, load_tokenizer, resolve_model, stored_dtype
 from headplast.data.metrics import majority_baseline
 from headplast.data.prepare import prepare_from_config, task_name
 from headplast.errors import HeadplastError
@@ -24,10 +25,11 @@ from headplast.store import layout, locks, records
 from headplast.store.io import (atomic_copytree, check_output_root, atomic_write_json, read_json, state_dict_hash, text_key)
 from headplast.store.provenance import provenance
 from headplast.train import recipes
-from headplast.train.config import LEGACY, METHODS, TrainConfig
+from headplast.train.config import IMPLIED_BY_BF16, LEGACY, METHODS, TrainConfig
 from headplast.train.evaluate import evaluate
 from headplast.train.fit import NonFiniteLoss, fine_tune, trainable_model
 from headplast.train.lora import resolve_targets, trainable_audit
+from headplast.train.speed import check_speed, resolve_speed, training_device
 from headplast.train.theta0 import build_theta0
 
 log = logging.getLogger("headplast")
@@ -54,7 +56,7 @@ def train_command(config: dict) -> str:
     cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()
                          if k in TrainConfig.__dataclass_fields__})
     flags = ["--task", cfg.task, "--method", cfg.method, "--seed", str(cfg.seed)]
-    flags += as_flags(cfg, skip=("task", "method", "seed", "force"))
+    flags += as_flags(cfg, skip=("task", "method", "seed", "force", "device"))  # where is not what
     return "headplast train " + " ".join(flags)
 
 
@@ -94,11 +96,14 @@ def _build_theta0(cfg: TrainConfig, model_path: str, tok, data, store: Path, key
     if state.state == "changed":
         log.warning("shared theta0 %s was altered (%s): rebuilding it", store, state.detail)
     t = time.time()
-    model, probe = build_theta0(model_path, data.task, tok, data.train, cfg.seed, cfg.head_init,
-                                cfg.max_length, cfg.probe_epochs, cfg.probe_lr)
-    val = evaluate(model, data.task, tok, data.validation, cfg.max_length)
+    device = training_device(cfg.device)
+    with exact_fp32() as precision:  # the probe's features and fit in IEEE fp32, on the training device
+        model, probe = build_theta0(model_path, data.task, tok, data.train, cfg.seed, cfg.head_init,
+                                    cfg.max_length, cfg.probe_epochs, cfg.probe_lr, device)
+        val = evaluate(model, data.task, tok, data.validation, cfg.max_length)
     info = {"theta0_hash": state_dict_hash(model.state_dict()), "validation": val, "probe": probe, "key": key,
-            "key_fields": {"model": cfg.model or "default", **cfg.theta0_key_fields()}, "seconds": time.time() - t}
+            "key_fields": {"model": cfg.model or "default", **cfg.theta0_key_fields()}, "seconds": time.time() - t,
+            "device": describe(device), "precision": precision}
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -110,10 +115,31 @@ def _build_theta0(cfg: TrainConfig, model_path: str, tok, data, store: Path, key
 
 def resolved_config(cfg: TrainConfig) -> tuple[TrainConfig, dict]:
     """The config a run is trained and keyed with: recipe defaults filled in, a local model by
-    its absolute path. Also {field: where its value came from}."""
+    its absolute path, the device and speed settings as this run recorded them when it was
+    trained (else this machine's defaults). Also {field: where its value came from}."""
     if cfg.model and Path(cfg.model).is_dir():
         cfg = replace(cfg, model=str(Path(cfg.model).resolve()))
-    return recipes.resolve(cfg)
+    cfg, sources = recipes.resolve(cfg)
+    cfg, hardware = resolve_speed(cfg, None if cfg.force else recorded_speed(cfg))
+    return cfg, {**sources, **hardware}
+
+
+def recorded_speed(cfg: TrainConfig) -> dict | None:
+    """The device and speed settings the run at cfg's place was trained with, as run_config.json
+    recorded them; None when there is no run there yet. Runs trained before they were recorded
+    get what training did then (LEGACY; fused clipping and the used embedding rows came with
+    bfloat16)."""
+    try:
+        rc_path = layout.run_dir(cfg.output_root, run_id(cfg)) / layout.RUN_CONFIG
+        rc = read_json(rc_path) if rc_path.exists() else None
+    except HeadplastError:
+        return None  # unreadable: judged as a new run (and refused or retrained as usual)
+    if not rc or "config" not in rc:
+        return None
+    if "speed" in rc:
+        return {**rc["speed"], "device": rc.get("device", {}).get("type")}
+    old = {k: rc["config"].get(k, legacy) for k, legacy in LEGACY.items()}
+    return {**old, **{k: old["train_dtype"] == "bfloat16" for k in IMPLIED_BY_BF16}}
 
 
 def run_train(cfg: TrainConfig) -> Outcome:
@@ -127,6 +153,7 @@ def run_train(cfg: TrainConfig) -> Outcome:
 
     def check():
         _refuse_other_run(out, cfg)
+        check_speed(cfg, training_device(cfg.device))
         check_tracker(cfg.report_to)
         inputs["data"] = prepare_from_config(cfg)
         inputs["model_path"] = resolve_model(cfg.model)
@@ -142,6 +169,10 @@ def _train(cfg: TrainConfig, run: layout.RunId, out: Path, defaults: dict, data,
     for stale in (out / layout.RUN_CONFIG, out / layout.CKPT_FINAL, out / layout.TENSORBOARD_DIR):  # start clean
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
     t_start = time.time()
+    if gpu_count() > 1 and cfg.device != "cpu":
+        log.warning("%d GPUs are visible: this run trains on the first one only (its batch is --batch-size %d, "
+                    "as recorded); to use every GPU, run several runs at once: headplast sweep --engine ray",
+                    gpu_count(), cfg.batch_size)
     tok = load_tokenizer(model_path)
     theta0_info = ensure_theta0(cfg, model_path, tok, data, out / layout.CKPT_INIT)
     model = load_model(str(out / layout.CKPT_INIT))
@@ -152,6 +183,8 @@ def _train(cfg: TrainConfig, run: layout.RunId, out: Path, defaults: dict, data,
     record = {"run": run.__dict__, "label": run.label, "config": cfg.run_fields(), "model_path": model_path,
               "status": "training", "theta0": theta0_info, "data": _data_info(data), "adapted_modules": adapted,
               "trainable": trainable_audit(model, adapter), "command": train_command(cfg.to_dict()),
+              "model": {"stored_dtype": stored_dtype(model_path), "loaded_dtype": "float32"},
+              "device": describe(training_device(cfg.device)), "speed": cfg.speed(), "precision": precision_state(),
               **({"rank_pattern": pattern} if pattern else {}),
               "defaults": {"filled": defaults, "why": recipes.why(data.task.name)}, **provenance()}
     t = time.time()

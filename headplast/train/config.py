@@ -12,7 +12,7 @@ from headplast.data.tasks import DEFAULT_TASK
 from headplast.errors import HeadplastError
 from headplast.options import FRACTION, NONNEGATIVE, POSITIVE, option, validate
 from headplast.train.lora import RANK_BY
-from headplast.train.speed import DROPOUT_MASKS, TRAIN_DTYPES
+from headplast.train.speed import DEVICES, DROPOUT_MASKS, SPEED, TRAIN_DTYPES
 
 # Unset fields (None) are filled per task by train/recipes.py (the default experiment's values
 # for SST-2, the guide's for every other task) when a run starts; run_config.json records which.
@@ -20,6 +20,10 @@ METHODS = ("fft", "lora")
 TRACKERS = ("none", "tensorboard", "wandb", "mlflow")
 # what training did before these fields existed: runs with these values keep their keys
 LEGACY = {"train_dtype": "float32", "dropout_masks": "torch", "last_layer_token0": False}
+# before they had flags of their own, fused clipping and the embedding's used rows came with bfloat16
+IMPLIED_BY_BF16 = ("fused_clip", "embedding_rows")
+# how fast or where, not what is trained: not part of a run's identity (frozen_bf16: the same products)
+NOT_IDENTITY = ("output_root", "force", "report_to", "tune_allocator", "lean_steps", "frozen_bf16", "device")
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 
@@ -60,20 +64,37 @@ class TrainConfig:
     warmup_ratio: float = option(0.06, "fraction of steps with linear warm-up", **FRACTION)
     max_length: int = option(256, "tokens per example (longer ones are truncated)", **POSITIVE)
     group_by_length: bool = option(True, "batches of similar length (little padding)")
+    device: str | None = option(None, "where to train: cpu or cuda (default: cuda if a GPU is visible). A run uses "
+                                "one GPU, the first visible one: choose it with CUDA_VISIBLE_DEVICES; several runs "
+                                "at once on several GPUs: headplast sweep", choices=DEVICES)
+    # training speed: each trick has its own flag; unset (None) = the device's default (speed.resolve_speed),
+    # resolved once when the run is first trained and recorded in run_config.json under "speed"
     train_dtype: str | None = option(None, "dtype of training's matrix products: bfloat16 (autocast; weights, "
                                      "gradients and AdamW stay float32) or float32. Default: bfloat16 where the "
-                                     "hardware computes it natively (CPUs with AMX or AVX512-BF16, GPUs since "
-                                     "Ampere), else float32", choices=TRAIN_DTYPES)
+                                     "device computes it natively (CPUs with AMX or AVX512-BF16, GPUs since "
+                                     "Ampere; not emulated), else float32", choices=TRAIN_DTYPES)
     dropout_masks: str | None = option(None, "generator of dropout masks in training: numpy (SFC64, about 10x "
-                                       "faster per mask on CPU) or torch. Default: numpy on CPU, torch on GPU",
-                                       choices=DROPOUT_MASKS)
-    last_layer_token0: bool = option(True, "train with the last layer's O, FFN and norms computed for token 0 only, "
-                                     "the one the task head reads: the same logits and gradients for less work "
-                                     "(dropout masks there are drawn for token 0 only)")
-    lean_steps: bool = option(True, "list the model's parameters and switch its mode once, not at every step as "
-                              "Trainer does (a walk over every module each time): results unchanged")
-    tune_allocator: bool = option(True, "keep freed memory for reuse (glibc): no page faults per step, "
-                                  "results unchanged")
+                                       "faster per mask on CPU; drawn on the host, so refused on a GPU) or torch. "
+                                       "Default: numpy on CPU, torch on GPU", choices=DROPOUT_MASKS)
+    last_layer_token0: bool | None = option(None, "train with the last layer's O, FFN and norms computed for token 0 "
+                                            "only, the one the task head reads: the same logits and gradients for "
+                                            "less work (dropout masks there are drawn for token 0 only). Default: on "
+                                            "on CPU (measured there), off on GPU (not measured there)")
+    lean_steps: bool | None = option(None, "list the model's parameters and switch its mode once, not at every step "
+                                     "as Trainer does (a walk over every module each time): results unchanged. "
+                                     "Default: on on CPU, off on GPU")
+    tune_allocator: bool | None = option(None, "keep freed memory for reuse (glibc): no page faults per step, "
+                                         "results unchanged. Default: on on CPU, off on GPU")
+    fused_clip: bool | None = option(None, "clip gradients inside fused AdamW's step (one BLAS norm in float64, no "
+                                     "rescaling pass; the clip factor is rounded once more). Default: on on CPU "
+                                     "with bfloat16, else off")
+    embedding_rows: bool | None = option(None, "full fine-tuning trains only the embedding rows the training data "
+                                         "looks up (the other rows get AdamW's weight decay, bit for bit). Default: "
+                                         "on on CPU with bfloat16, else off; refused on GPU (millions of tiny "
+                                         "kernels, and not bit-exact against CUDA's fused AdamW)")
+    frozen_bf16: bool | None = option(None, "hold LoRA's frozen Linear weights in bfloat16 while training under "
+                                      "bfloat16 autocast (the same products, no cast per call). Default: on on CPU "
+                                      "with bfloat16, else off")
     max_train_samples: int | None = option(None, "train on a fixed random subset of this size (default: SST-2 "
                                            "8000, other tasks all; a value >= the split's size means all)", **POSITIVE)
     train_subset_seed: int = option(0, "seed of that subset (fixed: seeds vary the optimisation, not the data)",
@@ -115,6 +136,10 @@ class TrainConfig:
         d["text_columns"] = list(self.text_columns)
         return d
 
+    def speed(self) -> dict:
+        """The training speed settings (resolved: no None once speed.resolve_speed filled them)."""
+        return {k: getattr(self, k) for k in SPEED}
+
     def theta0_key_fields(self) -> dict:
         """What determines theta0: runs that agree on these share theta0 bit for bit."""
         keys = ("task", "seed", "head_init", "probe_epochs", "probe_lr", "max_length",
@@ -125,8 +150,11 @@ class TrainConfig:
     def run_fields(self) -> dict:
         """What makes a run different from another (used to refuse overwriting)."""
         d = self.to_dict()
-        for k in ("output_root", "force", "report_to", "tune_allocator", "lean_steps"):  # where/how fast, not what
+        for k in NOT_IDENTITY:
             d.pop(k)
+        for k in IMPLIED_BY_BF16:  # as bfloat16 implied them before their flags: keyed as before
+            if d[k] == (d["train_dtype"] == "bfloat16"):
+                d.pop(k)
         for k, legacy in LEGACY.items():  # runs trained before the field existed keep their identity
             if d[k] == legacy:
                 d.pop(k)

@@ -16,7 +16,8 @@ from headplast.arch.adapters import ArchAdapter, get_adapter
 from headplast.train.config import TrainConfig
 from headplast.train.lora import adapted_modules, make_lora_model, resolve_targets
 from headplast.train.speed import (clip_in_step, embedding_rows_in_use, frozen_linears_in, last_layer_token0,
-                                   numpy_dropout, steady_steps, torch_optimizer, tune_allocator)
+                                   numpy_dropout, resolve_speed, steady_steps, torch_optimizer, training_device,
+                                   tune_allocator)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -41,11 +42,26 @@ def trainable_model(model, adapter: ArchAdapter, cfg: TrainConfig, ranks: dict[s
     return model, "all parameters (full fine-tuning)"
 
 
-def training_args(cfg: TrainConfig, tmp: str, run_name: str | None = None):
+def _one_device_arguments():
     from transformers import TrainingArguments
 
-    cuda = torch.cuda.is_available()
-    return TrainingArguments(
+    class OneDeviceArguments(TrainingArguments):
+        """Trainer's arguments with at most one GPU: with several visible, Trainer would wrap the
+        model in DataParallel and train with batch_size x GPUs while run_config.json says batch_size.
+        n_gpu is public; Trainer reads it for the wrapping, the batch size and the loss scaling."""
+
+        @property
+        def n_gpu(self):
+            return min(super().n_gpu, 1)
+
+    return OneDeviceArguments
+
+
+def training_args(cfg: TrainConfig, tmp: str, run_name: str | None = None):
+    """Trainer's arguments for a resolved config (device and speed settings filled): one device,
+    the first visible GPU or the CPU."""
+    cuda = training_device(cfg.device).type == "cuda"
+    return _one_device_arguments()(
         output_dir=tmp, num_train_epochs=cfg.num_epochs, per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_ratio,
         lr_scheduler_type="linear", seed=cfg.seed, data_seed=cfg.seed, save_strategy="no",
@@ -128,6 +144,8 @@ def fine_tune(model, tok, train_examples, cfg: TrainConfig, log_dir: str | None 
     With cfg.report_to set, training is logged there (tensorboard: event files in log_dir)."""
     from headplast.data.tokenize import as_hf_dataset, encode
 
+    if cfg.device is None or None in cfg.speed().values():  # a library caller's config: this device's defaults
+        cfg = resolve_speed(cfg)[0]
     enc = encode(tok, train_examples, cfg.max_length)
     ds = as_hf_dataset(enc)
     callbacks = []
@@ -140,16 +158,17 @@ def fine_tune(model, tok, train_examples, cfg: TrainConfig, log_dir: str | None 
         tune_allocator()
     masks = numpy_dropout(model, cfg.seed) if cfg.dropout_masks == "numpy" else nullcontext()
     bf16 = cfg.train_dtype == "bfloat16"
-    frozen = frozen_linears_in(model, torch.bfloat16) if bf16 else nullcontext()
     token0 = last_layer_token0(model, get_adapter(model)) if cfg.last_layer_token0 else nullcontext()
-    with tempfile.TemporaryDirectory() as tmp, masks, frozen, token0:
-        # bf16 runs also clip inside fused AdamW (same factor, rounded once more) and train only the
-        # embedding rows the data uses (the clipping norm summed without the zeros); float32 runs
-        # train as they always did, so runs trained before these settings keep their results
-        trainer = _make_trainer(model, training_args(cfg, tmp, run_name), ds, tok, callbacks, fused_clip=bf16,
-                                lean=cfg.lean_steps)
-        used = embedding_rows_in_use(model, _token_ids(enc, tok)) if bf16 and _torch_adamw(trainer) else nullcontext()
-        with used as rows:  # the optimizer is built in train(), from the model as it is then
+    with tempfile.TemporaryDirectory() as tmp, masks, token0:
+        # fused clipping rounds the clip factor once more, and the used embedding rows leave the
+        # zeros out of the clipping norm: runs trained without them keep their results
+        trainer = _make_trainer(model, training_args(cfg, tmp, run_name), ds, tok, callbacks,
+                                fused_clip=bool(cfg.fused_clip), lean=bool(cfg.lean_steps))
+        # entered once Trainer has put the model on its device, so what the blocks keep is where the model is
+        frozen = frozen_linears_in(model, torch.bfloat16) if cfg.frozen_bf16 and bf16 else nullcontext()
+        used = embedding_rows_in_use(model, _token_ids(enc, tok)) if cfg.embedding_rows and _torch_adamw(trainer) \
+            else nullcontext()
+        with frozen, used as rows:  # the optimizer is built in train(), from the model as it is then
             if rows is not None:
                 trainer.add_callback(_decay_recorder(rows))
             with steady_steps(model) if cfg.lean_steps else nullcontext():  # after the rows' swap

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from headplast.data.prepare import task_name
-from headplast.train.speed import default_dropout_masks, default_train_dtype
 
 # what a field left unset becomes when the task has no recipe: the guide's setup (3 epochs on the
 # whole train split, eval subset from the validation split); learning rates as below
@@ -46,9 +45,10 @@ RECIPES = {
 
 
 def resolve(cfg):
-    """(cfg with every unset field filled, {field: where its value came from}).
+    """(cfg with every unset field of the experiment filled, {field: where its value came from}).
 
-    cfg: a TrainConfig. Fields the user set are kept as given."""
+    cfg: a TrainConfig. Fields the user set are kept as given. The device and speed settings are
+    the hardware's, filled by train.speed.resolve_speed (steps.train_step.resolved_config)."""
     task = task_name(cfg.task, bool(cfg.train_file))
     recipe = RECIPES.get(task)
     filled, sources = {}, {}
@@ -60,9 +60,6 @@ def resolve(cfg):
         else:
             value, sources[name] = guide, "general default"
         filled[name] = value[cfg.method] if isinstance(value, dict) else value
-    for name, default in (("train_dtype", default_train_dtype), ("dropout_masks", default_dropout_masks)):
-        if getattr(cfg, name) is None:  # how fast this machine trains (bench/bench_train.py)
-            filled[name], sources[name] = default(), "hardware default"
     return replace(cfg, **filled), sources
 
 

@@ -42,26 +42,85 @@ import numpy as np
 import torch
 from torch import nn
 
+from headplast.arch.device import native_bf16
+from headplast.errors import HeadplastError
+
 TRAIN_DTYPES = ("float32", "bfloat16")
 DROPOUT_MASKS = ("numpy", "torch")
+DEVICES = ("cpu", "cuda")
+# every training speed setting (TrainConfig fields): None = the device's default, resolved once
+SPEED = ("train_dtype", "dropout_masks", "last_layer_token0", "lean_steps", "tune_allocator", "fused_clip",
+         "embedding_rows", "frozen_bf16")
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 
 
-def native_bf16(device: str = "cpu") -> bool:
-    """Whether the device multiplies bf16 matrices natively (else bf16 is emulated and slower)."""
-    if device.startswith("cuda"):
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    checks = (getattr(torch.cpu, "_is_amx_tile_supported", None), getattr(torch.cpu, "_is_avx512_bf16_supported", None))
-    return any(bool(c()) for c in checks if c is not None)
+def training_device(requested: str | None) -> torch.device:
+    """Where Trainer trains: the CPU, or the first visible GPU (one device per run)."""
+    if requested == "cpu" or (requested is None and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise HeadplastError("--device cuda: no GPU is visible to this process",
+                             "pass --device cpu, or run where a GPU is visible (check CUDA_VISIBLE_DEVICES)")
+    return torch.device("cuda", 0)
 
 
-def default_train_dtype() -> str:
-    return "bfloat16" if native_bf16("cuda" if torch.cuda.is_available() else "cpu") else "float32"
+def hardware_defaults(device: torch.device) -> dict:
+    """The speed settings a device gets when the user leaves them unset. Every trick was measured
+    on a 2-core CPU only (bench/bench_train.py): on a GPU the default is plain Trainer with bf16
+    autocast where the GPU computes bf16 natively, until they are measured there."""
+    dtype = "bfloat16" if native_bf16(device) else "float32"
+    if device.type == "cpu":
+        return {"train_dtype": dtype, "dropout_masks": "numpy", "last_layer_token0": True, "lean_steps": True,
+                "tune_allocator": True}
+    return {"train_dtype": dtype, "dropout_masks": "torch", "last_layer_token0": False, "lean_steps": False,
+            "tune_allocator": False}
 
 
-def default_dropout_masks() -> str:
-    # masks drawn on the host would have to be copied to a GPU, whose own generator is fast
-    return "torch" if torch.cuda.is_available() else "numpy"
+def resolve_speed(cfg, recorded: dict | None = None):
+    """(cfg with its device and every speed setting filled, {field: where its value came from}).
+
+    A field the user set is kept; else the value `recorded` when this run was trained (so a run
+    keeps its identity whichever machine looks at it: a CPU-only head node judging GPU runs);
+    else the training device's default. fused_clip, embedding_rows and frozen_bf16 default to on
+    on a CPU training in bfloat16 (they came with bfloat16 before they had flags)."""
+    from dataclasses import replace
+
+    recorded = recorded or {}
+    filled, sources = {}, {}
+    if cfg.device is None:  # not checked here: a head node without GPUs judges runs trained on one
+        filled["device"] = recorded.get("device") or training_device(None).type
+        sources["device"] = "recorded at training" if recorded.get("device") else "hardware default"
+    device = torch.device(filled.get("device", cfg.device))
+    probe = None
+    for name in SPEED:
+        if getattr(cfg, name) is not None:
+            continue
+        if name in recorded:
+            filled[name], sources[name] = recorded[name], "recorded at training"
+            continue
+        if name in ("fused_clip", "embedding_rows", "frozen_bf16"):
+            dtype = filled.get("train_dtype", cfg.train_dtype)
+            filled[name] = device.type == "cpu" and dtype == "bfloat16"
+        else:
+            probe = probe or hardware_defaults(device)
+            filled[name] = probe[name]
+        sources[name] = f"hardware default ({device.type})"
+    return replace(cfg, **filled), sources
+
+
+def check_speed(cfg, device: torch.device) -> None:
+    """Settings that cannot work on `device`, refused before anything is built."""
+    if device.type == "cuda" and cfg.dropout_masks == "numpy":
+        raise HeadplastError("--dropout-masks numpy draws every mask on the host and copies it to the GPU, "
+                             "whose own generator is faster", "pass --dropout-masks torch (the default on a GPU)")
+    if device.type == "cuda" and cfg.embedding_rows:
+        raise HeadplastError("--embedding-rows is for CPUs: on a GPU its restore runs millions of tiny kernels, "
+                             "and it is not bit-exact against CUDA's fused AdamW",
+                             "pass --no-embedding-rows (the default on a GPU)")
+    if cfg.frozen_bf16 and cfg.train_dtype != "bfloat16":
+        raise HeadplastError("--frozen-bf16 holds frozen weights in bfloat16 for bfloat16 autocast; with "
+                             f"--train-dtype {cfg.train_dtype} it would change the products",
+                             "pass --no-frozen-bf16, or --train-dtype bfloat16")
 
 
 def tune_allocator() -> bool:
@@ -78,19 +137,25 @@ def tune_allocator() -> bool:
 def frozen_linears_in(model: nn.Module, dtype: torch.dtype):
     """While training under autocast to `dtype`: every frozen nn.Linear weight and bias held in
     `dtype` (autocast would cast it to exactly that at each call), the original fp32 tensors put
-    back afterwards. Trainable ones (LoRA's A/B, the task head, all of FFT) are left alone."""
-    saved = []
+    back afterwards, on the device each parameter is on then. Trainable ones (LoRA's A/B, the task
+    head, all of FFT) are left alone."""
+    saved = []  # (module, attribute, original): a .to() may replace the Parameter objects themselves
     for mod in model.modules():
         if isinstance(mod, nn.Linear):  # peft's LoRA layers wrap an nn.Linear base_layer
-            for p in (mod.weight, mod.bias):
+            for name in ("weight", "bias"):
+                p = getattr(mod, name)
                 if p is not None and not p.requires_grad and p.dtype == torch.float32:
-                    saved.append((p, p.data))
+                    saved.append((mod, name, p.data))
                     p.data = p.data.to(dtype)
     try:
         yield len(saved)
     finally:
-        for p, data in saved:
-            p.data = data
+        # the model may have moved inside the block (Trainer puts it on the GPU, a caller may
+        # cast it): each original goes back where the parameter is now, in the dtype the rest of
+        # the model has now (its own fp32, unless the model was cast to another dtype)
+        for mod, name, data in saved:
+            p = getattr(mod, name)
+            p.data = data.to(device=p.device, dtype=data.dtype if p.dtype == dtype else p.dtype)
 
 
 def _token0(module, args):

@@ -14,12 +14,13 @@ from headplast.data.tokenize import encode, sorted_batches
 
 
 def build_theta0(model_path: str, task, tokenizer, train, seed: int, head_init: str,
-                 max_length: int, probe_epochs: int, probe_lr: float):
+                 max_length: int, probe_epochs: int, probe_lr: float, device: torch.device | str = "cpu"):
+    """theta0 on `device` (fp32; the caller decides the matmul precision: steps use exact fp32)."""
     from headplast.arch.loading import load_model
 
-    torch.manual_seed(seed)  # the fresh head's init depends only on the seed
+    torch.manual_seed(seed)  # the fresh head's init depends only on the seed (drawn on the CPU at load)
     problem = "regression" if task.is_regression else "single_label_classification"
-    model = load_model(model_path, num_labels=task.num_labels, problem_type=problem)
+    model = load_model(model_path, num_labels=task.num_labels, problem_type=problem).to(device)
     adapter = get_adapter(model)
     probe = None
     if head_init == "probe":
@@ -36,13 +37,14 @@ def first_token_features(model, adapter: ArchAdapter, enc, pad_id: int, batch_si
     """Last-layer hidden state of token 0 for each example: [N, D] (all the head reads)."""
     model.eval()
     base = getattr(model, adapter.base)
+    device = next(model.parameters()).device
     feats = None
     for idx, batch in sorted_batches(enc, batch_size, pad_id):
         batch.pop("labels")
-        cls = base(**batch).last_hidden_state[:, 0]  # [B, D]
+        cls = base(**{k: v.to(device) for k, v in batch.items()}).last_hidden_state[:, 0]  # [B, D]
         if feats is None:
-            feats = torch.zeros(len(enc), cls.shape[-1])
-        feats[torch.as_tensor(idx)] = cls
+            feats = torch.zeros(len(enc), cls.shape[-1], device=device, dtype=cls.dtype)
+        feats[torch.as_tensor(idx, device=device)] = cls
     return feats
 
 
@@ -61,33 +63,41 @@ def fit_probe(model, adapter, tokenizer, train, task, seed, max_length, steps, l
     """
     enc = encode(tokenizer, train, max_length)
     feats = first_token_features(model, adapter, enc, tokenizer.pad_token_id).unsqueeze(1)  # [N,1,D]
-    labels = torch.as_tensor(train.labels)
+    device = feats.device
+    labels = torch.as_tensor(train.labels, device=device)
     gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(labels), generator=gen)
+    perm = torch.randperm(len(labels), generator=gen).to(device)
     n_ho = max(1, len(labels) // 10)
     ho, fit = perm[:n_ho], perm[n_ho:]
     modules = [_module(model, name) for name in adapter.head_modules]
     params = [p for m in modules for p in m.parameters()]
-    snapshot = lambda: [{k: v.clone() for k, v in m.state_dict().items()} for m in modules]  # noqa: E731
     rng_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     model.eval()  # dropout off: the probe is deterministic
+    # the best head so far is kept on the device (a select per step, no host round trip)
     with torch.no_grad():
-        best = (_probe_loss(model, adapter, feats[ho], labels[ho], task.is_regression).item(), snapshot(), 0)
+        best_loss = _probe_loss(model, adapter, feats[ho], labels[ho], task.is_regression)
+        best = [t.detach().clone() for m in modules for t in m.state_dict().values()]
+        best_step = torch.zeros((), dtype=torch.long, device=device)
     for step in range(1, steps + 1):
         loss = _probe_loss(model, adapter, feats[fit], labels[fit], task.is_regression)
         opt.zero_grad()
         loss.backward()
         opt.step()
         with torch.no_grad():
-            ho_loss = _probe_loss(model, adapter, feats[ho], labels[ho], task.is_regression).item()
-        if ho_loss < best[0]:
-            best = (ho_loss, snapshot(), step)
-    for m, state in zip(modules, best[1]):
-        m.load_state_dict(state)
+            ho_loss = _probe_loss(model, adapter, feats[ho], labels[ho], task.is_regression)
+            better = ho_loss < best_loss
+            best_loss = torch.where(better, ho_loss, best_loss)
+            best_step = torch.where(better, step, best_step)
+            for b, t in zip(best, (t for m in modules for t in m.state_dict().values())):
+                b.copy_(torch.where(better, t, b))
+    with torch.no_grad():
+        it = iter(best)
+        for m in modules:
+            m.load_state_dict({k: next(it) for k in m.state_dict()})
     torch.random.set_rng_state(rng_state)
-    return {"best_step": best[2], "heldout_loss": best[0], "max_steps": steps, "lr": lr,
+    return {"best_step": int(best_step), "heldout_loss": float(best_loss), "max_steps": steps, "lr": lr,
             "heldout_examples": int(n_ho)}
 
 
