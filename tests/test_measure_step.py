@@ -272,3 +272,70 @@ def test_geometry_files_are_recorded_and_intruder_settings_redo_only_them(traine
     assert all(r["k"] == 3 and len(r["max_cos"]) == 3 for r in rows)
     meta = json.loads((lora / "measure_meta.json").read_text())
     assert meta["settings"]["intruder_k"] == 3 and "update_geometry" in meta["measurements"]
+
+
+def test_measurements_are_ieee_fp32_whatever_the_environment_and_meta_records_how(trained, tmp_path):
+    """oneDNN's bf16 math mode set globally (as TF32 is by some containers) rounds fp32 products on
+    CPUs with bf16 units; measuring is unaffected bit for bit, and the mode is back afterwards."""
+    import torch
+
+    _, fft, _ = trained
+    a, b = tmp_path / "a" / "FFT" / "RTE" / "seed1", tmp_path / "b" / "FFT" / "RTE" / "seed1"
+    shutil.copytree(fft, a), shutil.copytree(fft, b)
+    run_measure(a, QUIET, force=True)
+    mk = torch.backends.mkldnn.matmul
+    before = mk.fp32_precision
+    x, lin = torch.randn(64, 256), torch.nn.Linear(256, 128)
+    exact = lin(x)
+    mk.fp32_precision = "bf16"
+    try:
+        if torch.equal(lin(x), exact):
+            pytest.skip("this CPU computes fp32 products the same in oneDNN's bf16 mode (no bf16 units)")
+        run_measure(b, QUIET, force=True)
+        assert mk.fp32_precision == "bf16"
+    finally:
+        mk.fp32_precision = before
+    written = sorted(p.name for p in a.iterdir() if p.suffix in (".jsonl", ".npy"))
+    assert {"importance_pre.jsonl", "losses_post.npy", "gradfisher_pre.jsonl", "losses_effect_fwd.npy"} <= set(written)
+    for name in written:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), f"{name} differs"
+    meta = json.loads((b / "measure_meta.json").read_text())
+    c = meta["compute"]
+    assert c["device"] == "cpu" and c["type"] == "cpu" and c["dtype"] == "float32" and c["processes"] == 1
+    assert c["precision"]["mkldnn_matmul"] == "ieee" and c["precision"]["cuda_matmul"] == "ieee"
+    assert c["sized_by_device"] == {"max_tokens": 4096, "batch_size": 32}
+    assert meta["settings"]["max_tokens"] == 4096 and meta["settings"]["batch_size"] == 32
+    run_measure(b, MeasureConfig(progress=False, max_tokens=100), force=True)
+    meta = json.loads((b / "measure_meta.json").read_text())
+    assert meta["compute"]["sized_by_device"] == {"batch_size": 32} and meta["settings"]["max_tokens"] == 100
+    # results do not depend on max_tokens beyond fp32 rounding: it only sets how many heads share a
+    # pass, and the size of a product can change its summation order in the last bits
+    for name in (n for n in written if n.endswith(".npy")):
+        np.testing.assert_allclose(np.load(b / name), np.load(a / name), rtol=1e-5, atol=1e-6, err_msg=name)
+    for name in ("importance_pre.jsonl", "importance_post.jsonl", "update_effect.jsonl"):
+        for ra, rb in zip(read_jsonl(a / name), read_jsonl(b / name), strict=True):
+            for f, v in ra.items():
+                if isinstance(v, float):
+                    assert v == pytest.approx(rb[f], rel=1e-4, abs=1e-6, nan_ok=True), (name, f)
+
+
+def test_each_torchrun_rank_measures_on_its_own_gpu(trained, monkeypatch):
+    """Every rank gets the same --device; each computes on its LOCAL_RANK GPU, sized for a GPU, and
+    the keys of what it computes there name the device type (simulated: no model is moved)."""
+    import torch
+
+    from headplast.measure.ablation import IMPORTANCE_PRE
+    from headplast.measure.update import UPDATE
+    from headplast.steps.measure_step import MeasureContext, _key
+
+    _, fft, _ = trained
+    cpu = MeasureContext(fft, QUIET)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    ctx = MeasureContext(fft, MeasureConfig(progress=False, device="cuda:0"))
+    assert ctx.device == torch.device("cuda", 1)
+    assert (ctx.cfg.max_tokens, ctx.cfg.batch_size) == (1 << 16, 64)
+    assert _key(IMPORTANCE_PRE, ctx) != _key(IMPORTANCE_PRE, cpu) and _key(UPDATE, ctx) == _key(UPDATE, cpu)
+    assert MeasureContext(fft, MeasureConfig(progress=False, device="cpu")).device.type == "cpu"

@@ -86,6 +86,15 @@ def _new_api() -> bool:
     return hasattr(torch.backends, "fp32_precision")  # torch >= 2.9: per-backend fp32_precision
 
 
+def _global_precision() -> str | None:
+    """torch.get_float32_matmul_precision(), or None where torch >= 2.9 refuses to answer (backends
+    set to different precisions through the per-backend API, e.g. oneDNN's bf16 mode alone)."""
+    try:
+        return torch.get_float32_matmul_precision()
+    except RuntimeError:
+        return None
+
+
 def precision_state() -> dict:
     """How fp32 matrix products are computed right now (what the exactness of a result depends on)."""
     b = torch.backends
@@ -95,7 +104,7 @@ def precision_state() -> dict:
     else:
         state = {"cuda_matmul": "tf32" if b.cuda.matmul.allow_tf32 else "ieee",
                  "cudnn_conv": "tf32" if b.cudnn.allow_tf32 else "ieee"}
-    state["float32_matmul_precision"] = torch.get_float32_matmul_precision()
+    state["float32_matmul_precision"] = _global_precision()
     state[TF32_OVERRIDE] = os.environ.get(TF32_OVERRIDE)
     return state
 
@@ -116,8 +125,11 @@ def exact_fp32():
     the previous settings are back afterwards. Yields the state inside, for the record."""
     refuse_tf32_override()
     b = torch.backends
-    before_precision = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
+    # with the per-backend API the backends below are all there is (the global getter and setter
+    # then refuse mixed states, which an environment setting oneDNN's bf16 mode alone makes)
+    before_precision = None if _new_api() else torch.get_float32_matmul_precision()
+    if before_precision is not None:
+        torch.set_float32_matmul_precision("highest")
     if _new_api():
         saved = [(b.cuda.matmul, b.cuda.matmul.fp32_precision), (b.cudnn.conv, b.cudnn.conv.fp32_precision),
                  (b.cudnn.rnn, b.cudnn.rnn.fp32_precision), (b.mkldnn.matmul, b.mkldnn.matmul.fp32_precision),
@@ -136,5 +148,5 @@ def exact_fp32():
                 backend.fp32_precision = value
             else:
                 backend.allow_tf32 = value
-        if torch.get_float32_matmul_precision() != before_precision:
+        if before_precision is not None and torch.get_float32_matmul_precision() != before_precision:
             torch.set_float32_matmul_precision(before_precision)

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from headplast.errors import HeadplastError, did_you_mean
 from headplast.options import OPEN_FRACTION, POSITIVE, option, validate
 
 DTYPES = ("float32", "float16", "bfloat16")
 ABLATIONS = ("zero", "mean", "resample")
+
+# max_tokens and batch_size when not given, per device type (MeasureConfig.for_device). The CPU's
+# were measured on 2 cores (4096 tokens: 1.2-1.4x faster than 16384). The GPU's are not measured
+# on a GPU yet: a GPU is busy only with large passes, and 4096 tokens would replay one head per
+# pass there; 65536 tokens hold a layer's 12 heads x 64 examples of up to 85 tokens in one pass
+# (DeBERTa-v3-base in fp32: a few GiB of activations).
+DEVICE_SIZES = {"cpu": {"max_tokens": 1 << 12, "batch_size": 32}, "gpu": {"max_tokens": 1 << 16, "batch_size": 64}}
 
 
 @dataclass(frozen=True)
@@ -20,14 +27,19 @@ class MeasureConfig:
                                        "gated to 0), mean (its mean output), resample (its output on another eval "
                                        "example); the first gives I_pre/I_post, each further one its own files "
                                        "and columns, e.g. zero,mean,resample", sep=",", metavar="ABLATIONS")
-    batch_size: int = option(32, "examples per ablation batch", flag="--measure-batch-size",
-                             aliases=("--batch-size",), **POSITIVE)
+    batch_size: int | None = option(None, "examples per ablation batch (default: from the device: 32 on a CPU, 64 "
+                                    "on a GPU, not yet measured on one)", flag="--measure-batch-size",
+                                    aliases=("--batch-size",), **POSITIVE)
     grad_batch_size: int = option(16, "examples per batch of the gradient/Fisher pass", **POSITIVE)
     dtype: str = option("float32", "dtype of the forward passes (fp32 is what the tests prove exact)",
                         choices=DTYPES)
     device: str | None = option(None, "cpu, cuda, cuda:1 (default: cuda if available)")
-    max_tokens: int = option(1 << 12, "tokens per ablation pass (heads of a layer are batched together; 4096 was "
-                             "fastest on 2 CPU cores for short SST-2 examples, 1.2-1.4x faster than 16384)", **POSITIVE)
+    max_tokens: int | None = option(None, "tokens per ablation pass: heads of a layer are batched together up to "
+                                    "this; the results do not depend on it (default: from the device: 4096 on a "
+                                    "CPU, fastest on 2 cores for short SST-2 examples, 1.2-1.4x faster than 16384; "
+                                    "65536 on a GPU, not yet measured on one: a GPU needs large passes, and 4096 "
+                                    "would replay one head per pass; lower it if the GPU runs out of memory)",
+                                    **POSITIVE)
     intruder_k: int = option(10, "intruder dimensions: top singular vectors of each fine-tuned matrix examined",
                              **POSITIVE)
     intruder_epsilon: float = option(0.5, "intruder dimensions: a vector whose largest |cosine| with theta0's "
@@ -44,6 +56,12 @@ class MeasureConfig:
                                  + (f"unknown ablation '{bad[0]}'.{did_you_mean(bad[0], ABLATIONS)}" if bad
                                     else "each ablation at most once, at least one"),
                                  f"give some of {', '.join(ABLATIONS)}, comma-separated, e.g. --ablation zero,mean")
+
+    def for_device(self, device) -> "MeasureConfig":
+        """This config with max_tokens and batch_size not given taken from the device's type
+        (DEVICE_SIZES); the measure step resolves them once, and records them."""
+        sizes = DEVICE_SIZES["cpu" if str(device).startswith("cpu") else "gpu"]
+        return replace(self, **{n: v for n, v in sizes.items() if getattr(self, n) is None})
 
     def settings(self, names) -> dict:
         """The values of the named fields (what a measurement's result depends on). 'ablation' is the

@@ -63,6 +63,12 @@ class Measurement:
         return self.enabled is None or bool(self.enabled(cfg))
 
     @property
+    def on_device(self) -> bool:
+        """Computed on the compute device in --dtype (the others use theta0/theta1 in fp32 on the
+        CPU: Inputs.model(exact=True)); --dtype is then one of its settings."""
+        return "dtype" in self.settings
+
+    @property
     def file(self) -> str:
         return f"{self.name}.jsonl"
 

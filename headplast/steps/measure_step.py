@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from headplast.arch.adapters import get_adapter
+from headplast.arch.device import compute_device, describe, exact_fp32
 from headplast.arch.loading import load_model, load_tokenizer
 from headplast.data.prepare import prepare_from_config
 from headplast.data.subset import check_same_subset, make_eval_subset
@@ -24,7 +25,7 @@ from headplast.errors import HeadplastError
 from headplast.measure import registry
 from headplast.measure.config import MeasureConfig
 from headplast.measure.declare import Measurement
-from headplast.measure.shard import announce, current
+from headplast.measure.shard import announce, current, reporting
 from headplast.measure.update import merged_peft_model
 from headplast.steps.outcome import Outcome, fresh_or_refuse, run_recorded
 from headplast.steps.train_step import train_command
@@ -61,10 +62,12 @@ class MeasureContext:
     """The inputs of a run's measurements (headplast.measure.declare.Inputs), loaded lazily."""
 
     def __init__(self, run_dir: Path, cfg: MeasureConfig):
-        self.cfg, self.dir = cfg, Path(run_dir)
+        # under torchrun each rank computes on its own LOCAL_RANK GPU, whatever --device says
+        self.device = compute_device(cfg.device)
+        self.given = cfg  # max_tokens / batch_size None: sized for the device, once (recorded in measure_meta.json)
+        self.cfg, self.dir = cfg.for_device(self.device), Path(run_dir)
         self.rc = load_run(self.dir)
         tc = self.rc["config"]
-        self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         src = cfg.eval_source or tc["eval_source"]
         size = cfg.eval_size or tc["eval_size"]
         if src == "holdout" and (tc["eval_source"] != "holdout" or size != tc["eval_size"]):
@@ -148,8 +151,18 @@ def _write(m: Measurement, ctx: MeasureContext, base: Path) -> None:
     atomic_write_jsonl(base / m.file, res.rows())
 
 
+# how fp32 matrix products are computed while measuring (exact_fp32), part of a GPU result's key
+PRECISION = "ieee"
+
+
 def _key(m: Measurement, ctx: MeasureContext) -> str:
-    return records.step_key(m.name, ctx.cfg.settings(m.settings), ctx.needs_hashes(m))
+    """Settings and input hashes; a measurement computed on a GPU also names the device type and
+    the fp32 precision (on a CPU they are left out: the keys of runs measured before stay valid;
+    --dtype is a setting of every measurement computed on the device already)."""
+    settings = ctx.cfg.settings(m.settings)
+    if m.on_device and ctx.device.type != "cpu":
+        settings["compute"] = {"device": ctx.device.type, "fp32": PRECISION}
+    return records.step_key(m.name, settings, ctx.needs_hashes(m))
 
 
 def _measure_one(m: Measurement, ctx: MeasureContext, force: bool) -> str | float:
@@ -214,20 +227,26 @@ def run_measure(run_dir: str | Path, cfg: MeasureConfig = MeasureConfig(), force
     """Measure one trained run; timings: {measurement: seconds, 'shared' or 'skipped'}.
 
     Started by torchrun / accelerate launch, rank 0 runs the step (it alone reads records and
-    writes) and the other processes compute their shares of each split measurement it starts."""
+    writes) and the other processes compute their shares of each split measurement it starts.
+    A failure on any rank stops every rank with an error (headplast.measure.shard.reporting)."""
     shard = current()
-    ctx = MeasureContext(Path(run_dir), cfg if shard.leader else replace(cfg, progress=False))
-    if not shard.leader:
-        return _follow(ctx)
-    try:
-        d = ctx.dir
-        if not force and _up_to_date(ctx):
-            return Outcome("skipped", d, "", {m.name: "skipped" for m in registry.enabled(cfg)})
-        with locks.hold(d, f"{d} (measure)"):
-            return _measure_all(ctx, force)
-    finally:
+    with reporting():
+        ctx = MeasureContext(Path(run_dir), cfg if shard.leader else replace(cfg, progress=False))
+        if not shard.leader:
+            with exact_fp32():
+                return _follow(ctx)
+        out = _lead(ctx, force)
         if shard.world > 1:
-            announce(None)
+            announce(None)  # no more split measurements: the others return
+        return out
+
+
+def _lead(ctx: MeasureContext, force: bool) -> Outcome:
+    d = ctx.dir
+    if not force and _up_to_date(ctx):
+        return Outcome("skipped", d, "", {m.name: "skipped" for m in registry.enabled(ctx.cfg)})
+    with locks.hold(d, f"{d} (measure)"), exact_fp32() as precision:  # IEEE fp32 products, whatever the environment
+        return _measure_all(ctx, force, precision)
 
 
 def _follow(ctx: MeasureContext) -> Outcome:
@@ -239,7 +258,14 @@ def _follow(ctx: MeasureContext) -> Outcome:
     return Outcome("ran" if done else "skipped", ctx.dir, f"rank {current().rank}", done)
 
 
-def _measure_all(ctx: MeasureContext, force: bool) -> Outcome:
+def _compute_meta(ctx: MeasureContext, precision: dict) -> dict:
+    """What the measurements computed on the device were computed on, and how."""
+    sized = [n for n in ("max_tokens", "batch_size") if getattr(ctx.given, n) is None]
+    return {**describe(ctx.device), "dtype": ctx.cfg.dtype, "precision": precision,
+            "sized_by_device": {n: getattr(ctx.cfg, n) for n in sized}, "processes": current().world}
+
+
+def _measure_all(ctx: MeasureContext, force: bool, precision: dict) -> Outcome:
     d, cfg = ctx.dir, ctx.cfg
     clean_temporaries(d)
     subset_path = d / layout.EVAL_SUBSET
@@ -256,6 +282,7 @@ def _measure_all(ctx: MeasureContext, force: bool) -> Outcome:
     if status == "ran" or not (d / layout.MEASURE_META).exists():
         meta = {"settings": {**asdict(cfg), "eval_source": ctx.subset.eval_source, "eval_size": ctx.subset.size,
                              "max_length": ctx.max_length},
+                "compute": _compute_meta(ctx, precision),
                 "head_parameters": _head_parameters(ctx.model("theta0", exact=True)),
                 "measurements": {m.name: {"needs": list(m.needs), **_summary(d, m.name)}
                                  for m in registry.MEASUREMENTS if records.read_record(d, m.name)}}
