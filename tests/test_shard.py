@@ -106,3 +106,58 @@ def test_launched_measure_writes_what_one_process_writes(launcher, tmp_path, mod
     again = _launch(["-m", "headplast", "measure", str(run2), *flags], launcher)
     line = next(x for x in again.stdout.splitlines() if x.startswith("measured"))
     assert "skipped" in line and not re.search(r"\d+(\.\d+)?s\b", line), line
+
+
+@pytest.fixture(scope="module")
+def trained_bert(model_dirs, tmp_path_factory):
+    from headplast.steps.train_step import run_train
+    from headplast.train.config import TrainConfig
+
+    root = tmp_path_factory.mktemp("fail")
+    return root, run_train(TrainConfig(method="fft", **tiny_run_kwargs(model_dirs["bert"], root / "runs"))).path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rank,where", [(0, "ablation"), (1, "ablation"), (0, "gradfisher")])
+def test_a_rank_that_fails_stops_every_rank_with_its_error(rank, where, trained_bert, tmp_path):
+    """`headplast measure` in 2 gloo processes (no torchrun: it would stop the survivor itself), one
+    failing: in a split measurement while the other waits for its share (rank 0 or 1), or in one
+    rank 0 computes alone while rank 1 waits for the next. Both exit soon, each with an error."""
+    import socket
+    import time
+
+    root, run = trained_bert
+    copy = tmp_path / run.relative_to(root)
+    shutil.copytree(root / "runs", tmp_path / "runs")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+            "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)])}
+    procs = [subprocess.Popen([sys.executable, str(TESTS / "shard_fail_worker.py"), str(copy), str(rank), where],
+                              env={**base, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    start, ended = time.monotonic(), {}
+    try:
+        while len(ended) < 2:
+            for r, p in enumerate(procs):
+                if r not in ended and p.poll() is not None:
+                    ended[r] = time.monotonic()
+            first = min(ended.values(), default=None)
+            if (first is not None and time.monotonic() - first > 60) or time.monotonic() - start > 600:
+                break
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    out = [p.communicate()[1] for p in procs]
+    assert len(ended) == 2, f"rank {1 - min(ended, default=0)} still running a minute after the other ended:\n" \
+                            + "\n".join(o[-2000:] for o in out)
+    injected = f"injected failure in {where} on rank {rank}"
+    assert procs[rank].returncode not in (0, None) and injected in out[rank], out[rank][-3000:]
+    other = 1 - rank
+    assert procs[other].returncode == 2, out[other][-3000:]  # headplast's error exit, not a kill
+    assert f"headplast: error: rank {rank} of 2 failed, so rank {other} stopped too: RuntimeError: {injected}" \
+        in out[other], out[other][-3000:]

@@ -6,6 +6,11 @@ by the same operations on the same inputs as in one process; the per-example arr
 gathered and every process holds the full result (rank 0 writes it). Units are dealt out by
 their cost, proportional to the layers replayed above the unit's layer times its heads.
 
+A failure on one rank stops every rank: the ranks only ever meet in one kind of collective
+(`_exchange`, an all_gather of (error, payload)), so a rank that fails contributes its error to
+the collective the others wait in, whichever it is, and they all raise (`fail`, `reporting`),
+instead of waiting for a collective it will never join (the process group's timeout is a day).
+
     torchrun --nproc-per-node 2 -m headplast measure RUN_DIR     # 2 CPU processes (gloo)
     torchrun --nproc-per-node 4 -m headplast measure RUN_DIR     # 4 GPUs (nccl), one each
     accelerate launch --multi_gpu --num_processes 2 -m headplast measure RUN_DIR   # the same, by accelerate
@@ -20,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from headplast.errors import HeadplastError
 
 Unit = tuple[int, list[int]]  # (layer, heads)
 
@@ -58,14 +65,66 @@ def launched(timeout_hours: float = 24.0):
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=timeout_hours))
+    _link["broken"] = False
     try:
-        yield current()
-        # every rank done with every collective before any tears down: a rank that exits while
-        # gloo still talks to it can abort ("terminate called without an active exception");
-        # not after an error, where the others may never arrive (torchrun stops them)
-        dist.barrier()
+        with reporting():
+            yield current()
+            # every rank done with every collective before any tears down: a rank that exits while
+            # gloo still talks to it can abort ("terminate called without an active exception");
+            # carries the status too: a rank that failed after its last collective is heard here
+            _exchange(None)
     finally:
         dist.destroy_process_group()
+
+
+_link = {"broken": False}  # an error was exchanged: no further collective (the others are leaving)
+
+
+class RankFailed(HeadplastError):
+    """Another rank failed; this one stops too."""
+
+
+def _exchange(payload, error: str | None = None) -> list:
+    """Every rank's payload, rank by rank: the one collective the ranks meet in. Raises RankFailed
+    when another rank sent an error instead of its payload."""
+    import torch.distributed as dist
+
+    shard = current()
+    if _link["broken"]:
+        raise RankFailed("a rank failed earlier in this launch", "see the first error above")
+    parts: list = [None] * shard.world
+    dist.all_gather_object(parts, (error, payload))
+    failed = [(r, e) for r, (e, _) in enumerate(parts) if e is not None]
+    if failed:
+        _link["broken"] = True
+        if error is None:
+            r, e = failed[0]
+            raise RankFailed(f"rank {r} of {shard.world} failed, so rank {shard.rank} stopped too: {e}",
+                             f"see rank {r}'s error and traceback in its output; fix that and re-run (finished "
+                             "measurements are kept)")
+    return [p for _, p in parts]
+
+
+def fail(exc: BaseException) -> None:
+    """This rank failed: its error goes to the others in whichever collective they wait in (once;
+    nothing when the error came from another rank or there is no other)."""
+    if current().world <= 1 or _link["broken"] or isinstance(exc, RankFailed):
+        return
+    try:
+        _exchange(None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": "))
+    except Exception:  # the group itself is gone: torchrun stops the others
+        pass
+    _link["broken"] = True
+
+
+@contextmanager
+def reporting():
+    """A failure inside the block is sent to the other ranks (`fail`), then raised here."""
+    try:
+        yield
+    except Exception as e:
+        fail(e)
+        raise
 
 
 def units(L: int, H: int, k_max: int) -> list[Unit]:
@@ -91,13 +150,9 @@ def mine(work: list[Unit], L: int, shard: Shard) -> list[Unit]:
 def gather(owned: np.ndarray, arrays: list[np.ndarray], column_offsets: list[int]) -> list[np.ndarray]:
     """Every rank's computed entries in one array each. owned [N, C] marks the (example, column)
     entries this rank computed; arrays[i] has columns owned[:, offset_i:] (its further dims kept)."""
-    import torch.distributed as dist
-
-    shard = current()
-    if shard.world == 1:
+    if current().world == 1:
         return arrays
-    parts: list = [None] * shard.world
-    dist.all_gather_object(parts, (owned, arrays))
+    parts = _exchange((owned, arrays))
     out = [np.zeros_like(a) for a in arrays]
     for own, arrs in parts:
         for o, a, off in zip(out, arrs, column_offsets):
@@ -108,8 +163,4 @@ def gather(owned: np.ndarray, arrays: list[np.ndarray], column_offsets: list[int
 
 def announce(name: str | None) -> str | None:
     """Rank 0 tells the others which split measurement comes next (None: no more)."""
-    import torch.distributed as dist
-
-    box = [name]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    return _exchange(name if current().leader else None)[0]
