@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from unittest.mock import ANY
 
 from headplast.cli.main import main
 from headplast.steps.pipeline import PipelineConfig
@@ -195,13 +196,164 @@ def test_slurm_sweep_resubmits_only_the_cancelled_job(local_ref, tiny, tmp_path,
     (["--engine", "ray", "--ray-address", "127.0.0.1:1"], {}, "nothing answers at --ray-address 127.0.0.1:1"),
     (["--cpus-per-job", "0"], {}, "--cpus-per-job must be a finite number > 0"),
     ([], {"WORLD_SIZE": "2"}, "started as one of 2 processes"),
+    (["--gpus-per-job", "1.5"], {}, "--gpus-per-job 1.5: Ray shares a GPU only below 1 GPU per job"),
+    (["--engine", "slurm", "--slurm-option", "gres=gpu:a100:2"], {}, "--slurm-option 'gres=gpu:a100:2' asks for GPUs"),
+    (["--engine", "slurm", "--slurm-option", "gpus-per-node=2"], {}, "--slurm-option 'gpus-per-node=2' asks for GPUs"),
+    (["--engine", "ray", "--gpus-per-job", "2"], {}, "--gpus-per-job 2: this machine has 1 GPU(s)"),
+    (["--engine", "ray", "--cpus-per-job", "9"], {}, "--cpus-per-job 9: this machine has 8 CPU(s)"),
 ])
 def test_sweep_refuses_bad_settings_before_any_job(args, env, problem, tmp_path, capsys, monkeypatch):
     if "ray" in args:
         pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
+        from headplast.sweep import ray_engine
+        monkeypatch.setattr(ray_engine, "hardware", lambda: (8, 1))
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     assert main(["sweep", "--output-root", str(tmp_path / "out"), *args]) == 2
     err = capsys.readouterr().err
     assert problem in err and "fix: " in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+# ---- GPUs: the defaults, and what a job given GPUs (or none) sees. No GPU is needed: Ray is
+# started with GPUs it only counts, and SLURM's parameters are checked as submitit renders them.
+
+def test_ray_gpu_defaults_one_gpu_per_job_and_the_cpus_split(monkeypatch, capsys):
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
+    from headplast.sweep import ray_engine
+    from headplast.sweep.config import SweepConfig
+
+    def resolved(cpus, gpus, **kw):
+        monkeypatch.setattr(ray_engine, "hardware", lambda: (cpus, gpus))
+        cfg = ray_engine.resolve(SweepConfig(engine="ray", **kw))
+        return cfg.gpus_per_job, cfg.cpus_per_job
+
+    assert resolved(32, 4) == (1.0, 8)  # one job per GPU, the CPUs shared among the 4 running at once
+    assert "ray: 1 GPU and 8 CPUs per job (defaults for this machine: 4 GPUs, 32 CPUs" in capsys.readouterr().out
+    assert resolved(32, 4, gpus_per_job=0.5) == (0.5, 4)  # 8 jobs at once
+    assert resolved(32, 4, gpus_per_job=2) == (2.0, 16)
+    assert resolved(32, 4, cpus_per_job=3) == (1.0, 3)  # given values are kept
+    assert resolved(32, 4, gpus_per_job=0) == (0.0, 1)  # CPU jobs: 1 CPU each, as without GPUs
+    assert resolved(8, 0) == (0.0, 1)
+    assert resolved(3, 8) == (1.0, 1)  # at least one CPU
+    assert not ray.is_initialized()  # a local Ray is not started just to count
+    with pytest.raises(HeadplastError, match="this machine has 0 GPU"):
+        resolved(8, 0, gpus_per_job=1)
+    # given values need no resolving: printed only when a default was filled in
+    capsys.readouterr()
+    resolved(8, 2, gpus_per_job=1, cpus_per_job=2)
+    assert "defaults for" not in capsys.readouterr().out
+
+
+def test_sweep_records_the_resolved_gpu_defaults(tiny, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
+    from headplast.sweep import ray_engine
+
+    seen = []
+    monkeypatch.setattr(ray_engine, "hardware", lambda: (16, 2))
+    monkeypatch.setattr(ray_engine, "run", lambda cfg, todo, jobs: seen.append(cfg))  # no job runs
+    root = tmp_path / "out"
+    args = ["sweep", "--model", str(tiny), "--ranks", "4", "--seeds", "1", *SMALL, "--output-root", str(root),
+            "--engine", "ray"]
+    assert main(args) == 1  # nothing ran: pending
+    assert (seen[0].gpus_per_job, seen[0].cpus_per_job) == (1.0, 8)
+    recorded = json.loads((root / "_sweep" / "sweep.json").read_text())["config"]
+    assert (recorded["gpus_per_job"], recorded["cpus_per_job"]) == (1.0, 8)
+    # the recorded sweep reads back (--status), with the values it ran with
+    capsys.readouterr()
+    assert set(_status(root, capsys).values()) == {"pending"}
+
+
+def test_worker_hides_the_gpus_of_a_job_given_none(monkeypatch):
+    from headplast.sweep.worker import hide_gpus
+
+    for gpus, seen in ((0, ""), (0.0, ""), (1, "0,1"), (0.5, "0,1"), (None, "0,1")):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+        hide_gpus(gpus)
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == seen, gpus
+
+
+@pytest.mark.slow
+def test_ray_task_sees_its_gpus_and_a_task_given_none_sees_none(tmp_path, monkeypatch):
+    """A local Ray started by the engine with 2 (counted, not real) GPUs: each run job's task sees
+    exactly one GPU id, the cross-run job's task (num_gpus=0) sees CUDA_VISIBLE_DEVICES="" from Ray
+    itself (the probe replaces the worker, whose own hiding would mask a failure)."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
+    from headplast.sweep import ray_engine
+    from headplast.sweep.config import SweepConfig
+
+    out = tmp_path / "seen"
+    out.mkdir()
+
+    def probe(job, jobs, engine, threads, gpus=None):  # nested: Ray ships it by value
+        import json as j
+        import os as o
+        ids = ray.get_runtime_context().get_accelerator_ids()["GPU"]
+        (out / f"{job.name}.json").write_text(j.dumps({"env": o.environ.get("CUDA_VISIBLE_DEVICES"), "ids": ids,
+                                                        "gpus": gpus, "pid": o.getpid()}))
+        return {"job": job.name, "status": "done", "seconds": 0}
+
+    monkeypatch.setattr(ray_engine, "hardware", lambda: (os.cpu_count() or 1, 2))
+    monkeypatch.setattr(ray_engine, "work", probe)
+    monkeypatch.setattr(ray_engine, "is_done", lambda *a: True)  # the cross-run job starts
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    jobs = plan(PipelineConfig(train=TrainConfig(output_root=str(tmp_path)), tasks=("SST-2",), seeds=(1, 2),
+                               ranks=(4,)))
+    assert not ray.is_initialized()
+    try:
+        for gpus in (None, 0.5):  # the default (1 GPU per job), and 2 jobs per GPU
+            for p in out.iterdir():
+                p.unlink()
+            cfg = ray_engine.resolve(SweepConfig(engine="ray", gpus_per_job=gpus))
+            ray_engine.run(cfg, jobs, jobs)
+            seen = {p.stem: json.loads(p.read_text()) for p in out.iterdir()}
+            assert seen.keys() == ALL
+            assert seen.pop("cross-run_SST-2") == {"env": "", "ids": [], "gpus": 0, "pid": ANY}
+            for name, s in seen.items():
+                assert s["env"] in ("0", "1") and s["ids"] == [s["env"]] and s["gpus"] == cfg.gpus_per_job, name
+            assert len({s["pid"] for s in seen.values()}) == 4  # a worker that held a GPU runs no other job
+    finally:
+        ray_engine.close()
+    assert not ray.is_initialized()
+
+
+def test_slurm_parameters_give_gpus_per_task_and_hide_them_otherwise(tmp_path):
+    pytest.importorskip("submitit", reason="submitit is not installed: pip install -e '.[slurm]'")
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    from headplast.sweep.config import SweepConfig
+    from headplast.sweep.slurm_engine import parameters
+
+    cfg = SweepConfig(engine="slurm", slurm_gpus_per_job=2, slurm_option=("qos=high",))
+    p = parameters(cfg, 4, 2)
+    assert (p["gpus_per_task"], p["ntasks_per_node"], p["cpus_per_task"]) == (2, 1, 4) and "setup" not in p
+    script = _make_sbatch_string(command="python -m x", folder=str(tmp_path), **p)  # submitit's own names
+    assert "#SBATCH --gpus-per-task=2" in script and "#SBATCH --ntasks-per-node=1" in script
+    assert "gpus-per-node" not in script and "CUDA_VISIBLE_DEVICES" not in script and "#SBATCH --qos=high" in script
+    # no GPU: none asked for, and none visible to the job (exported before srun, which passes it on)
+    script = _make_sbatch_string(command="python -m x", folder=str(tmp_path), **parameters(cfg, 4, 0))
+    assert "gpus" not in script
+    lines = script.splitlines()
+    srun = next(i for i, ln in enumerate(lines) if ln.startswith("srun"))
+    assert "export CUDA_VISIBLE_DEVICES=" in lines[:srun]
+
+
+@pytest.mark.slow
+def test_slurm_job_given_no_gpu_sees_none(tmp_path, monkeypatch):
+    """On the real SLURM: a job submitted with the parameters of a job given no GPU sees
+    CUDA_VISIBLE_DEVICES empty even when the submitting shell had GPUs visible."""
+    pytest.importorskip("submitit", reason="submitit is not installed: pip install -e '.[slurm]'")
+    reason = _slurm_reason()
+    if reason:
+        pytest.skip(reason)
+    from headplast.sweep.config import SweepConfig
+    from headplast.sweep.slurm_engine import _executor
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # sbatch passes the submitter's environment on
+
+    def env():
+        import os as o
+        return o.environ.get("CUDA_VISIBLE_DEVICES")
+
+    job = _executor(SweepConfig(engine="slurm", slurm_time=5), str(tmp_path), 1, 0).submit(env)
+    assert job.result() == ""

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 
 from headplast.errors import HeadplastError
 from headplast.options import NONNEGATIVE, POSITIVE, opt, option, validate
 from headplast.steps.pipeline import PipelineConfig
 
 ENGINES = ("local", "ray", "slurm")
+GPU_SBATCH = ("gpus", "gpus_per_node", "gpus_per_task", "gpus_per_socket", "num_gpus", "G")
 
 
 @dataclass(frozen=True)
@@ -19,16 +21,19 @@ class SweepConfig:
     engine: str = option("local", "where jobs run: local (one after another), ray, slurm", choices=ENGINES)
     status: bool = option(False, "print each job's state (done, running, pending, failed) and exit")
     cpus_per_job: int | None = option(None, "CPU cores per job, also its torch threads (default: local: torch's "
-                                      "default; ray and slurm: 1). Results are bitwise equal across engines "
-                                      "for equal values", **POSITIVE)
-    gpus_per_job: float = option(0.0, "ray: GPUs per job (Ray sets CUDA_VISIBLE_DEVICES; 0.5 shares a GPU "
-                                 "between two jobs)", **NONNEGATIVE)
+                                      "default; slurm: 1; ray: the cluster's CPUs / its GPUs when jobs get a "
+                                      "GPU, else 1). Results are bitwise equal across engines for equal values",
+                                      **POSITIVE)
+    gpus_per_job: float | None = option(None, "ray: GPUs per job (default: 1 when the Ray cluster has GPUs, else "
+                                        "0; Ray sets CUDA_VISIBLE_DEVICES, a job given 0 sees none; 0.5 shares "
+                                        "a GPU between two jobs)", **NONNEGATIVE)
     max_retries: int = option(2, "ray: how often a job whose worker process died is retried", **NONNEGATIVE)
     ray_address: str | None = option(None, "ray: join this cluster ('auto', or ray://host:10001); default: "
                                      "start a local Ray sized to this machine")
     slurm_partition: str | None = option(None, "slurm: partition (default: the cluster's default)")
     slurm_time: int = option(120, "slurm: time limit per job in minutes", **POSITIVE)
-    slurm_gpus_per_job: int = option(0, "slurm: GPUs per job", **NONNEGATIVE)
+    slurm_gpus_per_job: int = option(0, "slurm: GPUs per job, as --gpus-per-task so a job sees exactly its own "
+                                     "(0: the job sees none)", **NONNEGATIVE)
     slurm_cpus_per_job: int | None = option(None, "slurm: CPUs per job (default: --cpus-per-job, else 1)",
                                             **POSITIVE)
     slurm_mem: str | None = option(None, "slurm: memory per job, e.g. 16G")
@@ -40,6 +45,9 @@ class SweepConfig:
 
     def __post_init__(self):
         validate(self)
+        if self.gpus_per_job is not None and self.gpus_per_job > 1 and self.gpus_per_job % 1:
+            raise HeadplastError(f"--gpus-per-job {self.gpus_per_job}: Ray shares a GPU only below 1 GPU per job",
+                                 "give a whole number of GPUs, or a fraction below 1 (e.g. 0.5)")
         self.sbatch_options()
 
     def sbatch_options(self) -> dict[str, str]:
@@ -51,8 +59,29 @@ class SweepConfig:
                 raise HeadplastError(f"--slurm-option '{item}' is not NAME=VALUE",
                                      "give #SBATCH options without the dashes, e.g. --slurm-option qos=high "
                                      "constraint=a100")
-            out[name.strip().lstrip("-").replace("-", "_")] = value.strip()
+            key = name.strip().lstrip("-").replace("-", "_")
+            if key in GPU_SBATCH or (key == "gres" and "gpu" in value.lower()):
+                # GPUs asked for behind our back would be hidden from a job given --slurm-gpus-per-job 0
+                raise HeadplastError(f"--slurm-option '{item}' asks for GPUs",
+                                     "give GPUs per job with --slurm-gpus-per-job N (each job then sees exactly "
+                                     "its own GPUs; without it a job sees none)")
+            out[key] = value.strip()
         return out
+
+    def for_ray_cluster(self, cpus: float, gpus: float, where: str) -> SweepConfig:
+        """--gpus-per-job and --cpus-per-job for a Ray cluster of `cpus` CPUs and `gpus` GPUs (`where`
+        names it): left out, a job gets one GPU where there are GPUs, and the CPUs are split between
+        the jobs that run at once. Resolved once, when the sweep starts, and recorded with it."""
+        g = self.gpus_per_job if self.gpus_per_job is not None else (1.0 if gpus >= 1 else 0.0)
+        if g > gpus:  # Ray would wait for ever for a node that has them
+            raise HeadplastError(f"--gpus-per-job {g:g}: {where} has {gpus:g} GPU(s), so no job could start",
+                                 f"give --gpus-per-job 0 (CPUs only) or at most {gpus:g}, or join a cluster "
+                                 "with GPUs (--ray-address)")
+        c = self.cpus_per_job or (max(1, math.floor(cpus * g / gpus + 1e-9)) if g else 1)
+        if c > cpus:
+            raise HeadplastError(f"--cpus-per-job {c}: {where} has {cpus:g} CPU(s), so no job could start",
+                                 f"give --cpus-per-job {int(cpus)} or fewer, or join a bigger cluster (--ray-address)")
+        return replace(self, gpus_per_job=float(g), cpus_per_job=int(c))
 
     def threads(self) -> int | None:
         """The torch threads of each job."""

@@ -21,3 +21,12 @@ def run(cfg, todo, jobs) -> None:
             run_job(job, jobs, "local", cfg.threads(), echo=True)
         except HeadplastError as e:  # the others still run; the status table names it
             print(f"##### job {job.name} failed: {e.problem}", flush=True)
+
+
+def resolve(cfg):
+    """Jobs run in this process with what it sees: nothing to resolve."""
+    return cfg
+
+
+def close() -> None:
+    """Nothing held."""

@@ -30,6 +30,14 @@ def run_sweep(cfg: SweepConfig) -> dict:
         return _status(cfg)
     engine = ENGINES[cfg.engine]
     engine.check(cfg)
+    cfg = engine.resolve(cfg)  # defaults that depend on the hardware: once, recorded below
+    try:
+        return _run(cfg, engine)
+    finally:
+        engine.close()
+
+
+def _run(cfg: SweepConfig, engine) -> dict:
     jobs = plan(cfg.pipeline, cfg.models)
     for p in dict.fromkeys(j.pipeline for j in jobs):  # every input checked before any job starts
         preflight(p)

@@ -41,14 +41,29 @@ def check(cfg) -> None:
                              "deploy/slurm/local-cluster.sh start (as root)")
 
 
+def parameters(cfg, threads: int, gpus: int) -> dict:
+    """submitit's SlurmExecutor parameters of a job given `threads` CPUs and `gpus` GPUs.
+
+    GPUs go per task (--gpus-per-task, with one task per job) rather than per node, so SLURM binds
+    each job's task to exactly its GPUs. A job given none is started with CUDA_VISIBLE_DEVICES=""
+    (exported before srun, which passes it on): on a node with GPUs but no GPU confinement it would
+    otherwise see all of them. How many GPUs the compute nodes have, this machine cannot tell:
+    --slurm-gpus-per-job is taken as given."""
+    params = dict(job_name="headplast", time=cfg.slurm_time, cpus_per_task=threads, partition=cfg.slurm_partition,
+                  mem=cfg.slurm_mem, account=cfg.slurm_account, array_parallelism=cfg.slurm_array_parallelism,
+                  ntasks_per_node=1, additional_parameters=cfg.sbatch_options())
+    if gpus:
+        params["gpus_per_task"] = gpus
+    else:
+        params["setup"] = ["export CUDA_VISIBLE_DEVICES="]
+    return {k: v for k, v in params.items() if v is not None}
+
+
 def _executor(cfg, root, threads: int, gpus: int):
     import submitit
 
     ex = submitit.SlurmExecutor(folder=str(layout.engine_log_dir(root, "slurm") / "%j"), max_num_timeout=3)
-    params = dict(job_name="headplast", time=cfg.slurm_time, cpus_per_task=threads, partition=cfg.slurm_partition,
-                  mem=cfg.slurm_mem, account=cfg.slurm_account, array_parallelism=cfg.slurm_array_parallelism,
-                  gpus_per_node=gpus or None, additional_parameters=cfg.sbatch_options())
-    ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    ex.update_parameters(**parameters(cfg, threads, gpus))
     return ex
 
 
@@ -60,8 +75,9 @@ def run(cfg, todo, jobs) -> list[str]:
     runs, cross = [j for j in todo if j.train is not None], [j for j in todo if j.train is None]
     ids = []
     if runs:
-        ex = _executor(cfg, root, threads, cfg.slurm_gpus_per_job)
-        array = ex.map_array(SlurmWork(), runs, [jobs] * len(runs), [threads] * len(runs))
+        gpus = cfg.slurm_gpus_per_job
+        ex = _executor(cfg, root, threads, gpus)
+        array = ex.map_array(SlurmWork(), runs, [jobs] * len(runs), [threads] * len(runs), [gpus] * len(runs))
         for job, sj in zip(runs, array):
             mark_submitted(job, "slurm", sj.job_id)
         ids += [sj.job_id for sj in array]
@@ -70,10 +86,10 @@ def run(cfg, todo, jobs) -> list[str]:
     for job in cross:  # after every run it reads that is in the queue: this array, an earlier one
         engine_ids = [read_state(r).get("engine_id") or "" for r in runs_of(job, jobs)]
         after = sorted({i.split("_")[0] for i in ids} | {e.split("_")[0] for e in engine_ids if e in queued})
-        ex = _executor(cfg, root, threads, 0)
+        ex = _executor(cfg, root, threads, 0)  # a cross-run job reads the runs' results: no GPU
         if after:
             ex.update_parameters(dependency="afterany:" + ":".join(after))
-        sj = ex.submit(SlurmWork(), job, jobs, threads)
+        sj = ex.submit(SlurmWork(), job, jobs, threads, 0)
         mark_submitted(job, "slurm", sj.job_id)
         ids.append(sj.job_id)
         print(f"slurm: submitted {job.name} as job {sj.job_id}" + (f" (after {', '.join(after)})" if after else ""),
@@ -98,3 +114,12 @@ def _wait(ids: list[str]) -> None:
         if not mine:
             return
         time.sleep(2)
+
+
+def resolve(cfg):
+    """What the compute nodes have, this machine cannot tell: the SLURM options are taken as given."""
+    return cfg
+
+
+def close() -> None:
+    """Nothing held."""

@@ -9,5 +9,5 @@ from headplast.sweep.worker import work
 
 
 class SlurmWork(submitit.helpers.Checkpointable):
-    def __call__(self, job, jobs, threads):
-        return work(job, jobs, "slurm", threads, submitit.JobEnvironment().job_id)
+    def __call__(self, job, jobs, threads, gpus=None):  # gpus: None from jobs submitted before it was passed
+        return work(job, jobs, "slurm", threads, submitit.JobEnvironment().job_id, gpus=gpus)

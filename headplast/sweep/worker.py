@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 
@@ -15,8 +16,19 @@ def quiet_libraries() -> None:
     hf_logging.disable_progress_bar()  # per-file loading bars; our steps have their own
 
 
-def work(job, jobs, engine: str, threads: int | None, engine_id: str | None = None) -> dict:
-    """Run one job in this process, its output into the job's log; returns its state (small)."""
+def hide_gpus(gpus: float | None) -> None:
+    """A job given no GPU sees none, whatever the engine left visible (Ray 2.60 leaves
+    CUDA_VISIBLE_DEVICES alone at num_gpus=0; SLURM sets nothing for a job without GPUs): its steps
+    then run on the CPU instead of on a GPU another job holds. Before torch initialises CUDA."""
+    if gpus == 0:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
+def work(job, jobs, engine: str, threads: int | None, engine_id: str | None = None,
+         gpus: float | None = None) -> dict:
+    """Run one job in this process, its output into the job's log; returns its state (small).
+    gpus: the GPUs the engine gave the job (None: not known, the environment is left as it is)."""
+    hide_gpus(gpus)
     from headplast.steps.sweep_jobs import run_job
 
     quiet_libraries()
