@@ -64,3 +64,26 @@ def test_gate_gradients_equal_finite_differences_and_fisher_equals_loop(arch, en
     assert fisher.max() > 0
     np.testing.assert_allclose(res.fisher, fisher, rtol=1e-7)
     np.testing.assert_allclose(res.grad_norm, grad_norm, rtol=1e-7)
+
+
+@pytest.mark.parametrize("arch", ["deberta-v2:shared", "deberta-v2:conv"])
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
+def test_deberta_shared_projections_batched_equal_batches_of_one(arch, dtype, rtol, enc_small, tok, rte):
+    """Q/K applied to the relative positions (an input shared by the batch): batches of 4 through
+    torch.func give what batches of one through the hooks gave (the method before batching)."""
+    from dataclasses import replace
+
+    task, _ = rte
+    model = tiny_model(arch, init=0.3).to(dtype)
+    ad = get_adapter(model)
+    assert ad.reuses_projections(model.config)
+    batched = grad_fisher(model, ad, enc_small, task, tok.pad_token_id, batch_size=4, progress=False)
+    hooks = replace(ad, reuses_projections_fn=None)  # the hooks' path, exact with one example per batch
+    ones = grad_fisher(model, hooks, enc_small, task, tok.pad_token_id, batch_size=1, progress=False)
+    for f in ("grad_norm", "fisher", "gate_grad", "gate_fisher", "taylor"):
+        a, b = getattr(batched, f), getattr(ones, f)
+        assert np.abs(b).max() > 0
+        tol = max(rtol, 1e-6) if f == "grad_norm" else rtol  # the mean gradient is summed in fp32, by design
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max(), err_msg=f)
+    with pytest.raises(RuntimeError, match="shared by the batch"):  # the hooks alone cannot batch it
+        grad_fisher(model, hooks, enc_small, task, tok.pad_token_id, batch_size=4, progress=False)

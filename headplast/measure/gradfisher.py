@@ -3,6 +3,11 @@
 Per-example weight gradients of a Linear y = x W^T are sum_t gout[t]^T x[t]; we form them
 from the layer's input and output gradient (captured with hooks) instead of looping over
 examples. Per-example gate gradients come from gates with a batch dimension.
+
+DeBERTa with share_att_key also applies Q and K to the relative-position embeddings, one input
+shared by the batch whose output gradient is the batch's sum; there, per-example gradients come
+from torch.func instead (vmap of the gradient of one example's loss: each example is a batch of
+one inside, so that call is per example too, and the batch still runs as one batch).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
+from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
 from headplast.arch.adapters import KINDS, ArchAdapter, get_adapter
@@ -35,8 +41,8 @@ def per_example_sq_norms(model, adapter: ArchAdapter, acc: torch.Tensor, B: int)
     A module applied more than once in a forward pass (DeBERTa with share_att_key also applies
     Q and K to the relative position embeddings) gets, per example, the sum of its calls'
     gradients before squaring. A call on an input shared by the batch (leading dim 1) only
-    yields the batch's summed gradient, so it is exact only for batches of one example: the
-    caller must then use B = 1 (ArchAdapter.reuses_projections).
+    yields the batch's summed gradient, so it is exact only for batches of one example: for
+    those models (ArchAdapter.reuses_projections) grad_fisher uses per_example_grads instead.
     """
     L, H = acc.shape
     handles = []
@@ -77,6 +83,25 @@ def per_example_sq_norms(model, adapter: ArchAdapter, acc: torch.Tensor, B: int)
             h.remove()
 
 
+def per_example_grads(model, adapter: ArchAdapter, weights: dict, gates: torch.Tensor, batch: dict,
+                      labels: torch.Tensor, regression: bool) -> tuple[dict, torch.Tensor]:
+    """Per-example gradients of each example's loss: {(layer, kind): [B, out, in]} for the Q/K/V/O
+    weights, and [B, L, H] for the gates; one vmapped pass for the batch, exact whatever inputs
+    the batch shares (each example is a batch of one inside vmap)."""
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    names = {key: name_of[id(w)] for key, w in weights.items()}
+    params = {names[key]: w.detach() for key, w in weights.items()}
+
+    def loss_of_one(p, g, example, y):
+        example = {k: v.unsqueeze(0) for k, v in example.items()}
+        with head_gates(model, adapter, g.unsqueeze(0)):
+            logits = functional_call(model, p, args=(), kwargs=example).logits
+        return example_losses(logits, y.unsqueeze(0), regression).sum()
+
+    g_params, g_gates = vmap(grad(loss_of_one, argnums=(0, 1)), in_dims=(None, 0, 0, 0))(params, gates, batch, labels)
+    return {key: g_params[n] for key, n in names.items()}, g_gates
+
+
 def _head_param_norms(model, adapter: ArchAdapter, grads: dict) -> np.ndarray:
     L, H = adapter.num_layers(model.config), adapter.num_heads(model.config)
     out = np.zeros((L, H))
@@ -104,26 +129,34 @@ def grad_fisher(model, adapter: ArchAdapter, enc: Encoded, task, pad_id: int, ba
             p.requires_grad_(False)
         for w in weights.values():
             w.requires_grad_(True)
-        if adapter.reuses_projections(model.config):
-            batch_size = 1  # see per_example_sq_norms
+        by_vmap = adapter.reuses_projections(model.config)  # see per_example_sq_norms
         for _, batch in tqdm(list(sorted_batches(enc, batch_size, pad_id)), desc="grad/fisher",
                              disable=not progress):
             batch = {k: v.to(device) for k, v in batch.items()}
             labels = batch.pop("labels")
             B = labels.shape[0]
-            gates = torch.ones(B, L, H, device=device, requires_grad=True)  # per-example gates
-            for w in weights.values():
-                w.grad = None
-            with head_gates(model, adapter, gates), per_example_sq_norms(model, adapter, fisher_sum, B) as flush:
-                loss = example_losses(model(**batch).logits, labels, task.is_regression).sum()
-                loss.backward()  # sum of per-example losses: each gate row sees only its example
-                flush()
-            gg = gates.grad.double().cpu().numpy()  # [B, L, H] = d loss_x / d g
+            gates = torch.ones(B, L, H, device=device, requires_grad=not by_vmap)  # per-example gates
+            if by_vmap:
+                per_example, g_gates = per_example_grads(model, adapter, weights, gates, batch, labels,
+                                                         task.is_regression)
+                for (l, kind), G in per_example.items():
+                    G = G if G.dtype == torch.float64 else G.float()
+                    fisher_sum[l] += _head_sq(G, kind, H).sum(0).to(fisher_sum.dtype)
+                    grad_sum[(l, kind)] += G.sum(0).float()
+                gg = g_gates.double().cpu().numpy()  # [B, L, H] = d loss_x / d g, once per batch
+            else:
+                for w in weights.values():
+                    w.grad = None
+                with head_gates(model, adapter, gates), per_example_sq_norms(model, adapter, fisher_sum, B) as flush:
+                    loss = example_losses(model(**batch).logits, labels, task.is_regression).sum()
+                    loss.backward()  # sum of per-example losses: each gate row sees only its example
+                    flush()
+                gg = gates.grad.double().cpu().numpy()  # [B, L, H] = d loss_x / d g
+                for key, w in weights.items():
+                    grad_sum[key] += w.grad.float()
             g_abs += np.abs(gg).sum(0)
             g_sq += (gg ** 2).sum(0)
             g_sum += gg.sum(0)
-            for key, w in weights.items():
-                grad_sum[key] += w.grad.float()
     finally:
         for n, p in model.named_parameters():
             p.requires_grad_(saved[n])
