@@ -25,7 +25,7 @@ def _ray():
 # Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for a task given num_gpus=0, so it sees every GPU (and
 # its steps would run on cuda:0 next to another job); with this set, Ray sets it to "" as it used to.
 HIDE_UNASSIGNED_GPUS = {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}
-_started = False  # this process started or joined Ray: close() leaves it
+_started = False  # this process started (or joined) Ray, so close() shuts it down (or leaves it)
 
 
 def hardware() -> tuple[int, int]:
