@@ -30,6 +30,7 @@ agreement and speed are checked.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
@@ -42,7 +43,7 @@ import sys
 import tempfile
 import time
 import traceback
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -66,7 +67,7 @@ DEBERTA_V3_BASE = dict(vocab_size=128100, hidden_size=768, num_hidden_layers=12,
                        relative_attention=True, position_buckets=256, max_relative_positions=-1,
                        norm_rel_ebd="layer_norm", share_att_key=True, pos_att_type=["p2c", "c2p"],
                        layer_norm_eps=1e-7, position_biased_input=False)
-TINY = dict(DEBERTA_V3_BASE, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+TINY = dict(DEBERTA_V3_BASE, vocab_size=30528, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
             position_buckets=16)
 # C: RTE (bundled), the guide's length and batch; a fraction of an epoch (steps) and a bounded eval subset
 SIZES = {"full": dict(max_length=256, batch=32, steps=40, train=None, eval=256, probe_epochs=300, naive=32),
@@ -106,6 +107,11 @@ class Checks:
 
     def __init__(self, out: Path | None, meta: dict, budgets: dict, total: float, t0: float):
         self.out, self.budgets, self.total, self.t0 = out, budgets, total, t0
+        # what the library and its dependencies print during the checks (Trainer's logs, warnings)
+        self.log = out.with_suffix(".log") if out else None
+        if self.log:
+            self.log.parent.mkdir(parents=True, exist_ok=True)
+            self.log.write_text("")
         self.report = {**meta, "status": "running", "seconds": 0.0, "phases": {}}
         self.phase: str | None = None
         self.phase_t0 = 0.0
@@ -146,17 +152,21 @@ class Checks:
                 f"the run's {self.total} s"
             return self._done(rec, "skipped", f"time budget spent ({which})")
         # stopped well past the phase's budget, never past the run's
-        limit = max(1.0, min(phase_left + max(20.0, 0.5 * self.budgets[self.phase]), total_left + 10.0))
+        limit = max(1.0, min(phase_left + max(15.0, 0.25 * self.budgets[self.phase]), total_left + 10.0))
         res = Result()
         t = time.time()
+        printed = io.StringIO()
         try:
-            with alarm(limit):
+            with alarm(limit), redirect_stdout(printed), redirect_stderr(printed):
                 fn(res, *args)
             status, reason = "passed", ""
         except Skip as e:
             status, reason = "skipped", str(e)
         except Fail as e:
             status, reason = "failed", str(e)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (main): recorded, then the run stops
+            self._done(rec, "failed", f"interrupted after {time.time() - t:.0f} s: {res.summary or 'no result yet'}")
+            raise
         except TimedOut:
             status, reason = "failed", f"stopped after {limit:.0f} s (phase {self.phase}'s budget is " \
                                        f"{self.budgets[self.phase]} s): {res.summary or 'no result yet'}"
@@ -164,6 +174,12 @@ class Checks:
             status, reason = "failed", f"{type(e).__name__}: {str(e).strip()[:600]}"
             rec["traceback"] = traceback.format_exc().strip().splitlines()[-14:]
         rec["seconds"] = round(time.time() - t, 2)
+        output = printed.getvalue()
+        if self.log and output:
+            with open(self.log, "a") as f:
+                f.write(f"==== {rec['name']}\n{output}\n")
+        if status == "failed" and output.strip():
+            rec["output_tail"] = output.strip().splitlines()[-20:]
         rec["numbers"] = _jsonable(res.numbers)
         rec["summary"] = res.summary
         return self._done(rec, status, reason, res)
@@ -837,9 +853,10 @@ class Session:
         expect(sec, f"nothing was computed: {tm}")
         n = r.numbers
         mem = f", peak {n['peak_gpu_mib'] / 1024:.1f} GiB" if n["peak_gpu_mib"] else ""
+        gf = [v for k, v in tm.items() if k.startswith("gradfisher")]
+        gf = f"{n['gradfisher_ms_per_example']} ms/ex" if "gradfisher_ms_per_example" in n else (gf or ["-"])[0]
         r.summary = (f"{N} ex: importance {n.get('importance_head_examples_per_s', '-')} head-ex/s ({imp}), "
-                     f"effect {sec.get('update_effect', '-')} s, grad/Fisher {n.get('gradfisher_ms_per_example', '-')} "
-                     f"ms/ex, total {total:.1f} s{mem}")
+                     f"effect {sec.get('update_effect', '-')} s, grad/Fisher {gf}, total {total:.1f} s{mem}")
 
     def c_naive(self, r: Result) -> None:
         """Importance at theta0 on a slice: the naive reference (one pass per head) vs the engine."""
@@ -993,6 +1010,10 @@ class Session:
 
 # ---------------------------------------------------------------- main
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
@@ -1046,6 +1067,7 @@ def main(argv=None) -> int:
             "host": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
             "budgets_s": {**budgets, "total": total}, "rtol": RTOL}
     ck = Checks(Path(a.out) if a.out else None, meta, budgets, total, t0)
+    signal.signal(signal.SIGTERM, _interrupt)  # a timeout's kill: the JSON still says how far it got
     print(f"gpu_check on {dev_info.get('name', a.device)}: phases {','.join(a.phases)}; budget {total:.0f} s",
           flush=True)
     with (nullcontext(a.root) if a.root else tempfile.TemporaryDirectory(prefix="gpu_check-")) as root:
@@ -1071,7 +1093,7 @@ def main(argv=None) -> int:
     print()
     print(table(ck.report))
     if a.out:
-        print(f"report: {a.out}")
+        print(f"report: {a.out}; what the checks printed: {ck.log}")
     return rc
 
 

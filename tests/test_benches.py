@@ -17,24 +17,51 @@ def _run(args: list[str], **env) -> subprocess.CompletedProcess:
                           env={**os.environ, "TQDM_DISABLE": "1", **env})
 
 
-def test_bench_gpu_runs_on_cpu_tiny_and_reports_every_figure(tmp_path):
-    p = _run(["bench/bench_gpu.py", "--device", "cpu", "--tiny", "--out", str(tmp_path / "gpu.json")])
-    assert p.returncode == 0, p.stderr[-3000:]
-    r = json.loads((tmp_path / "gpu.json").read_text())
-    assert r["device"] == "cpu" and r["tiny"] and r["model"]["layers"] == 2
-    for method in ("fft", "lora"):
-        assert r[method]["train"]["examples_per_s"] > 0 and r[method]["train"]["train_dtype"] == "bfloat16"
-        timings = r[method]["measure"]["seconds"]
-        assert {"importance_pre", "importance_post", "gradfisher_pre", "update", "update_effect"} <= set(timings)
-    assert r["lora"]["measure"]["seconds"]["importance_pre"] == "shared"  # theta0's, from the FFT run
-    nv = r["naive_vs_engine"]
-    assert nv["examples"] == 8 and nv["max_abs_diff"] < 1e-5 and nv["naive"]["seconds"] > 0
+def test_gpu_check_on_cpu_runs_every_phase_that_applies(tmp_path):
+    """CI's run of the GPU machine's check: phases A-D each passed or skipped with a reason, exit 0."""
+    out = tmp_path / "gc.json"
+    p = _run(["bench/gpu_check.py", "--device", "cpu", "--tiny", "--out", str(out)])
+    assert p.returncode == 0, p.stdout[-5000:] + p.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["status"] == "passed" and r["device"]["type"] == "cpu" and r["tiny"]
+    assert list(r["phases"]) == ["A", "B", "C", "D"]
+    checks = {}
+    for key, phase in r["phases"].items():
+        assert phase["status"] in ("passed", "skipped") and (phase["status"] == "passed" or phase["reason"]), key
+        for c in phase["checks"]:
+            assert c["status"] in ("passed", "skipped") and (c["status"] == "passed" or c["reason"]), c
+            checks[c["name"]] = c
+    # what the CPU can do ran; what needs CUDA or 2 GPUs says so
+    ran = ["A.tf32", "A.bf16", "A.trainer_gpus", "A.half_checkpoint_loads_fp32", "A.frozen_weights_move",
+           "B.deberta-v2:shared.engine_vs_naive", "B.bert.engine_vs_naive", "B.deberta-v2:shared.default_path",
+           "C.model", "C.fft.train", "C.lora.train", "C.fft.measure", "C.lora.measure", "C.engine_vs_naive", "D.ray"]
+    assert {n: checks[n]["status"] for n in ran} == {n: "passed" for n in ran}
+    assert "needs CUDA" in checks["B.cross_device"]["reason"]
+    assert checks["D.torchrun_2_gpus"]["status"] == "skipped" and "needs 2 GPUs" in checks["D.torchrun_2_gpus"]["reason"]
+    assert checks["A.trainer_gpus"]["numbers"]["device=cpu"]["n_gpu"] == 0
+    assert checks["C.fft.train"]["numbers"]["steady_s_per_step"] > 0 and checks["C.fft.train"]["numbers"]["theta0_seconds"] > 0
+    assert checks["C.fft.measure"]["numbers"]["importance_head_examples_per_s"] > 0
+    assert checks["C.fft.measure"]["numbers"]["gradfisher_ms_per_example"] > 0
+    # the table: a row per phase and per check
+    assert "B: same numbers on CUDA as on the CPU" in p.stdout and "D.ray" in p.stdout and "passed in" in p.stdout
 
 
-def test_bench_gpu_without_a_gpu_says_so(tmp_path):
-    p = _run(["bench/bench_gpu.py", "--out", str(tmp_path / "gpu.json")], CUDA_VISIBLE_DEVICES="")
-    assert p.returncode == 2 and "no GPU is visible" in p.stderr and "--device cpu --tiny" in p.stderr
-    assert not (tmp_path / "gpu.json").exists()
+def test_gpu_check_runs_a_subset_and_rejects_an_unknown_phase(tmp_path):
+    out = tmp_path / "gc.json"
+    p = _run(["bench/gpu_check.py", "--device", "cpu", "--phases", "a", "--out", str(out)])
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["phases"]["A"]["status"] == "passed" and len(r["phases"]["A"]["checks"]) == 5
+    assert all(r["phases"][k]["status"] == "skipped" and "not requested" in r["phases"][k]["reason"] for k in "BCD")
+    p = _run(["bench/gpu_check.py", "--device", "cpu", "--phases", "A,E", "--out", str(out)])
+    assert p.returncode == 2 and "unknown ['E']" in p.stderr
+
+
+def test_gpu_check_without_a_gpu_says_so(tmp_path):
+    for script in ("bench/gpu_check.py", "bench/bench_gpu.py"):
+        p = _run([script, "--out", str(tmp_path / "gc.json")], CUDA_VISIBLE_DEVICES="")
+        assert p.returncode == 2 and "no GPU is visible" in p.stderr and "--device cpu --tiny" in p.stderr
+        assert not (tmp_path / "gc.json").exists()
 
 
 def test_bench_train_compares_both_configurations_on_the_same_data(tmp_path, model_dirs):
