@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -244,9 +246,16 @@ def test_example_bootstrap_equals_explicit_resampling():
     t = _table(losses[:, 1:].mean(0) - losses[:, 0].mean(), u)
     counts = example_weights(N, 50, 0)
     got = example_bootstrap_spearman(t, {"I_pre": losses}, "I_pre", "U", counts)
+    diff = losses[:, 1:] - losses[:, :1]
+    obs = diff.mean(0)
+    # the observed importance carries the examples' noise once already: shrunk toward its mean until
+    # its variance over heads is the signal's (total minus the mean squared standard error)
+    noise = np.mean([np.var(diff[:, h], ddof=1) / N for h in range(n)])
+    lam = math.sqrt((np.var(obs, ddof=1) - noise) / np.var(obs, ddof=1))
+    assert 0 < lam < 1
     for b in range(50):
         idx = np.repeat(np.arange(N), np.rint(counts[b] * N).astype(int))  # the resampled examples
-        imp = (losses[idx, 1:] - losses[idx, :1]).mean(0)
+        imp = obs.mean() + lam * (obs - obs.mean()) + (diff[idx].mean(0) - obs)
         assert got[b] == pytest.approx(st.spearmanr(imp, u)[0], abs=1e-9)
     assert example_bootstrap_spearman(t, {}, "I_pre", "U", counts) is None
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
-from headplast.analysis.stats import fisher_z_mean, spearman
+from headplast.analysis.stats import fisher_z_mean, holm, spearman
 
 HEADLINE = ("rho(I_pre,U)", "rho(I_pre,Urel)", "partial_rho(I_pre,U)", "top_k(I_pre,U)",
             "n_important_but_static", "n_plastic_but_unimportant", "rho(I_post,U)", "rho(I_pre,I_post)",
@@ -56,10 +56,13 @@ def mean_ci(values, correlation: bool = False) -> dict:
     back = np.tanh if correlation else (lambda x: x)
     m = float(fisher_z_mean(v)) if correlation else float(v.mean())
     if n == 1:
-        return {"n": 1, "mean": m, "std": math.nan, "ci95": [math.nan, math.nan]}
-    h = float(st.t.ppf(0.975, n - 1) * z.std(ddof=1) / math.sqrt(n))
-    lo, hi = back(z.mean() - h), back(z.mean() + h)
-    out = {"n": n, "mean": m, "std": float(v.std(ddof=1)), "ci95": [float(lo), float(hi)]}
+        return {"n": 1, "mean": m, "std": math.nan, "ci95": [math.nan, math.nan], "ci90": [math.nan, math.nan]}
+    se = z.std(ddof=1) / math.sqrt(n)
+
+    def ci(level):
+        h = float(st.t.ppf(0.5 + level / 2, n - 1) * se)
+        return [float(back(z.mean() - h)), float(back(z.mean() + h))]
+    out = {"n": n, "mean": m, "std": float(v.std(ddof=1)), "ci95": ci(0.95), "ci90": ci(0.90)}
     if correlation:
         out["scale"] = "Fisher z"
     return out
@@ -71,7 +74,11 @@ def paired_tests(a, b) -> dict:
     ok = np.isfinite(a) & np.isfinite(b)
     a, b = a[ok], b[ok]
     out = {"n_pairs": int(len(a)), "mean_difference": float((b - a).mean()) if len(a) else math.nan,
-           "t": math.nan, "t_p": math.nan, "wilcoxon_stat": math.nan, "wilcoxon_p": math.nan}
+           "t": math.nan, "t_p": math.nan, "wilcoxon_stat": math.nan, "wilcoxon_p": math.nan,
+           "ci95": [math.nan, math.nan]}
+    if len(a) >= 2:
+        h = float(st.t.ppf(0.975, len(a) - 1) * (b - a).std(ddof=1) / math.sqrt(len(a)))
+        out["ci95"] = [out["mean_difference"] - h, out["mean_difference"] + h]
     if len(a) >= 2 and np.any(b - a != 0):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -118,5 +125,10 @@ def summarise(table: pd.DataFrame, methods: list[str]) -> dict:
             wide = inc[inc.statistic == s].pivot_table(index="seed", columns="method", values="value")
             if ma in wide and mb in wide:
                 res[s] = paired_tests(wide[ma].to_numpy(), wide[mb].to_numpy())
+        adj = holm({s: res[s]["t_p"] for s in HEADLINE if s in res})
+        for s, p in adj.items():
+            res[s]["t_p_holm"] = p
         tests[f"{mb} - {ma}"] = res
-    return {"per_method": per_method, "paired_tests": tests}
+    return {"per_method": per_method, "paired_tests": tests,
+            "secondary": {"method": "Holm", "exploratory": True, "family": [s for s in HEADLINE],
+                          "what": "paired t-tests of the statistics in 'family', per method pair"}}

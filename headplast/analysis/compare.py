@@ -1,15 +1,19 @@
 """FFT vs LoRA on the same task and seed: every statistic of each, their differences, and
-whether each difference exceeds its paired bootstrap uncertainty: resampling heads, and for
-the correlations also resampling eval examples (both runs measured the same examples); a
-difference is called real only when it exceeds the wider of the two."""
+whether each difference exceeds its paired bootstrap uncertainty: resampling layers (a layer's
+heads together: they share its depth profile), and for the correlations also resampling eval
+examples (both runs measured the same examples); a difference is called real only when it
+exceeds the wider of the two. Each difference has a bootstrap p-value; all but the primary
+endpoint's are secondary (Holm-adjusted by `secondary_family`)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from headplast.analysis.cases import counter_examples
-from headplast.analysis.stats import (bootstrap_indices, bootstrap_spearman, example_bootstrap_spearman,
-                                      example_weights, percentile_ci, spearman, top_k_overlap)
+from headplast.analysis.stats import (bootstrap_p, centred, combined, example_bootstrap_spearman,
+                                      example_bootstrap_within, example_weights, holm, layer_bootstrap_spearman,
+                                      layer_resamples, partial_spearman_layer, percentile_ci, resample_rows, spearman,
+                                      top_k_overlap, union_ci)
 
 RHO_KEYS = (("I_pre", "U"), ("I_pre", "Urel"), ("I_post", "U"), ("I_post", "Urel"), ("I_pre", "I_post"),
             ("I_pre", "effect_fwd"), ("U", "effect_fwd"), ("I_post", "effect_rev"), ("U", "effect_rev"))
@@ -28,26 +32,24 @@ def _boot_cases(df, idx, top_q, bottom_q, which):
     return out
 
 
-def union_ci(a: list, b: list | None) -> list:
-    """The wider interval: the union of the two (b may be absent)."""
-    if b is None or not np.isfinite(b).all():
-        return a
-    return [min(a[0], b[0]), max(a[1], b[1])]
+PRIMARY = "rho(I_pre,U)"
+WITHIN = "rho_within_layer(I_pre,U)"
 
 
 def key_statistics(dfs: dict, k: int, top_q: float, bottom_q: float, n_boot: int, seed: int,
                    n_boot_cases: int = 500, per_example: dict | None = None, n_boot_examples: int = 1000) -> dict:
-    """{statistic: {label: value, 'difference', 'ci95', 'exceeds_uncertainty'}} for two runs.
+    """{statistic: {label: value, 'difference', 'ci95', 'p_value', 'exceeds_uncertainty'}} for two runs.
 
-    Both runs have the same heads, so resampling heads with the same indices gives a paired
-    bootstrap distribution of the difference (second label minus first): 'ci95_heads'. With
-    per-example values of both runs (per_example: label -> {column: [N, 1 + heads]}, on the same
-    eval examples), the correlations are also recomputed on the same resamples of examples:
-    'ci95_examples'. 'ci95' is the union of the two; the verdict uses it.
+    Both runs have the same heads, so resampling layers with the same indices gives a paired
+    bootstrap distribution of the difference (second label minus first): 'ci95_heads' (named
+    for what it resamples before layers were the unit). With per-example values of both runs
+    (per_example: label -> {column: [N, 1 + heads]}, on the same eval examples), the correlations
+    are also recomputed on the same resamples of examples, centred on the observed difference:
+    'ci95_examples'. 'ci95' is the union of the two, 'p_value' the larger of their p-values.
     """
     (la, da), (lb, db) = dfs.items()
-    n = len(da)
-    idx = bootstrap_indices(n, n_boot, seed)
+    layers = da["layer"].to_numpy()
+    blocks = layer_resamples(layers, n_boot, seed)
     pe = per_example or {}
     counts = None
     if pe.get(la) and pe.get(lb):
@@ -56,31 +58,60 @@ def key_statistics(dfs: dict, k: int, top_q: float, bottom_q: float, n_boot: int
 
     def add(name, va, vb, boot_diff, ex_diff=None):
         ci_heads = percentile_ci(boot_diff)
-        ci_ex = None if ex_diff is None else percentile_ci(ex_diff)
+        ci_ex = None if ex_diff is None else percentile_ci(centred(ex_diff, vb - va, correlation=False))
         ci = union_ci(ci_heads, ci_ex)
+        p = bootstrap_p(boot_diff)
+        if ex_diff is not None and np.isfinite(ci_ex).all():
+            p = max(p, bootstrap_p(centred(ex_diff, vb - va, correlation=False)))
         exceeds = bool(np.isfinite(ci).all() and (ci[0] > 0 or ci[1] < 0))
         out[name] = {la: va, lb: vb, "difference": vb - va, "ci95": ci, "ci95_heads": ci_heads,
-                     "ci95_examples": ci_ex, "exceeds_uncertainty": exceeds}
+                     "ci95_examples": ci_ex, "p_value": p, "exceeds_uncertainty": exceeds, "resampled": "layers"}
 
     for x, y in RHO_KEYS:
-        ba = bootstrap_spearman(da[x].to_numpy(float), da[y].to_numpy(float), idx)
-        bb = bootstrap_spearman(db[x].to_numpy(float), db[y].to_numpy(float), idx)
-        ex = None
+        (ba, wa), (bb, wb) = (layer_bootstrap_spearman(d[x].to_numpy(float), d[y].to_numpy(float), blocks)
+                              for d in (da, db))
+        ex = exw = None
         if counts is not None:
             ea = example_bootstrap_spearman(da, pe[la], x, y, counts)
             eb = example_bootstrap_spearman(db, pe[lb], x, y, counts)
             ex = None if ea is None or eb is None else eb - ea
+            if (x, y) == ("I_pre", "U") and ex is not None:
+                exw = (example_bootstrap_within(db, pe[lb], x, y, counts, layers)
+                       - example_bootstrap_within(da, pe[la], x, y, counts, layers))
         add(f"rho({x},{y})", spearman(da[x], da[y]), spearman(db[x], db[y]), bb - ba, ex)
+        if (x, y) == ("I_pre", "U"):
+            add(WITHIN, *(partial_spearman_layer(d[x], d[y], layers) for d in (da, db)), wb - wa, exw)
+    rows = resample_rows(blocks)
     for y in ("U", "Urel"):
         a_i, a_u = da["I_pre"].to_numpy(float), da[y].to_numpy(float)
         b_i, b_u = db["I_pre"].to_numpy(float), db[y].to_numpy(float)
         add(f"top{k}_overlap(I_pre,{y})", top_k_overlap(a_i, a_u, k)["overlap"],
             top_k_overlap(b_i, b_u, k)["overlap"],
-            _boot_topk(b_i, b_u, idx, k) - _boot_topk(a_i, a_u, idx, k))
-    small = idx[:n_boot_cases]  # counting cases per resample is slower; 500 resamples suffice
+            _boot_topk(b_i, b_u, rows, k) - _boot_topk(a_i, a_u, rows, k))
+    small = rows[:n_boot_cases]  # counting cases per resample is slower; 500 resamples suffice
     for which in ("important_but_static", "plastic_but_unimportant"):
         ca = counter_examples(da, "I_pre", "U", top_q, bottom_q)[which]["count"]
         cb = counter_examples(db, "I_pre", "U", top_q, bottom_q)[which]["count"]
         add(f"n_{which}", ca, cb, _boot_cases(db, small, top_q, bottom_q, which)
             - _boot_cases(da, small, top_q, bottom_q, which))
     return out
+
+
+SECONDARY_PAIRS = ("U~effect_fwd", "I_pre~effect_fwd")
+
+
+def secondary_family(keys: dict, stats: dict, alpha: float = 0.05) -> dict:
+    """Everything a comparison tests besides the primary endpoint (each method's rho(I_pre, U),
+    across heads and within layers): every difference between the two runs and each run's
+    correlations of the update effect that the answer states. Their p-values, Holm-adjusted as
+    one family: {'method', 'alpha', 'tests': {name: {'p', 'p_holm'}}}; the name of a run's
+    correlation is '<label>: rho(x,y)'."""
+    ps = {name: d.get("p_value", np.nan) for name, d in keys.items()}
+    for lab, st in stats.items():
+        for pair in SECONDARY_PAIRS:
+            if pair in st["pairs"]:
+                x, y = pair.split("~")
+                ps[f"{lab}: rho({x},{y})"] = combined(st["pairs"][pair])["p"]
+    adj = holm(ps)
+    return {"method": "Holm", "alpha": alpha, "exploratory": True,
+            "tests": {name: {"p": ps[name], "p_holm": adj[name]} for name in ps}}

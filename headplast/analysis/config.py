@@ -17,6 +17,8 @@ class AnalysisConfig:
     n_boot_examples: int = option(1000, "bootstrap resamples of eval examples (importance recomputed from "
                                   "the per-example losses)", **POSITIVE)
     n_perm: int = option(1000, "permutations of the within-layer test", **POSITIVE)
+    equivalence_margin: float = option(0.2, "smallest effect of interest: 'no relation' is said only when an "
+                                       "equivalence test (TOST) rejects |rho| >= this", **OPEN_FRACTION)
     seed: int = option(0, "seed of resampling and permutations", flag="--stats-seed", **NONNEGATIVE)
     figure_format: str = option("png", "format of the static figures (pdf and svg are vector)",
                                 choices=FIGURE_FORMATS)

@@ -11,7 +11,8 @@ from headplast.analysis.stats import run_stats
 
 def analyse(df, pairs, per_example: dict | None = None, cfg: AnalysisConfig = AnalysisConfig()) -> tuple[dict, dict]:
     """(stats, cases) of a run's heads table; per_example: column -> per-example values for reliability."""
-    st = run_stats(df, pairs, per_example, cfg.top_k, cfg.n_boot, cfg.n_perm, cfg.seed, cfg.n_boot_examples)
+    st = run_stats(df, pairs, per_example, cfg.top_k, cfg.n_boot, cfg.n_perm, cfg.seed, cfg.n_boot_examples,
+                   cfg.equivalence_margin)
     st["config"] = asdict(cfg)
     cases = counter_examples(df, "I_pre", "U", cfg.top_quantile, cfg.bottom_quantile)
     if "effect_fwd" in df:

@@ -101,6 +101,65 @@ def partial_spearman_layer(a, b, layers) -> float:
     return float(_rowwise_pearson(_layer_residuals(a, layers), _layer_residuals(b, layers)))
 
 
+def _residualise_rows(R: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Rows of R with each label group's mean removed (the same labels for every row)."""
+    _, inv = np.unique(labels, return_inverse=True)
+    G = np.eye(inv.max() + 1)[inv]  # [n, groups]
+    return R - ((R @ G) / G.sum(0)) @ G.T
+
+
+def within_layer_rows(A: np.ndarray, B: np.ndarray, labels) -> np.ndarray:
+    """partial_spearman_layer of each row of A and B (ranks within the row, layer means removed)."""
+    labels = np.asarray(labels)
+    return _rowwise_pearson(_residualise_rows(_rank_rows(A), labels), _residualise_rows(_rank_rows(B), labels))
+
+
+def layer_resamples(layers, n_boot: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A layer-block bootstrap: each resample draws as many layers as there are, with replacement,
+    and keeps every head of each (heads of a layer share its depth profile, so layers, not heads,
+    are the independent units). Blocks of (indices [k, m], slot labels [m]); each slot is a layer
+    of its own in the resample (a layer drawn twice is two layers). Resamples of the same length
+    share a block, so statistics are computed for many at once."""
+    layers = np.asarray(layers)
+    groups = [np.flatnonzero(layers == l) for l in np.unique(layers)]
+    L = len(groups)
+    choice = np.random.default_rng(seed).integers(0, L, size=(n_boot, L))
+    sizes = {len(g) for g in groups}
+    if len(sizes) == 1:
+        h = sizes.pop()
+        return [(np.stack(groups)[choice].reshape(n_boot, L * h), np.repeat(np.arange(L), h))]
+    return [(np.concatenate([groups[c] for c in row])[None],
+             np.repeat(np.arange(L), [len(groups[c]) for c in row])) for row in choice]
+
+
+def resample_rows(blocks) -> list[np.ndarray]:
+    """Every resample's indices, one array each (for statistics computed one resample at a time)."""
+    return [row for idx, _ in blocks for row in idx]
+
+
+def layer_bootstrap_spearman(a, b, blocks) -> tuple[np.ndarray, np.ndarray]:
+    """(across-heads rho, within-layer rho) of every layer-block resample."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    across, within = [], []
+    for idx, labels in blocks:
+        RA, RB = _rank_rows(a[idx]), _rank_rows(b[idx])
+        across.append(_rowwise_pearson(RA, RB))
+        within.append(_rowwise_pearson(_residualise_rows(RA, labels), _residualise_rows(RB, labels)))
+    return np.concatenate(across), np.concatenate(within)
+
+
+def holm(p_values: dict) -> dict:
+    """Holm's step-down adjustment of a family of p-values ({name: p}; NaN stays NaN, outside the
+    family): adjusted p_(i) = max over j <= i of min(1, (m - j + 1) p_(j))."""
+    names = [k for k, p in p_values.items() if p is not None and np.isfinite(p)]
+    order = sorted(names, key=lambda k: p_values[k])
+    m, out, running = len(order), {k: math.nan for k in p_values}, 0.0
+    for j, k in enumerate(order):
+        running = max(running, min(1.0, (m - j) * p_values[k]))
+        out[k] = running
+    return out
+
+
 def within_layer_permutation_p(a, b, layers, n_perm: int, seed: int) -> float:
     """Two-sided p-value of the partial rho, permuting b only within each layer."""
     a, b, layers = np.asarray(a, float), np.asarray(b, float), np.asarray(layers)
@@ -191,21 +250,96 @@ def example_weights(N: int, n_boot: int, seed: int) -> np.ndarray:
     return rng.multinomial(N, np.full(N, 1.0 / N), size=n_boot).astype(float) / N
 
 
-def example_bootstrap_spearman(cols, per_example: dict, x: str, y: str, counts: np.ndarray):
-    """Spearman rho of x and y over heads for each resample of the eval examples (rows of
-    `counts`, from example_weights): columns with per-example values (col -> [N, 1 + heads]
-    losses) are recomputed from the resample (the same examples for both), the others stay
-    fixed. None when neither column has per-example values."""
+def deflation(diff: np.ndarray) -> float:
+    """lambda in [0, 1] with which the observed importance (mean of `diff` [N, heads] over
+    examples) is shrunk toward its mean before a resample's noise is added: the observed values
+    already carry the examples' noise, so a resample around them would carry it twice (its
+    correlations lean toward 0, and vary less than the statistic does). lambda matches the
+    variance over heads to the signal's, var(mean) - mean squared standard error."""
+    N = diff.shape[0]
+    if N < 2:
+        return 1.0
+    e = float(np.mean(diff.var(0, ddof=1) / N))
+    total = float(diff.mean(0).var(ddof=1))
+    signal = max(total - e, 0.0)
+    return math.sqrt(signal / total) if total > 0 else 1.0
+
+
+def example_resampled(cols, per_example: dict, v: str, counts: np.ndarray) -> np.ndarray:
+    """[n_boot, heads]: column v for each resample of the eval examples (rows of `counts`): the
+    observed importance shrunk by `deflation` plus the resample's deviation from it; a column
+    without per-example values stays fixed."""
+    n_boot = counts.shape[0]
+    if v not in per_example:
+        return np.broadcast_to(np.asarray(cols[v], float), (n_boot, len(cols[v])))
+    m = per_example[v].astype(float)
+    diff = m[:, 1:] - m[:, :1]
+    mean = diff.mean(0)
+    centre = mean.mean() + deflation(diff) * (mean - mean.mean())
+    return centre + (counts @ diff - mean)
+
+
+def example_bootstrap_rows(cols, per_example: dict, x: str, y: str, counts: np.ndarray):
+    """(x, y) as [n_boot, heads] for each resample of the eval examples (the same examples for
+    both), or None when neither column has per-example values."""
     if x not in per_example and y not in per_example:
         return None
-    n_boot = counts.shape[0]
+    return example_resampled(cols, per_example, x, counts), example_resampled(cols, per_example, y, counts)
 
-    def resampled(v):
-        if v not in per_example:
-            return np.broadcast_to(np.asarray(cols[v], float), (n_boot, len(cols[v])))
-        m = per_example[v].astype(float)
-        return counts @ (m[:, 1:] - m[:, :1])  # [n_boot, heads]: importance of each resample
-    return _rowwise_pearson(_rank_rows(resampled(x)), _rank_rows(resampled(y)))
+
+def example_bootstrap_spearman(cols, per_example: dict, x: str, y: str, counts: np.ndarray):
+    """Spearman rho of x and y over heads for each resample of the eval examples (rows of
+    `counts`, from example_weights), importance recomputed from the resample (example_resampled).
+    None when neither column has per-example values."""
+    rows = example_bootstrap_rows(cols, per_example, x, y, counts)
+    return None if rows is None else _rowwise_pearson(_rank_rows(rows[0]), _rank_rows(rows[1]))
+
+
+def example_bootstrap_within(cols, per_example: dict, x: str, y: str, counts: np.ndarray, layers):
+    """The within-layer rho (partial_spearman_layer) of each resample of the eval examples."""
+    rows = example_bootstrap_rows(cols, per_example, x, y, counts)
+    return None if rows is None else within_layer_rows(rows[0], rows[1], np.asarray(layers))
+
+
+def centred(samples: np.ndarray, estimate: float, correlation: bool = True) -> np.ndarray:
+    """Bootstrap samples moved so that their median is the estimate (on Fisher's z scale for a
+    correlation, so they stay in [-1, 1]): an interval from them is centred on the estimate."""
+    s = np.asarray(samples, float)
+    if not np.isfinite(estimate) or not np.isfinite(s).any():
+        return s
+    if correlation:
+        z = np.arctanh(np.clip(s, -0.999999, 0.999999))
+        return np.tanh(z - np.nanmedian(z) + np.arctanh(np.clip(estimate, -0.999999, 0.999999)))
+    return s - np.nanmedian(s) + estimate
+
+
+def bootstrap_p(samples, null: float = 0.0) -> float:
+    """Two-sided bootstrap p-value of `null` (the percentile interval at level 1 - p just reaches
+    it): 2 min(share of samples <= null, share >= null), each counted with the observed one."""
+    s = np.asarray(samples, float)
+    s = s[np.isfinite(s)]
+    if len(s) == 0:
+        return math.nan
+    return float(min(1.0, 2 * (1 + min(np.sum(s <= null), np.sum(s >= null))) / (len(s) + 1)))
+
+
+def equivalence_p(samples, margin: float) -> float:
+    """TOST (Lakens 2017) on bootstrap samples: the larger of the one-sided p-values of
+    'value >= margin' and 'value <= -margin'; below alpha iff the (1 - 2 alpha) percentile
+    interval lies inside (-margin, margin)."""
+    s = np.asarray(samples, float)
+    s = s[np.isfinite(s)]
+    if len(s) == 0:
+        return math.nan
+    return float(max(1 + np.sum(s >= margin), 1 + np.sum(s <= -margin)) / (len(s) + 1))
+
+
+def interval_summary(samples, estimate: float, level: float = 0.95, margin: float | None = None) -> dict:
+    """ci95, ci90 (TOST's interval), p (of 0) and, with a margin, TOST's p of bootstrap samples."""
+    out = {"ci95": percentile_ci(samples, level), "ci90": percentile_ci(samples, 0.90), "p": bootstrap_p(samples)}
+    if margin is not None:
+        out["tost_p"] = equivalence_p(samples, margin)
+    return out
 
 
 def undefined_pair(n: int, k: int) -> dict:
@@ -214,10 +348,20 @@ def undefined_pair(n: int, k: int) -> dict:
     nan = math.nan
     return {"n": int(n), "spearman": nan, "p_value": nan, "ci95": [nan, nan], "boot_se": nan, "kendall_tau": nan,
             "kendall_p": nan, "top_k": top_k_overlap(np.zeros(n), np.zeros(n), k), "partial_spearman_layer": nan,
-            "within_layer_perm_p": nan, "note": "constant or too few values"}
+            "within_layer_perm_p": nan, "ci95_layers": [nan, nan], "ci90_layers": [nan, nan], "p_layers": nan,
+            "tost_p_layers": nan, "within_layer": {"spearman": nan, "perm_p": nan, "ci95_layers": [nan, nan],
+                                                   "ci90_layers": [nan, nan], "p_layers": nan, "tost_p_layers": nan},
+            "note": "constant or too few values"}
 
 
-def pair_stats(a, b, layers, k: int, n_boot: int, n_perm: int, seed: int) -> dict:
+def _suffixed(summary: dict, suffix: str) -> dict:
+    return {f"{k}_{suffix}": v for k, v in summary.items()}
+
+
+def pair_stats(a, b, layers, k: int, n_boot: int, n_perm: int, seed: int, margin: float | None = None) -> dict:
+    """Spearman rho of a and b over heads with its intervals: 'ci95' resamples heads as if they
+    were independent (kept for comparison); 'ci95_layers' resamples layers (layer_resamples), as
+    do the within-layer rho's ('within_layer'); with `margin`, TOST p-values of |rho| >= margin."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     ok = np.isfinite(a) & np.isfinite(b)
     a, b, layers = a[ok], b[ok], np.asarray(layers)[ok]
@@ -225,33 +369,82 @@ def pair_stats(a, b, layers, k: int, n_boot: int, n_perm: int, seed: int) -> dic
         return undefined_pair(len(a), k)
     rho, p = stats.spearmanr(a, b)
     tau, tau_p = stats.kendalltau(a, b)
-    boots = bootstrap_spearman(a, b, bootstrap_indices(len(a), n_boot, seed))
+    boots = bootstrap_indices(len(a), n_boot, seed)
+    boots = bootstrap_spearman(a, b, boots)
+    across, within = layer_bootstrap_spearman(a, b, layer_resamples(layers, n_boot, seed))
+    partial = partial_spearman_layer(a, b, layers)
+    perm_p = within_layer_permutation_p(a, b, layers, n_perm, seed)
     return {"n": int(len(a)), "spearman": float(rho), "p_value": float(p), "ci95": percentile_ci(boots),
             "boot_se": float(np.nanstd(boots)), "kendall_tau": float(tau), "kendall_p": float(tau_p),
-            "top_k": top_k_overlap(a, b, k),
-            "partial_spearman_layer": partial_spearman_layer(a, b, layers),
-            "within_layer_perm_p": within_layer_permutation_p(a, b, layers, n_perm, seed)}
+            "top_k": top_k_overlap(a, b, k), "partial_spearman_layer": partial, "within_layer_perm_p": perm_p,
+            **_suffixed(interval_summary(across, rho, margin=margin), "layers"),
+            "within_layer": {"spearman": partial, "perm_p": perm_p,
+                             **_suffixed(interval_summary(within, partial, margin=margin), "layers")}}
 
 
 def run_stats(table, pairs, per_example: dict | None = None, k: int = 20, n_boot: int = 2000,
-              n_perm: int = 1000, seed: int = 0, n_boot_examples: int = 1000) -> dict:
-    """stats.json for one run: each (x, y) of `pairs` present in the table, with a bootstrap CI
-    over heads ('ci95') and, where a column has per-example values, one over eval examples
-    ('ci95_examples'); the split-half reliability of every column with per-example values
-    (`per_example`: column -> [N, 1 + heads]); correlations disattenuated by those reliabilities."""
+              n_perm: int = 1000, seed: int = 0, n_boot_examples: int = 1000, margin: float = 0.2) -> dict:
+    """stats.json for one run: each (x, y) of `pairs` present in the table, with bootstrap CIs
+    over heads ('ci95', heads as independent), over layers ('ci95_layers') and, where a column has
+    per-example values, over eval examples ('ci95_examples': deflated resamples, centred on the
+    estimate); the same for the within-layer rho ('within_layer'); TOST p-values of |rho| >= margin;
+    the split-half reliability of every column with per-example values (`per_example`: column ->
+    [N, 1 + heads]); correlations disattenuated by those reliabilities."""
     per_example = {c: m for c, m in (per_example or {}).items() if m is not None}
     rel = {name: split_half_reliability(m, seed=seed) for name, m in per_example.items()}
+    counts = None if not per_example else example_weights(len(next(iter(per_example.values()))),
+                                                            n_boot_examples, seed)
     out = {}
     for x, y in pairs:
         if x not in table or y not in table:
             continue
-        s = pair_stats(table[x].to_numpy(), table[y].to_numpy(), table["layer"].to_numpy(), k, n_boot, n_perm,
-                       seed)
-        ex = None if not per_example else example_bootstrap_spearman(
-            table, per_example, x, y, example_weights(len(next(iter(per_example.values()))), n_boot_examples, seed))
-        if ex is not None and np.isfinite(s["spearman"]):
-            s["ci95_examples"] = percentile_ci(ex)
+        layers = table["layer"].to_numpy()
+        s = pair_stats(table[x].to_numpy(), table[y].to_numpy(), layers, k, n_boot, n_perm, seed, margin)
+        ok = np.isfinite(table[x].to_numpy(float)) & np.isfinite(table[y].to_numpy(float))
+        if counts is not None and np.isfinite(s["spearman"]) and ok.all():
+            ex = example_bootstrap_spearman(table, per_example, x, y, counts)
+            if ex is not None:
+                s.update(_suffixed(interval_summary(centred(ex, s["spearman"]), s["spearman"], margin=margin),
+                                   "examples"))
+                s["example_interval"] = "deflated resamples, centred on the estimate"
+                w = s["within_layer"]
+                ew = centred(example_bootstrap_within(table, per_example, x, y, counts, layers), w["spearman"])
+                w.update(_suffixed(interval_summary(ew, w["spearman"], margin=margin), "examples"))
         s.update(disattenuated(s["spearman"], {v: rel[v]["reliability"] for v in (x, y) if v in rel}))
         out[f"{x}~{y}"] = s
     return {"n_heads": int(len(table)), "k": k, "n_boot": n_boot, "n_perm": n_perm, "seed": seed,
-            "n_boot_examples": n_boot_examples, "reliability": rel, "pairs": out}
+            "n_boot_examples": n_boot_examples, "equivalence_margin": margin, "head_resampling": "layers",
+            "reliability": rel, "pairs": out}
+
+
+def _finite_ci(ci) -> bool:
+    return ci is not None and len(ci) == 2 and all(v is not None and np.isfinite(v) for v in ci)
+
+
+def combined(p: dict, within: bool = False) -> dict:
+    """The inference the answer uses for a correlation of stats.json (its `pairs` entry p): the
+    estimate; the union of the layer-block and the example bootstrap intervals (95%, and 90% for
+    TOST); p the larger of their p-values (0 lies outside the union iff outside both). Keys that
+    a file lacks (written before layer-aware intervals) are undefined: NaN."""
+    q = (p.get("within_layer") or {}) if within else p
+    est = q.get("spearman", p.get("partial_spearman_layer", math.nan) if within else math.nan)
+    nan2 = [math.nan, math.nan]
+    ci95, ci90 = q.get("ci95_layers") or nan2, q.get("ci90_layers") or nan2
+    ps, tost = [q.get("p_layers", math.nan)], [q.get("tost_p_layers", math.nan)]
+    if _finite_ci(q.get("ci95_examples")):
+        ci95, ci90 = union_ci(ci95, q["ci95_examples"]), union_ci(ci90, q.get("ci90_examples") or nan2)
+        ps.append(q.get("p_examples", math.nan))
+        tost.append(q.get("tost_p_examples", math.nan))
+    return {"estimate": _num(est), "ci95": [_num(v) for v in ci95], "ci90": [_num(v) for v in ci90],
+            "p": max(_num(v) for v in ps), "tost_p": max(_num(v) for v in tost)}
+
+
+def _num(v) -> float:
+    return math.nan if v is None else float(v)
+
+
+def union_ci(a: list, b: list | None) -> list:
+    """The wider interval: the union of the two (b may be absent or undefined: then a)."""
+    if not _finite_ci(b):
+        return list(a)
+    return [min(a[0], b[0]), max(a[1], b[1])]
