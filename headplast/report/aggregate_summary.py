@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from headplast.analysis.across import HEADLINE
+from headplast.report.headline import aggregate_lines
 
 
 def _fmt_ci(d):
@@ -22,6 +23,10 @@ def aggregate_summary(m) -> str:
         lines.append(f"  excluded {e['method']} seed {e['seed']}: {e['reason']}")
     for meth in m.get("methods_without_runs", []):
         lines.append(f"{meth}: no run left to aggregate (every seed was excluded)")
+    lines += ["", "## Answer (primary endpoint: ρ(I_pre, U) across heads and within layers; differences "
+              "between methods are exploratory)"] + [f"  {line}" for line in aggregate_lines(m)]
+    lines += ["", "Below: every statistic; the paired tests between methods are secondary (exploratory), their "
+              "p-values Holm-adjusted over the statistics listed."]
     for s in HEADLINE:
         lines += ["", f"## {s}"]
         for meth in m["methods"]:
@@ -31,8 +36,10 @@ def aggregate_summary(m) -> str:
         for pair, res in m["paired_tests"].items():
             t = res.get(s)
             if t:
-                lines.append(f"  {pair}: mean diff {t['mean_difference']:+.4f}, paired t p = {t['t_p']:.3g}, "
-                             f"Wilcoxon p = {t['wilcoxon_p']:.3g} (n = {t['n_pairs']})")
+                holm = t.get("t_p_holm")
+                holm = f", Holm-adjusted {holm:.3g}" if holm is not None else ""
+                lines.append(f"  {pair}: mean diff {t['mean_difference']:+.4f}, paired t p = {t['t_p']:.3g}{holm}, "
+                             f"Wilcoxon p = {t['wilcoxon_p']:.3g} (n = {t['n_pairs']}; exploratory)")
     lines += ["", "## head-level agreement across seeds"]
     for meth, ag in m["head_agreement"].items():
         for col, a in ag.items():

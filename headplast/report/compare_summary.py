@@ -3,7 +3,7 @@ main findings (written from the numbers)."""
 
 from __future__ import annotations
 
-from headplast.report.findings import count_text, difference_verdict, stat_text
+from headplast.report.findings import comparison_table, count_text, difference_verdict, stat_text, table_text
 from headplast.report.headline import effect_lines
 
 RULE = "=" * 60
@@ -15,7 +15,8 @@ def compare_summary(m: dict) -> str:
     out = [RULE, f"Comparison: {la} vs {lb}  ({m['task']}, seed {m['seed']}, {m['n_heads']} heads, "
                  f"eval subset {m['eval_subset_size']} examples)", RULE, ""]
     if m.get("headline"):
-        out += ["## Answer: does importance before fine-tuning predict the update?"]
+        out += ["## Answer: does importance before fine-tuning predict the update? (primary endpoint ρ(I_pre, U), "
+                "across heads and within layers; the rest exploratory, Holm-adjusted)"]
         out += [f"  {line}" for line in m["headline"]]
         out += [f"  {line}" for line in effect_lines(m)] + [""]
 
@@ -26,14 +27,17 @@ def compare_summary(m: dict) -> str:
                  f"    {lb}: {stat_text(name, d[lb], digits=4)}",
                  f"    difference ({lb} - {la}): {stat_text(name, d['difference'], True, 4)}  "
                  f"95% CI [{lo:+.4f}, {hi:+.4f}]"
-                 f"  ({difference_verdict(d, 'exceeds noise', 'within noise')})"]
+                 f"  ({difference_verdict(m, name)})"]
         if d.get("ci95_examples"):
             (hl, hh), (el, eh) = d["ci95_heads"], d["ci95_examples"]
             lines.append(f"    (CI = union of resampling heads [{hl:+.4f}, {hh:+.4f}] and eval examples "
                          f"[{el:+.4f}, {eh:+.4f}])")
         return lines
     out.append("## 1. Spearman correlation (importance vs update)")
-    out += block("rho(I_pre,U)", "rho(I_pre, U)") + block("rho(I_pre,Urel)", "rho(I_pre, Urel)")
+    out += block("rho(I_pre,U)", "rho(I_pre, U)")
+    if "rho_within_layer(I_pre,U)" in keys:
+        out += block("rho_within_layer(I_pre,U)", "rho(I_pre, U) within layers")
+    out += block("rho(I_pre,Urel)", "rho(I_pre, Urel)")
     out += block("rho(I_post,U)", "rho(I_post, U)") + block("rho(I_pre,I_post)", "rho(I_pre, I_post)")
     out += ["", f"## 2. Top-{k} overlap"]
     out += block(f"top{k}_overlap(I_pre,U)", f"top-{k} overlap (I_pre, U)")
@@ -54,7 +58,11 @@ def compare_summary(m: dict) -> str:
             out.append(f"  {title}: {la} {counts[0]}, {lb} {counts[1]}"
                        + f" (expected if independent: {c[la].get('expected_if_independent', float('nan')):.1f})")
     out += shape_lines(m)
-    out += ["", "## 6. Main findings"] + [f"  - {line}" for line in m["findings"]] + ["", RULE, ""]
+    out += ["", "## 6. Main findings"]
+    if "secondary" in m:  # compared before the table existed: its findings hold the per-statistic sentences
+        out += ["  Every statistic (intervals resample layers and eval examples; verdicts exploratory, Holm-adjusted "
+                "over the comparison's secondary tests):"] + [f"    {line}" for line in table_text(comparison_table(m))]
+    out += [f"  - {line}" for line in m["findings"]] + ["", RULE, ""]
     return "\n".join(out)
 
 

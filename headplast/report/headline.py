@@ -1,11 +1,15 @@
-"""The answer to the question in three lines, from a comparison's numbers (compare_metrics.json).
+"""The answer to the question, from a comparison's numbers (compare_metrics.json) and, with
+several seeds, from the aggregate over them (aggregate_metrics.json), which comes first.
 
-    FFT: important heads change more than the others (ρ(I_pre, U) = +0.31, 95% CI [+0.08, +0.52])
-    LoRA_r8: important heads change no differently from the others (ρ = +0.05, 95% CI [-0.20, +0.29])
-    FFT vs LoRA_r8: ρ(I_pre, U) is lower under LoRA_r8 than under FFT (difference -0.26, 95% CI [-0.49, -0.03])
+    FFT: across heads, no detectable relation (ρ(I_pre, U) = +0.15, 95% CI -0.24 to +0.52); within layers, ...
+    LoRA_r8: across heads, ...; within layers, important heads change more than the others of their layer (...)
+    FFT vs LoRA_r8: no detectable difference in ρ(I_pre, U) (...; exploratory, Holm-adjusted p = 1)
 
-An interval is the wider of the bootstrap over heads and over eval examples; a claim is made
-only when it excludes 0. Collapsed runs and unreliable importance are said on the line.
+The primary endpoint is ρ(I_pre, U) of each method, across heads and within layers; its
+intervals resample layers (a layer's heads share its depth profile) and eval examples, and the
+wider decides. Everything else is secondary: Holm-adjusted as one family, labelled exploratory.
+Every verdict is written by report.verdict. Collapsed runs and unreliable importance are said on
+the line.
 """
 
 from __future__ import annotations
@@ -14,31 +18,25 @@ import math
 
 import numpy as np
 
-from headplast.analysis.compare import union_ci
+from headplast.analysis.stats import combined
+from headplast.report.verdict import sentence
+
+MORE, LESS = "important heads change more than the others", "important heads change less than the others"
+MORE_W, LESS_W = ("important heads change more than the others of their layer",
+                  "important heads change less than the others of their layer")
 
 
-def _ci(p: dict) -> list:
-    """The union of the head and the example bootstrap intervals of one correlation."""
-    return union_ci(p.get("ci95") or [math.nan, math.nan], p.get("ci95_examples"))
-
-
-def _fmt(ci) -> str:
-    return f"95% CI [{ci[0]:+.2f}, {ci[1]:+.2f}]"
+def primary_text(across: dict, within: dict) -> str:
+    """'across heads, <verdict>; within layers, <verdict>' of the primary endpoint."""
+    return (f"across heads, {sentence(across, 'ρ(I_pre, U)', MORE, LESS)}; "
+            f"within layers, {sentence(within, 'ρ', MORE_W, LESS_W)}")
 
 
 def method_line(label: str, stats: dict, info: dict) -> str:
     p = stats["pairs"].get("I_pre~U", {})
-    rho, ci = p.get("spearman", math.nan), _ci(p)
-    noise = ""
-    if not np.isfinite(rho) or not np.isfinite(ci).all():
-        verdict = "undefined (too few heads or constant values)"
-    elif ci[0] > 0:
-        verdict = "important heads change more than the others"
-    elif ci[1] < 0:
-        verdict = "important heads change less than the others"
-    else:
-        verdict, noise = "important heads change no differently from the others", "; within noise"
-    line = f"{label}: {verdict} (ρ(I_pre, U) = {rho:+.2f}, {_fmt(ci)}{noise})"
+    margin = stats.get("equivalence_margin", math.nan)
+    across, within = ({**combined(p, w), "margin": margin} for w in (False, True))
+    line = f"{label}: {primary_text(across, within)}"
     cautions = []
     if info.get("collapsed"):
         cautions.append("collapsed: no better than the majority class")
@@ -48,46 +46,98 @@ def method_line(label: str, stats: dict, info: dict) -> str:
     return line + (f"; caution: {', '.join(cautions)}" if cautions else "")
 
 
-def difference_line(labels: tuple[str, str], keys: dict) -> str:
-    la, lb = labels
-    d = keys["rho(I_pre,U)"]
-    diff, ci = d["difference"], d["ci95"]
-    if not np.isfinite(diff):
-        verdict = "the two cannot be compared (ρ(I_pre, U) is undefined for a run)"
-    elif not d["exceeds_uncertainty"]:
-        verdict = "importance predicts the update no differently under the two (within noise)"
-    else:
-        verdict = f"ρ(I_pre, U) is {'higher' if diff > 0 else 'lower'} under {lb} than under {la}"
-    return f"{la} vs {lb}: {verdict} (difference {lb} − {la} {diff:+.2f}, {_fmt(ci)})"
+def holm_p(m: dict, name: str) -> float:
+    """The Holm-adjusted p of a secondary test of a comparison (NaN where its file has none)."""
+    return m.get("secondary", {}).get("tests", {}).get(name, {}).get("p_holm", math.nan)
+
+
+def difference_inference(m: dict, name: str) -> dict:
+    d = m["key_statistics"][name]
+    return {"estimate": d["difference"], "ci95": d["ci95"], "p_holm": holm_p(m, name)}
+
+
+def difference_text(m: dict, name: str = "rho(I_pre,U)", what: str = "ρ(I_pre, U)") -> str:
+    la, lb = m["labels"]
+    return sentence(difference_inference(m, name), f"difference {lb} − {la}",
+                    f"{what} is higher under {lb} than under {la}", f"{what} is lower under {lb} than under {la}",
+                    none=f"no detectable difference in {what}", equivalent=f"no difference in {what}",
+                    undefined=f"the two cannot be compared ({what} is undefined for a run)")
+
+
+def difference_line(m: dict) -> str:
+    la, lb = m["labels"]
+    return f"{la} vs {lb}: {difference_text(m)}"
 
 
 def headline(m: dict) -> list[str]:
-    """Three lines: each method's answer, then the difference between them."""
+    """Each method's answer (the primary endpoint), then the difference between them (secondary)."""
     labels = tuple(m["labels"])
     lines = [method_line(lab, m["stats"][lab], m["runs"][lab]) for lab in labels]
-    return lines + [difference_line(labels, m["key_statistics"])]
+    return lines + [difference_line(m)]
 
 
-def _rho_text(stats: dict, x: str, y: str, name: str) -> str:
-    p = stats["pairs"].get(f"{x}~{y}", {})
-    rho, ci = p.get("spearman", math.nan), _ci(p)
-    if not np.isfinite(rho) or not np.isfinite(ci).all():
-        return f"{name} undefined"
-    sure = "" if ci[0] > 0 or ci[1] < 0 else ", within noise"
-    return f"{name} = {rho:+.2f} ({_fmt(ci)}{sure})"
+def _rho_text(m: dict, lab: str, x: str, y: str, name: str) -> str:
+    p = m["stats"][lab]["pairs"].get(f"{x}~{y}", {})
+    inf = {**combined(p), "p_holm": holm_p(m, f"{lab}: rho({x},{y})")}
+    return sentence(inf, name, "positive relation", "negative relation", undefined=f"{name} undefined")
 
 
 def effect_lines(m: dict) -> list[str]:
-    """Per method: does the size of a head's update, and its importance before, predict how much of
-    fine-tuning's gain the head's own update carries (effect_fwd)?"""
+    """Per method (secondary): does the size of a head's update, and its importance before,
+    predict how much of fine-tuning's gain the head's own update carries (effect_fwd)?"""
     out = []
     for lab in m["labels"]:
-        st = m["stats"][lab]
-        if "U~effect_fwd" not in st["pairs"]:
+        if "U~effect_fwd" not in m["stats"][lab]["pairs"]:
             continue
         out.append(f"{lab}: the gain a head's own update carries vs its size: "
-                   f"{_rho_text(st, 'U', 'effect_fwd', 'ρ(U, effect_fwd)')}; vs its importance before: "
-                   f"{_rho_text(st, 'I_pre', 'effect_fwd', 'ρ(I_pre, effect_fwd)')}")
+                   f"{_rho_text(m, lab, 'U', 'effect_fwd', 'ρ(U, effect_fwd)')}; vs its importance before: "
+                   f"{_rho_text(m, lab, 'I_pre', 'effect_fwd', 'ρ(I_pre, effect_fwd)')}")
+    return out
+
+
+def aggregate_lines(agg: dict) -> list[str]:
+    """The answer over seeds: each method's mean ρ(I_pre, U) over seeds (Fisher z, t-interval over
+    seeds), across heads and within layers; the methods' paired differences (secondary, Holm)."""
+    margin = agg.get("equivalence_margin", math.nan)
+    out = []
+    for meth in agg["methods"]:
+        pm = agg["per_method"].get(meth) or {}
+        infs = []
+        for s in ("rho(I_pre,U)", "partial_rho(I_pre,U)"):
+            d = pm.get(s) or {}
+            infs.append({"estimate": d.get("mean", math.nan), "ci95": d.get("ci95"), "ci90": d.get("ci90"),
+                         "margin": margin})
+        n = (pm.get("rho(I_pre,U)") or {}).get("n", 0)
+        out.append(f"{meth} ({n} seeds): {primary_text(*infs)}")
+    for pair, res in agg.get("paired_tests", {}).items():
+        t = res.get("rho(I_pre,U)")
+        if not t:
+            continue
+        lb, la = pair.split(" - ")
+        inf = {"estimate": t.get("mean_difference", math.nan), "ci95": t.get("ci95"),
+               "p_holm": t.get("t_p_holm", math.nan)}
+        out.append(f"{la} vs {lb}: " + sentence(inf, f"mean difference {lb} − {la}",
+                                                f"ρ(I_pre, U) is higher under {lb} than under {la}",
+                                                f"ρ(I_pre, U) is lower under {lb} than under {la}",
+                                                none="no detectable difference in ρ(I_pre, U)",
+                                                undefined="the two cannot be compared over seeds"))
+    return out
+
+
+def answer_block(compares: list[dict], aggregates: list[dict]) -> list[str]:
+    """Everything the main job prints as its answer: with several seeds the aggregate over them
+    first, then each comparison (task and seed)."""
+    out = []
+    for agg in aggregates:
+        seeds = ", ".join(str(s) for s in agg["seeds"])
+        out.append(f"ANSWER ({agg['task']}, seeds {seeds}; mean over seeds, 95% t-interval over seeds): does a "
+                   "head's importance before fine-tuning predict how much fine-tuning changes it?")
+        out += [f"  {line}" for line in aggregate_lines(agg)] + [""]
+    for m in compares:
+        title = "ANSWER" if not aggregates else "per seed"
+        out.append(f"{title} ({m['task']}, seed {m['seed']}): does a head's importance before fine-tuning predict "
+                   "how much fine-tuning changes it?")
+        out += [f"  {line}" for line in answer_lines(m)] + [""]
     return out
 
 

@@ -15,7 +15,8 @@ from importlib import resources
 
 import pandas as pd
 
-from headplast.report.headline import answer_lines
+from headplast.report.findings import comparison_table
+from headplast.report.headline import aggregate_lines, answer_lines
 from headplast.report.html_figures import heatmaps, side_by_side_scatter
 from headplast.report.lines import rho_line
 
@@ -91,6 +92,7 @@ def compare_view(compare: dict, runs: dict, n: int) -> dict:
     return {"id": f"cmp-{n}", "task": m["task"], "seed": m["seed"], "labels": labels,
             "answer": answer_lines(m), "cautions": cautions(compare, runs),
             "findings": m.get("findings", []), "validation": m["validation"], "figures": figures,
+            "comparison": comparison_table(m) if "secondary" in m else None,
             "table": heads_table(dfs, compare, runs), "table_id": f"heads-{n}", "n_heads": m["n_heads"]}
 
 
@@ -113,7 +115,7 @@ def aggregate_view(m: dict) -> dict:
             cells.append("" if not v else _mean_ci_cell(v))
         rows.append(cells)
     return {"task": m["task"], "seeds": m["seeds"], "columns": ["statistic", *methods], "rows": rows,
-            "excluded": m.get("excluded_runs", [])}
+            "excluded": m.get("excluded_runs", []), "answer": aggregate_lines(m)}
 
 
 def table_view(df: pd.DataFrame) -> dict:

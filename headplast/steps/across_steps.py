@@ -98,6 +98,7 @@ def _write_aggregate(cfg: AggregateConfig, out: Path) -> None:
                "collapsed_runs": [{"method": m, "seed": s} for m, s in collapsed], "excluded_runs": excluded,
                "methods_without_runs": [m for m in cfg.methods if not summary["per_method"][m]],
                "collapsed_excluded": not cfg.include_collapsed, **summary, "head_agreement": agreement,
+               "equivalence_margin": cfg.analysis.equivalence_margin,
                "runs": {f"{m}/seed{s}": r["info"] for (m, s), r in runs.items()}}
     _write_table(table, out, "runs_table")
     atomic_write_json(out / "aggregate_metrics.json", metrics)

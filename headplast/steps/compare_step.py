@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from headplast.analysis.compare import key_statistics
+from headplast.analysis.compare import key_statistics, secondary_family
 from headplast.analysis.config import AnalysisConfig
 from headplast.analysis.subspace import overlap, subspace_statistics
 from headplast.arch.adapters import KINDS
@@ -104,7 +104,8 @@ def _write_compare(cfg: CompareConfig, dirs: dict, floor_dirs: dict, out: Path) 
     importance = _grid(dfs[cfg.labels[0]], "I_pre")  # of theta0: the same for both runs
     phi, floors, m["subspace"] = subspaces(cfg, dirs, floor_dirs, importance)
     m["update_shape"] = update_shape(dirs, dfs)
-    m["findings"] = findings(keys, tuple(cfg.labels), stats, val, a.top_k)
+    m["secondary"] = secondary_family(keys, stats)
+    m["findings"] = findings(m)
     m["headline"] = headline(m)
     names = dict(zip(("i_vs_u", "stats", "update_dist", "headwise", "subspace"),
                      layout.with_format(layout.COMPARE_FIGURES, cfg.analysis.figure_format)))
