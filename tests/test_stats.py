@@ -196,6 +196,27 @@ def test_aggregation_means_cis_and_paired_tests_by_hand():
     assert t["wilcoxon_p"] == pytest.approx(st.wilcoxon(lora, fft).pvalue)
     assert t["mean_difference"] == pytest.approx(np.mean(lora) - np.mean(fft))
     assert mean_ci([1.0])["n"] == 1 and paired_tests([1.0], [2.0])["n_pairs"] == 1
+    h90 = st.t.ppf(0.95, 4) * sd / np.sqrt(5)  # TOST's interval over seeds
+    assert d["ci90"] == pytest.approx([m - h90, m + h90])
+    diff = np.subtract(lora, fft)
+    hd = st.t.ppf(0.975, 4) * diff.std(ddof=1) / np.sqrt(5)
+    assert t["ci95"] == pytest.approx([diff.mean() - hd, diff.mean() + hd])
+
+
+def test_aggregate_paired_tests_are_holm_adjusted_over_the_headline_statistics():
+    """Two headline statistics with paired t p-values p1 < p2: Holm gives 2 p1 and max(2 p1, p2)."""
+    rng = np.random.default_rng(2)
+    rows = []
+    for s in range(1, 6):
+        for stat, shift in (("rho(I_pre,U)", 0.3), ("top_k(I_pre,U)", 0.05)):
+            a = rng.normal()
+            rows += [{"method": "FFT", "seed": s, "statistic": stat, "value": a, "collapsed": False, "included": True},
+                     {"method": "LoRA_r8", "seed": s, "statistic": stat, "value": a + shift + 0.1 * rng.normal(),
+                      "collapsed": False, "included": True}]
+    out = summarise(pd.DataFrame(rows), ["FFT", "LoRA_r8"])["paired_tests"]["LoRA_r8 - FFT"]
+    p = sorted((out[k]["t_p"], k) for k in out)
+    assert out[p[0][1]]["t_p_holm"] == pytest.approx(min(1, 2 * p[0][0]))
+    assert out[p[1][1]]["t_p_holm"] == pytest.approx(max(min(1, 2 * p[0][0]), p[1][0]))
 
 
 def test_kendalls_w_and_head_agreement():
