@@ -28,7 +28,8 @@ from headplast.arch.adapters import get_adapter  # noqa: E402
 from headplast.arch.loading import load_model, load_tokenizer, resolve_model  # noqa: E402
 from headplast.data.metrics import majority_baseline  # noqa: E402
 from headplast.data.prepare import prepare_from_config  # noqa: E402
-from headplast.data.subset import holdout_indices  # noqa: E402
+from headplast.data.overlap import TrainingText  # noqa: E402
+from headplast.data.subset import holdout_indices, make_eval_subset  # noqa: E402
 from headplast.train.config import TrainConfig  # noqa: E402
 from headplast.train.evaluate import evaluate  # noqa: E402
 from headplast.train.fit import fine_tune, trainable_model  # noqa: E402
@@ -39,12 +40,23 @@ TUNING_SEED = 7
 
 
 def tuning_examples(data, eval_source: str, eval_size: int, size: int):
-    """Training examples that are neither trained on nor in the measurement holdout."""
+    """Training examples that are neither trained on nor in the measurement holdout, and share no
+    source text with a training example (data.overlap: SST-2's phrases of one sentence)."""
     held = holdout_indices(data.full_train, eval_size) if eval_source == "holdout" else set()
+    if eval_source == "holdout":  # the holdout as measured: topped up beyond `held` where needed
+        held |= set(make_eval_subset(data.task.name, "holdout", eval_size, data.full_train, data.train,
+                                     data.train_indices).indices)
     used = held | set(data.train_indices)
-    free = np.asarray([i for i in range(len(data.full_train)) if i not in used])
-    pick = np.sort(np.random.default_rng(TUNING_SEED).choice(free, size=min(size, len(free)), replace=False))
-    return data.full_train.subset(pick), len(held)
+    training = TrainingText(data.train)
+    rng = np.random.default_rng(TUNING_SEED)
+    free = rng.permutation(np.asarray([i for i in range(len(data.full_train)) if i not in used]))
+    pick = []
+    for i in free:
+        if len(pick) == size:
+            break
+        if not training.overlaps(data.full_train.texts[i]):
+            pick.append(int(i))
+    return data.full_train.subset(np.sort(pick)), len(held)
 
 
 def main(argv=None) -> int:

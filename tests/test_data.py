@@ -126,3 +126,66 @@ def test_eval_subset_is_seeded_and_capped_with_warning():
 def test_tiny_tokenizer_produces_real_tokens(tok):
     ids = tok("ab cd")["input_ids"]
     assert tok.unk_token_id not in ids and len(ids) == 2 + 4  # [CLS] a ##b c ##d [SEP]
+
+
+def _naive_overlap(eval_words, train_words, ngram=8, min_contained=4):
+    """The three overlap kinds by brute force: every pair of examples, word lists compared directly."""
+    def inside(a, b):  # a is a contiguous run of b
+        return any(list(b[j:j + len(a)]) == list(a) for j in range(len(b) - len(a) + 1)) if a else False
+
+    def grams(w):
+        return {tuple(w[j:j + ngram]) for j in range(len(w) - ngram + 1)}
+
+    out = []
+    for e in eval_words:
+        contained = any(inside(e, t) for t in train_words)
+        contains = any(len(t) >= min_contained and inside(t, e) for t in train_words)
+        shares = any(grams(e) & grams(t) for t in train_words)
+        out.append((contained, contains, shares))
+    return out
+
+
+def test_overlap_kinds_equal_a_brute_force_reference():
+    from headplast.data.loaders import Examples
+    from headplast.data.overlap import TrainingText, words
+
+    rng = np.random.default_rng(0)
+    vocab = [f"w{i}" for i in range(12)]
+
+    def ex(n_fields):
+        return tuple(" ".join(rng.choice(vocab, rng.integers(1, 14))) for _ in range(n_fields))
+    for fields in (1, 2):
+        train = [ex(fields) for _ in range(40)]
+        evals = [ex(fields) for _ in range(60)]
+        evals += [(t[0].split(" ", 1)[-1],) + t[1:] for t in train[:10]]  # phrases of trained examples
+        evals += [("zz " + t[0] + " zz",) + t[1:] for t in train[10:20]]  # trained examples inside longer ones
+        tt = TrainingText(Examples(tuple(train), np.zeros(len(train)), "train", "t"))
+        ours = [tt.kinds(e) for e in evals]
+        ref = _naive_overlap([words(e) for e in evals], [words(t) for t in train])
+        assert ours == ref
+        assert [tt.overlaps(e) for e in evals] == [any(r) for r in ref]
+        assert sum(any(r) for r in ref) > 10 and sum(not any(r) for r in ref) > 5  # both kinds present
+    # a sequence never spans two text fields: ("a b", "c d") does not contain "b c"
+    tt = TrainingText(Examples((("b c d e",),), np.zeros(1), "train", "t"))
+    assert not tt.contained(words(("b", "c"))) and tt.contained(words(("b c",)))
+
+
+def test_sst2_holdout_shares_no_source_text_with_training():
+    """GLUE SST-2's train split holds every phrase of each sentence: a random holdout put phrases
+    of trained sentences into the measured examples. The holdout is now source-disjoint (checked
+    by brute force on a slice), its overlap is recorded, and it keeps its size."""
+    from headplast.data.overlap import words
+    from headplast.data.prepare import prepare_data
+    from headplast.data.subset import make_eval_subset
+
+    d = prepare_data("SST-2", eval_source="holdout", eval_size=300, max_train_samples=600)
+    sub = make_eval_subset("SST-2", "holdout", 300, d.full_train, d.train, d.train_indices)
+    assert sub.size == 300 and not set(sub.indices) & set(d.train_indices)
+    assert sub.overlap["any"] == 0 and not sub.seen_in_training and sub.holdout_rule.startswith("source-disjoint")
+    train_w = [words(t) for t in d.train.texts]
+    assert not any(any(k) for k in _naive_overlap([words(d.full_train.texts[i]) for i in sub.indices], train_w))
+    random_draw = make_eval_subset("SST-2", "holdout", 300, d.full_train)  # how it was drawn before
+    leaked = sum(any(k) for k in _naive_overlap([words(d.full_train.texts[i]) for i in random_draw.indices], train_w))
+    assert leaked > 10  # the flaw this fixes
+    val = make_eval_subset("SST-2", "validation", 300, d.validation, d.train, d.train_indices)
+    assert val.overlap["examples"] == 300 and val.seen_in_training == (val.overlap["any"] > 0)

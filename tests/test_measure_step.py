@@ -339,3 +339,25 @@ def test_each_torchrun_rank_measures_on_its_own_gpu(trained, monkeypatch):
     assert (ctx.cfg.max_tokens, ctx.cfg.batch_size) == (1 << 16, 64)
     assert _key(IMPORTANCE_PRE, ctx) != _key(IMPORTANCE_PRE, cpu) and _key(UPDATE, ctx) == _key(UPDATE, cpu)
     assert MeasureContext(fft, MeasureConfig(progress=False, device="cpu")).device.type == "cpu"
+
+
+def test_holdout_records_its_overlap_and_a_legacy_random_holdout_is_replaced(model_dirs, tmp_path):
+    """A run measured on a holdout drawn the old way (at random: no holdout_rule in its
+    eval_subset.json) is re-measured on the source-disjoint holdout without --force, and
+    eval_subset.json records the overlap with the training examples (none)."""
+    from headplast.store import layout
+
+    kw = {**tiny_run_kwargs(model_dirs["bert"], tmp_path), "eval_source": "holdout", "eval_size": 12}
+    run = run_train(TrainConfig(method="fft", **kw)).path
+    assert run_measure(run, MeasureConfig(progress=False)).status == "ran"
+    sub = json.loads((run / layout.EVAL_SUBSET).read_text())
+    assert sub["holdout_rule"].startswith("source-disjoint") and sub["overlap"]["any"] == 0
+    assert sub["overlap"]["training_examples"] == 32 and not sub["seen_in_training"]
+    legacy = {k: v for k, v in sub.items() if k not in ("holdout_rule", "overlap")}
+    legacy["indices"] = [i + 1 for i in sub["indices"]]  # another draw
+    (run / layout.EVAL_SUBSET).write_text(json.dumps(legacy))
+    run_measure(run, MeasureConfig(progress=False))  # no "the eval subset differs" error
+    assert json.loads((run / layout.EVAL_SUBSET).read_text()) == sub
+    (run / layout.EVAL_SUBSET).write_text(json.dumps({**sub, "indices": legacy["indices"]}))
+    with pytest.raises(HeadplastError, match="eval subset differs"):  # the same rule, another subset: refused
+        run_measure(run, MeasureConfig(progress=False))

@@ -77,7 +77,8 @@ class MeasureContext:
         data = prepare_from_config(tc)
         self.task = data.task
         split = data.validation if src == "validation" else data.full_train
-        self.subset = make_eval_subset(data.task.name, src, size, split)
+        # kept apart from the training examples by their text, and its overlap with them recorded
+        self.subset = make_eval_subset(data.task.name, src, size, split, data.train, data.train_indices)
         self.tok = load_tokenizer(str(self.dir / layout.CKPT_INIT))
         self.pad_id = self.tok.pad_token_id
         self.max_length = tc["max_length"]
