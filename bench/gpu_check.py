@@ -243,7 +243,13 @@ def table(report: dict) -> str:
             rows.append(("  " + c["name"], c["status"], f"{c['seconds']:.1f}", c["reason"] or c.get("summary", "")))
     w = max(len(r[0]) for r in rows)
     lines = [f"{a:<{w}}  {b:<7} {c:>6}  {d}"[:w + 200] for a, b, c, d in rows]
-    lines.append(f"{report['status']} in {report['seconds']:.0f} s on {report['device'].get('name', report['device']['device'])}")
+    cut = sum(c["reason"].startswith("time budget spent") for p in report["phases"].values() for c in p["checks"])
+    counts = {k: sum(c["status"] == k for p in report["phases"].values() for c in p["checks"])
+              for k in ("passed", "failed", "skipped")}
+    lines.append(f"{report['status'].upper()} in {report['seconds']:.0f} s on "
+                 f"{report['device'].get('name', report['device']['device'])}: "
+                 + ", ".join(f"{v} {k}" for k, v in counts.items())
+                 + (f" ({cut} of them for time: raise --budget or run --phases)" if cut else ""))
     return "\n".join(lines)
 
 
@@ -594,9 +600,7 @@ class Session:
         cross = self.other is not None
         families = self.a.families.split(",") if self.a.families else FAMILIES
         if not cross:
-            ck.run("cross_device", lambda r: (_ for _ in ()).throw(Skip(
-                "needs CUDA (--device cpu): FFT and LoRA trained in fp32 on both devices and every measurement "
-                f"compared, {len(families)} families")))
+            ck.run("cross_device", self.b_cross_needs_cuda, families)
         for fam in families:
             ck.run(f"{fam}.engine_vs_naive", self.b_naive, fam)
             if cross:
@@ -606,6 +610,10 @@ class Session:
                     ck.run(f"{fam}.{m}.measure_{self.other}_vs_cpu", self.b_measure, fam, m)
             if self.cuda or fam in CPU_FAMILIES:
                 ck.run(f"{fam}.default_path", self.b_default, fam)
+
+    def b_cross_needs_cuda(self, r: Result, families) -> None:
+        raise Skip(f"needs CUDA (--device cpu): FFT and LoRA trained in fp32 on both devices and every measurement "
+                   f"compared, {len(families)} families")
 
     def b_naive(self, r: Result, fam: str) -> None:
         """Importance by the engine and by one forward pass per head, on the device, in IEEE fp32."""

@@ -43,7 +43,7 @@ def test_gpu_check_on_cpu_runs_every_phase_that_applies(tmp_path):
     assert checks["C.fft.measure"]["numbers"]["importance_head_examples_per_s"] > 0
     assert checks["C.fft.measure"]["numbers"]["gradfisher_ms_per_example"] > 0
     # the table: a row per phase and per check
-    assert "B: same numbers on CUDA as on the CPU" in p.stdout and "D.ray" in p.stdout and "passed in" in p.stdout
+    assert "B: same numbers on CUDA as on the CPU" in p.stdout and "D.ray" in p.stdout and "PASSED in" in p.stdout
 
 
 def test_gpu_check_runs_a_subset_and_rejects_an_unknown_phase(tmp_path):
