@@ -773,6 +773,12 @@ class Session:
             expect(device == self.dev, f"{method}: run_config.json records device {rc.get('device')}, want {self.dev}")
             expect(stored == "float32", f"{method}: run_config.json records stored dtype {stored!r} (the tiny "
                                         "checkpoint is float32)")
+            compute = json.loads((run / "measure_meta.json").read_text()).get("compute") or {}
+            r.numbers[method]["measure_compute"] = compute
+            prec = {k: v for k, v in (compute.get("precision") or {}).items() if v is not None and "OVERRIDE" not in k}
+            expect(compute.get("type") == self.dev, f"{method}: measure_meta.json records compute {compute}")
+            expect(prec and all(v in ("ieee", "highest") for v in prec.values()),
+                   f"{method}: measured with fp32 precision {prec}, not IEEE")
             for m in registry.required():
                 rows = [json.loads(x) for x in (run / m.file).read_text().splitlines() if x.strip()]
                 vals = np.asarray([[row[f] for f in m.fields if f != "kl"] for row in rows], dtype=float)
