@@ -21,10 +21,17 @@ short still says how far it got:
 - D. engines: a Ray task given one GPU sees one, given none sees none; torchrun on 2 GPUs
   writes the files one process writes (skipped below 2 GPUs).
 
-Each phase has a time budget (checks past it are skipped, a check running far past it is
-stopped and fails). Exit status: 0 every check passed or was skipped, 1 one failed, 2 no GPU
-is visible and --device cpu was not given. Random weights make accuracies meaningless: only
-agreement and speed are checked.
+"Relative" is per field: max |a - b| / max |a| over its heads (or examples); a metric field
+(accuracy) may differ by one example's prediction. With --device cpu, B's cross-device
+comparisons are skipped (needs CUDA), the rest runs on the CPU, and D's Ray check tells Ray of
+one fake GPU and checks the CUDA_VISIBLE_DEVICES each task gets.
+
+Each phase has a time budget (A 30, B 170, C 200, D 50 s on a GPU; --budget scales them):
+checks past it are skipped, saying so, and a check running far past it is stopped and fails.
+The table is printed at the end; the JSON (--out) and what the checks printed (the same name,
+.log) are written as it goes. Exit status: 0 every check passed or was skipped, 1 one failed,
+2 no GPU is visible and --device cpu was not given. Random weights make accuracies
+meaningless: only agreement and speed are checked.
 """
 
 from __future__ import annotations
