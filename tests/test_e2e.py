@@ -197,7 +197,8 @@ def test_pipeline_runs_resumes_and_survives_kill_9(tmp_path, capsys):
     text = cli(*args, "--output-root", a, capsys=capsys)
     assert "=== train FFT SST-2 seed 1" in text
     answer = text[text.index("ANSWER (SST-2, seed 1)"):].splitlines()
-    assert answer[1].startswith("  FFT: important heads change ") and "ρ(I_pre, U) = " in answer[1]
+    assert answer[1].startswith("  FFT: across heads, ") and "ρ(I_pre, U) = " in answer[1]
+    assert "within layers, " in answer[1]
     assert answer[2].startswith("  LoRA_r4: ") and answer[3].startswith("  FFT vs LoRA_r4: ")
     for d in (a / "FFT" / "SST-2" / "seed1", a / "LoRA" / "SST-2" / "seed1_r4", a / "LoRA" / "SST-2" / "seed1_r8"):
         _check_run(d)

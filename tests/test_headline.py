@@ -158,3 +158,16 @@ def test_no_subspace_line_without_a_mean_overlap(mean):
     assert subspace_line({"labels": ["FFT", "LoRA_r8"], "subspace": sub}) == []
     sub["phi"]["mean"] = 0.5
     assert subspace_line({"labels": ["FFT", "LoRA_r8"], "subspace": sub})[0].startswith("FFT and LoRA_r8 share φ = 0.50")
+
+
+def test_eval_examples_that_share_training_text_are_a_caution_on_the_answer():
+    m = _metrics(_pair(0.15, (-0.10, 0.41)), _pair(0.04, (-0.30, 0.38)), -0.11, (-0.38, 0.19), p_holm=1.0)
+    assert not any("caution" in line for line in headline(m))
+    m["runs"]["FFT"].update(eval_source="holdout", eval_overlap={"any": 0, "examples": 6000, "fraction": 0.0})
+    m["runs"]["LoRA_r8"].update(eval_source="validation", eval_overlap={"any": 30, "examples": 872,
+                                                                        "fraction": 30 / 872})
+    lines = headline(m)
+    assert "caution" not in lines[0]
+    assert lines[1].endswith("caution: 30 of 872 eval examples (3.4%) share text with training examples")
+    m["runs"]["FFT"]["eval_source"] = "train"
+    assert headline(m)[0].endswith("caution: measured on training examples (--eval-source train)")

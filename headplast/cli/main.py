@@ -47,10 +47,10 @@ def cmd_measure(a) -> int:
 
 def cmd_pipeline(a) -> int:
     from headplast.analysis.config import AnalysisConfig
-    from headplast.report.headline import answer_lines
+    from headplast.report.headline import answer_block
     from headplast.report.lines import report_line
     from headplast.steps.pipeline import PipelineConfig, run_pipeline
-    from headplast.steps.runs import read_compare
+    from headplast.steps.runs import read_aggregate, read_compare
     from headplast.store import layout
 
     cfg = config_from_args(PipelineConfig, a, "p_", train=config_from_args(TrainConfig, a),
@@ -58,11 +58,10 @@ def cmd_pipeline(a) -> int:
                            analysis=config_from_args(AnalysisConfig, a, "s_"))
     out = run_pipeline(cfg)
     print("\n" + "=" * 60)
-    for p in out["compare"]:  # the answer first, then where everything is
-        m = read_compare(p / layout.COMPARE_METRICS)
-        print(f"ANSWER ({m['task']}, seed {m['seed']}): does a head's importance before fine-tuning predict "
-              "how much fine-tuning changes it?")
-        print("\n".join(f"  {line}" for line in answer_lines(m)) + "\n")
+    # the answer first (with several seeds, the aggregate over them before each seed's), then where everything is
+    compares = [read_compare(p / layout.COMPARE_METRICS) for p in out["compare"]]
+    aggregates = [read_aggregate(p / layout.AGGREGATE_METRICS) for p in out["aggregate"]]
+    print("\n".join(answer_block(compares, aggregates)))
     print(f"outputs under {cfg.train.output_root}/")
     for key in ("runs", "compare", "aggregate", "ranks"):
         for p in out[key]:

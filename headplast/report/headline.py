@@ -43,7 +43,22 @@ def method_line(label: str, stats: dict, info: dict) -> str:
     rel = stats.get("reliability", {}).get("I_pre", {}).get("reliability", math.nan)
     if np.isfinite(rel) and rel < 0.8:
         cautions.append(f"I_pre reliability only {rel:.2f}")
+    seen = overlap_caution(info)
+    if seen:
+        cautions.append(seen)
     return line + (f"; caution: {', '.join(cautions)}" if cautions else "")
+
+
+def overlap_caution(info: dict) -> str | None:
+    """Eval examples that share text with the training examples (measured, data.overlap), or
+    eval examples trained on: I_post and the update effect are then partly measured on seen text."""
+    if info.get("eval_source") == "train":
+        return "measured on training examples (--eval-source train)"
+    ov = info.get("eval_overlap")
+    if ov and ov.get("any"):
+        return (f"{ov['any']} of {ov['examples']} eval examples ({ov['fraction']:.1%}) share text with training "
+                "examples")
+    return None
 
 
 def holm_p(m: dict, name: str) -> float:

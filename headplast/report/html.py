@@ -16,7 +16,7 @@ from importlib import resources
 import pandas as pd
 
 from headplast.report.findings import comparison_table
-from headplast.report.headline import aggregate_lines, answer_lines
+from headplast.report.headline import aggregate_lines, answer_lines, overlap_caution
 from headplast.report.html_figures import heatmaps, side_by_side_scatter
 from headplast.report.lines import rho_line
 
@@ -40,7 +40,8 @@ def _num(v, fmt: str = ".4g") -> str:
 
 
 def cautions(compare: dict, runs: dict) -> list[str]:
-    """Collapsed runs and measures whose split-half reliability is below the bar."""
+    """Collapsed runs, measures whose split-half reliability is below the bar, eval examples that
+    share text with training."""
     out = []
     for lab, key in compare["runs"].items():
         r = runs[key]
@@ -51,6 +52,10 @@ def cautions(compare: dict, runs: dict) -> list[str]:
             if v is not None and v < RELIABILITY_BAR:
                 out.append(f"{lab}: split-half reliability of {name} is {v:.2f} (< {RELIABILITY_BAR}): its "
                            "correlations are mostly noise")
+        seen = overlap_caution(compare["metrics"]["runs"].get(lab, {}))
+        if seen:
+            out.append(f"{lab}: {seen}: importance after fine-tuning and the update effect are partly measured "
+                       "on text the model was trained on")
     return out
 
 

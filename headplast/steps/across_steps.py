@@ -101,7 +101,7 @@ def _write_aggregate(cfg: AggregateConfig, out: Path) -> None:
                "equivalence_margin": cfg.analysis.equivalence_margin,
                "runs": {f"{m}/seed{s}": r["info"] for (m, s), r in runs.items()}}
     _write_table(table, out, "runs_table")
-    atomic_write_json(out / "aggregate_metrics.json", metrics)
+    atomic_write_json(out / layout.AGGREGATE_METRICS, metrics)
     atomic_write_text(out / "summary.txt", aggregate_summary(metrics))
     multi_seed_figure(table, summary, out / f"multi_seed_stats.{cfg.analysis.figure_format}", cfg.task)
 

@@ -174,7 +174,9 @@ def run_info(run_dir: str | Path) -> dict:
             "val_metric_theta0": rc["validation"]["theta0"]["metric"],
             "val_metric": rc["validation"]["theta1"]["metric"], "collapsed": rc["collapsed"],
             "majority": rc["validation"]["majority_baseline"],
-            "trainable_params": rc["trainable"]["trainable"]}
+            "trainable_params": rc["trainable"]["trainable"],
+            # measured overlap of the eval examples with the training text (None: measured before it was)
+            "eval_overlap": sub.get("overlap"), "eval_source": sub.get("eval_source")}
 
 
 def check_comparable(infos: list[dict], what: str) -> None:

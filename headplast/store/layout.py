@@ -30,7 +30,8 @@ COMPARE_FIGURES = ("compare_I_vs_U.png", "compare_stats.png", "compare_update_di
                    "compare_subspace.png")
 COMPARE_METRICS = "compare_metrics.json"
 COMPARE_SUMMARY = "compare_summary.txt"
-AGGREGATE_FILES = ("summary.txt", "aggregate_metrics.json", "runs_table.csv", "runs_table.parquet",
+AGGREGATE_METRICS = "aggregate_metrics.json"
+AGGREGATE_FILES = ("summary.txt", AGGREGATE_METRICS, "runs_table.csv", "runs_table.parquet",
                    "multi_seed_stats.png")
 RANK_FILES = ("rank_metrics.json", "rank_table.csv", "rank_stats.png", "rank_update_dist.png")
 
