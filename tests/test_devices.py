@@ -205,3 +205,11 @@ def test_run_identity_does_not_depend_on_the_machine_that_checks_it(model_dirs, 
     assert run_train(cfg).status == "skipped"
     fresh = resolved_config(TrainConfig(method="fft", **{**tiny_run_kwargs(model_dirs["bert"], tmp_path), "seed": 2}))[0]
     assert fresh.train_dtype == "bfloat16" and fresh.dropout_masks == "torch"  # a new run: this machine's defaults
+
+
+def test_the_pipelines_device_flag_sets_where_its_runs_are_measured_too():
+    from headplast.cli.main import _measure_config, build_parser
+
+    for cmd in ("pipeline", "sweep"):
+        assert _measure_config(build_parser().parse_args([cmd, "--device", "cpu"])).device == "cpu"
+        assert _measure_config(build_parser().parse_args([cmd])).device is None

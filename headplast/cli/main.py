@@ -54,7 +54,7 @@ def cmd_pipeline(a) -> int:
     from headplast.store import layout
 
     cfg = config_from_args(PipelineConfig, a, "p_", train=config_from_args(TrainConfig, a),
-                           measure=config_from_args(MeasureConfig, a, "m_"),
+                           measure=_measure_config(a),
                            analysis=config_from_args(AnalysisConfig, a, "s_"))
     out = run_pipeline(cfg)
     print("\n" + "=" * 60)
@@ -81,7 +81,7 @@ def cmd_sweep(a) -> int:
     from headplast.sweep.run import run_sweep
 
     pipeline = config_from_args(PipelineConfig, a, "p_", train=config_from_args(TrainConfig, a),
-                                measure=config_from_args(MeasureConfig, a, "m_"),
+                                measure=_measure_config(a),
                                 analysis=config_from_args(AnalysisConfig, a, "s_"))
     cfg = config_from_args(SweepConfig, a, "w_", pipeline=pipeline)
     out = run_sweep(cfg)
@@ -97,6 +97,12 @@ def cmd_sweep(a) -> int:
               f"{cfg.pipeline.train.output_root}` writes the HTML report")
         return 0
     return 0 if states == {"done"} else 1
+
+
+def _measure_config(a) -> MeasureConfig:
+    """The pipeline's measurement config: its runs are measured where they are trained (one
+    --device for both; the flag belongs to training in the pipeline's parser)."""
+    return config_from_args(MeasureConfig, a, "m_", **({"device": a.device} if getattr(a, "device", None) else {}))
 
 
 def _add_experiment_args(parser) -> None:
