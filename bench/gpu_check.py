@@ -1074,6 +1074,15 @@ class Session:
 
 # ---------------------------------------------------------------- main
 
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def _provenance() -> dict:
     try:
         from headplast.store.provenance import provenance
@@ -1124,9 +1133,6 @@ def main(argv=None) -> int:
               "here; run it on a machine with a GPU, or `python bench/gpu_check.py --device cpu --tiny` to run "
               "what applies on the CPU", file=sys.stderr)
         return 2
-    import peft
-    import transformers
-
     budgets, total = BUDGETS[a.device]
     if a.budget:  # every phase's share scaled with it
         budgets, total = {k: v * a.budget / total for k, v in budgets.items()}, a.budget
@@ -1136,9 +1142,8 @@ def main(argv=None) -> int:
     except Exception as e:  # noqa: BLE001 -- the environment check reports it
         dev_info = {"device": a.device, "describe_error": str(e)}
     meta = {"script": "bench/gpu_check.py", "argv": sys.argv[1:], "device": dev_info, "tiny": a.tiny,
-            "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                         "cuda": torch.version.cuda, "transformers": transformers.__version__,
-                         "peft": peft.__version__},
+            "versions": {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+                         **{p: _version(p) for p in ("transformers", "peft", "accelerate", "datasets", "ray")}},
             "host": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "node": platform.node()},
             "provenance": _provenance(),
             "budgets_s": {**budgets, "total": total}, "rtol": RTOL}
@@ -1157,6 +1162,10 @@ def main(argv=None) -> int:
                 ck.start_phase(key)
                 try:
                     getattr(s, f"phase_{key.lower()}")(ck)
+                except Exception as e:  # noqa: BLE001 -- a bug of this script: recorded, the next phase runs
+                    ck.report["phases"][key]["checks"].append(
+                        {"name": f"{key}.script", "status": "failed", "reason": f"{type(e).__name__}: {e}",
+                         "seconds": 0.0, "traceback": traceback.format_exc().strip().splitlines()[-14:]})
                 finally:
                     ck.end_phase()
         except KeyboardInterrupt:
