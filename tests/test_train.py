@@ -179,3 +179,17 @@ def test_values_the_user_gives_are_kept():
     cfg, sources = resolve(TrainConfig(task="SST-2", num_epochs=2.0, eval_source="validation"))
     assert (cfg.num_epochs, cfg.eval_source, cfg.eval_size) == (2.0, "validation", 6000)
     assert "num_epochs" not in sources and "eval_source" not in sources
+
+
+def test_nonfinite_loss_is_caught_between_looks(model_dirs, tmp_path, monkeypatch):
+    """On a GPU the loss is looked at every CHECK_EVERY steps (each look waits for the GPU): a
+    non-finite loss between looks is still caught, at the next look or at the end."""
+    from headplast.train import fit
+
+    looks = []
+    monkeypatch.setattr(fit, "_look", lambda loss, step: looks.append(step) or step % 1000 == 999)  # never in between
+    with pytest.raises(HeadplastError, match="training stopped"):
+        run_train(_cfg(model_dirs["bert"], tmp_path, learning_rate=1e30, max_train_samples=64))
+    assert looks and (tmp_path / "FFT" / "RTE" / "seed1" / "run_config.json").exists()
+    assert json.loads((tmp_path / "FFT" / "RTE" / "seed1" / "run_config.json").read_text())["status"] == \
+        "failed_nonfinite_loss"

@@ -24,6 +24,15 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+CHECK_EVERY = 32  # steps between looks at the loss on a GPU (each look waits for the GPU)
+
+
+def _look(loss: torch.Tensor, step: int) -> bool:
+    """Whether to look at the non-finite flag now: a host round trip, so every step on a CPU
+    (free there) and every CHECK_EVERY steps on a GPU."""
+    return loss.device.type == "cpu" or step % CHECK_EVERY == 0
+
+
 def trainable_model(model, adapter: ArchAdapter, cfg: TrainConfig, ranks: dict[str, int] | None = None):
     """The model to train and a description of what is adapted: every parameter (FFT), or
     LoRA on exactly the resolved target modules (with the task head trained in full), of rank
@@ -101,12 +110,23 @@ def _make_trainer(model, args, ds, tok, callbacks=(), fused_clip: bool = False, 
                 self._counted = self.model.num_parameters(exclude_embeddings=True)
             return 6 * inputs[main].numel() * self._counted
 
+        _nonfinite = None  # on the device: a non-finite loss since the last look
+
         def compute_loss(self, model, inputs, *a, **kw):
             loss = super().compute_loss(model, inputs, *a, **kw)
-            value = loss[0] if isinstance(loss, tuple) else loss
-            if not torch.isfinite(value).all():
-                raise NonFiniteLoss(f"loss became {value.item()} at step {self.state.global_step}")
+            value = (loss[0] if isinstance(loss, tuple) else loss).detach()
+            bad = ~torch.isfinite(value).all()
+            self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+            if _look(value, self.state.global_step):
+                self.check_finite(value)
             return loss
+
+        def check_finite(self, value=None):
+            if self._nonfinite is not None and bool(self._nonfinite):
+                if value is not None and value.device.type == "cpu":
+                    raise NonFiniteLoss(f"loss became {value.item()} at step {self.state.global_step}")
+                raise NonFiniteLoss(f"the loss became non-finite at or before step {self.state.global_step} "
+                                    f"(looked at every {CHECK_EVERY} steps on a GPU)")
 
     return GuardedTrainer(model=model, args=args, train_dataset=ds, callbacks=list(callbacks),
                           data_collator=DataCollatorWithPadding(tok), processing_class=tok)
@@ -173,5 +193,6 @@ def fine_tune(model, tok, train_examples, cfg: TrainConfig, log_dir: str | None 
                 trainer.add_callback(_decay_recorder(rows))
             with steady_steps(model) if cfg.lean_steps else nullcontext():  # after the rows' swap
                 result = trainer.train()
+            trainer.check_finite()  # the steps since the last look
     model.eval()
     return result
