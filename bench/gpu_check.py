@@ -827,8 +827,11 @@ class Session:
                     f"{cfg.num_attention_heads} heads, hidden {cfg.hidden_size}"
 
     def c_train(self, r: Result, method: str) -> None:
-        """The train step at the device's defaults; seconds per step from the training forward
-        passes' start times (synchronised), steady state = median after the first quarter."""
+        """The train step at the device's defaults. Seconds per step from the start times of the
+        training forward passes: the device is synchronised at the first and at the start of the
+        steady state (after the first quarter), not at every step (training itself does not wait
+        for the GPU at every step); steady state = (last start - its start) / steps between."""
+        import math as _math
         import statistics
 
         import torch
@@ -841,6 +844,8 @@ class Session:
         s = SIZES["tiny" if self.a.tiny else "full"]
         n_train = s["train"] or RTE_TRAIN
         epochs = min(1.0, s["steps"] * s["batch"] / n_train)
+        expected = _math.ceil(epochs * _math.ceil(n_train / s["batch"]))
+        warm = max(1, expected // 4)  # index of the forward pass the steady state starts at
         cfg = train_config(task="RTE", method=method, model=str(self.state["c_model"]),
                            output_root=str(self.root / "C" / "runs"), max_length=s["max_length"],
                            batch_size=s["batch"], num_epochs=epochs, max_train_samples=s["train"],
@@ -852,7 +857,8 @@ class Session:
         def on_forward(module, args):
             if module.training and torch.is_grad_enabled() and isinstance(module, PreTrainedModel) \
                     and type(module).__name__.endswith("ForSequenceClassification"):
-                sync(self.dev)
+                if len(starts) in (0, warm):
+                    sync(self.dev)
                 if not starts:
                     peak.start()  # training's peak, not theta0's
                 starts.append(time.perf_counter())
@@ -865,13 +871,12 @@ class Session:
         rc = read_run(run)
         self.state[f"c_run_{method}"] = run
         steps = [b - a for a, b in zip(starts, starts[1:])]
-        warm = max(1, len(steps) // 4)
-        steady = steps[warm:] or steps
+        steady = steps[warm:]
         r.numbers.update(steps=rc.get("train_steps"), forwards_timed=len(starts), train_seconds=rc["seconds"]["train"],
                          step_total_seconds=round(total, 2), theta0_seconds=rc["theta0"].get("seconds"),
-                         first_step_s=steps[0] if steps else None,
-                         steady_s_per_step=statistics.median(steady) if steady else None,
-                         steady_mean_s_per_step=statistics.mean(steady) if steady else None,
+                         first_step_s=steps[0] if steps else None, steady_from_step=warm,
+                         steady_s_per_step=(starts[-1] - starts[warm]) / len(steady) if steady else None,
+                         steady_median_interval_s=statistics.median(steady) if steady else None,
                          peak_gpu_mib=peak.read(), train_dtype=(rc.get("speed") or rc["config"]).get("train_dtype"),
                          speed=rc.get("speed"), device=rc.get("device"), trainable=rc["trainable"].get("trainable"),
                          batch=s["batch"], max_length=s["max_length"], train_examples=rc["data"]["train_size"])
