@@ -160,6 +160,7 @@ class Checks:
             return self._done(rec, "skipped", f"time budget spent ({which})")
         # stopped well past the phase's budget, never past the run's
         limit = max(1.0, min(phase_left + max(15.0, 0.25 * self.budgets[self.phase]), total_left + 10.0))
+        self.write()  # killed during the check, the JSON still names it (status running)
         res = Result()
         t = time.time()
         printed = io.StringIO()
@@ -171,7 +172,9 @@ class Checks:
             status, reason = "skipped", str(e)
         except Fail as e:
             status, reason = "failed", str(e)
-        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (main): recorded, then the run stops
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM (ours, or Ray's while it runs): recorded, stop
+            rec["seconds"], rec["numbers"] = round(time.time() - t, 2), _jsonable(res.numbers)
+            rec["output_tail"] = printed.getvalue().strip().splitlines()[-20:]
             self._done(rec, "failed", f"interrupted after {time.time() - t:.0f} s: {res.summary or 'no result yet'}")
             raise
         except TimedOut:
@@ -1002,6 +1005,7 @@ class Session:
             one, none = self._ray_tasks(r, ray, real, gpus, probe)
         finally:
             ray.shutdown()
+            signal.signal(signal.SIGTERM, _interrupt)  # Ray's handler, installed by ray.init, is gone with it
         r.numbers.update(one_gpu=one, no_gpu=none)
         self._ray_verdict(r, one, none, real)
 
@@ -1177,7 +1181,7 @@ def main(argv=None) -> int:
                          "seconds": 0.0, "traceback": traceback.format_exc().strip().splitlines()[-14:]})
                 finally:
                     ck.end_phase()
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):
             ck.report["interrupted"] = True
             print("interrupted", file=sys.stderr)
     ck.report["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
