@@ -213,3 +213,31 @@ def test_the_pipelines_device_flag_sets_where_its_runs_are_measured_too():
     for cmd in ("pipeline", "sweep"):
         assert _measure_config(build_parser().parse_args([cmd, "--device", "cpu"])).device == "cpu"
         assert _measure_config(build_parser().parse_args([cmd])).device is None
+
+
+@pytest.mark.parametrize("setup", ["high", "mkldnn_bf16"])
+def test_exact_fp32_leaves_no_mixed_tf32_state_and_restores_the_callers(setup):
+    """A script that set torch.set_float32_matmul_precision('high') (or oneDNN's bf16 mode alone):
+    inside the block the TF32 flags read consistently (torch >= 2.9 raises at each cuBLAS call on a
+    mixed legacy/per-backend state), and the caller's settings are back afterwards."""
+    from headplast.arch.device import exact_fp32, precision_state
+
+    b = torch.backends
+    torch.set_float32_matmul_precision("highest")
+    try:
+        if setup == "high":
+            torch.set_float32_matmul_precision("high")
+        elif hasattr(b, "fp32_precision"):
+            b.mkldnn.matmul.fp32_precision = "bf16"
+        before = precision_state()
+        with exact_fp32() as inside:
+            assert b.cuda.matmul.allow_tf32 is False  # what cuBLAS asks at each call: no mixed-API error
+            assert inside["float32_matmul_precision"] == "highest" and inside["cuda_matmul"] in ("ieee", "none")
+            a, c = torch.randn(64, 64), torch.randn(64, 64)
+            assert torch.allclose(a @ c, (a.double() @ c.double()).float(), rtol=1e-5, atol=1e-5)
+        assert precision_state() == before
+    finally:
+        torch.set_float32_matmul_precision("highest")
+        if hasattr(b, "fp32_precision"):
+            for backend in (b.cuda.matmul, b.cudnn.conv, b.cudnn.rnn, b.mkldnn.matmul, b.mkldnn.conv):
+                backend.fp32_precision = "ieee"

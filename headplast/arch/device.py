@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -121,32 +121,43 @@ def refuse_tf32_override() -> None:
 
 @contextmanager
 def exact_fp32():
-    """IEEE fp32 matrix products inside the block (no TF32 on CUDA, no bf16 math mode in oneDNN);
-    the previous settings are back afterwards. Yields the state inside, for the record."""
+    """IEEE fp32 matrix products inside the block (no TF32 on CUDA, no bf16 math mode in oneDNN;
+    on CUDA, attention through SDPA's math kernel, whose fp32 is plain fp32); the previous settings
+    are back afterwards. Yields the state inside, for the record."""
     refuse_tf32_override()
     b = torch.backends
-    # with the per-backend API the backends below are all there is (the global getter and setter
-    # then refuse mixed states, which an environment setting oneDNN's bf16 mode alone makes)
-    before_precision = None if _new_api() else torch.get_float32_matmul_precision()
-    if before_precision is not None:
-        torch.set_float32_matmul_precision("highest")
+    before_global = _global_precision()  # None: backends set apart through the per-backend API
     if _new_api():
         saved = [(b.cuda.matmul, b.cuda.matmul.fp32_precision), (b.cudnn.conv, b.cudnn.conv.fp32_precision),
                  (b.cudnn.rnn, b.cudnn.rnn.fp32_precision), (b.mkldnn.matmul, b.mkldnn.matmul.fp32_precision),
                  (b.mkldnn.conv, b.mkldnn.conv.fp32_precision)]
-        for backend, _ in saved:
-            backend.fp32_precision = "ieee"
     else:
         saved = [(b.cuda.matmul, b.cuda.matmul.allow_tf32), (b.cudnn, b.cudnn.allow_tf32)]
-        for backend, _ in saved:
+    # the global setting first, then each backend: a global 'high' left beside a backend's 'ieee' is a
+    # mixed state that torch >= 2.9 refuses at the next check of the TF32 flags (each cuBLAS call)
+    torch.set_float32_matmul_precision("highest")
+    for backend, _ in saved:
+        if _new_api():
+            backend.fp32_precision = "ieee"
+        else:
             backend.allow_tf32 = False
     try:
-        yield precision_state()
+        with _math_attention():
+            yield {**precision_state(), "attention": "sdpa math kernel" if torch.cuda.is_available() else "as is"}
     finally:
-        for backend, value in saved:
+        if before_global is not None:
+            torch.set_float32_matmul_precision(before_global)
+        for backend, value in saved:  # then each backend as it was (a mixed state included)
             if _new_api():
                 backend.fp32_precision = value
             else:
                 backend.allow_tf32 = value
-        if before_precision is not None and torch.get_float32_matmul_precision() != before_precision:
-            torch.set_float32_matmul_precision(before_precision)
+
+
+def _math_attention():
+    """On CUDA, SDPA's math kernel: the fused fp32 kernels may compute in reduced precision."""
+    if not torch.cuda.is_available():
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
