@@ -361,3 +361,25 @@ def test_holdout_records_its_overlap_and_a_legacy_random_holdout_is_replaced(mod
     (run / layout.EVAL_SUBSET).write_text(json.dumps({**sub, "indices": legacy["indices"]}))
     with pytest.raises(HeadplastError, match="eval subset differs"):  # the same rule, another subset: refused
         run_measure(run, MeasureConfig(progress=False))
+
+
+def test_a_cpu_node_finds_runs_measured_on_a_gpu_done(model_dirs, tmp_path):
+    """Measurement keys name the device type off the CPU; a machine without GPUs looking at a run
+    measured on one (measure_meta.json says cuda) finds it up to date rather than measuring it again
+    on its CPU. Simulated: the records rewritten with the keys a GPU would have given them."""
+    from headplast.measure import registry
+    from headplast.steps.measure_step import MeasureContext, _key
+    from headplast.store import layout, records
+
+    run = run_train(TrainConfig(method="fft", **tiny_run_kwargs(model_dirs["bert"], tmp_path))).path
+    run_measure(run, QUIET)
+    ctx = MeasureContext(run, QUIET)
+    for m in registry.enabled(ctx.cfg):
+        p = records.record_path(run, m.name)
+        rec = json.loads(p.read_text())
+        p.write_text(json.dumps({**rec, "key": _key(m, ctx, "cuda")}))
+    meta = json.loads((run / layout.MEASURE_META).read_text())
+    (run / layout.MEASURE_META).write_text(json.dumps({**meta, "compute": {**meta["compute"], "type": "cuda"}}))
+    assert run_measure(run, QUIET).status == "skipped"
+    # asked for the CPU explicitly, it is measured there
+    assert run_measure(run, MeasureConfig(progress=False, device="cpu")).status == "ran"

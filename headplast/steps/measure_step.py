@@ -67,6 +67,10 @@ class MeasureContext:
         self.given = cfg  # max_tokens / batch_size None: sized for the device, once (recorded in measure_meta.json)
         self.cfg, self.dir = cfg.for_device(self.device), Path(run_dir)
         self.rc = load_run(self.dir)
+        meta = self.dir / layout.MEASURE_META
+        # where this run was measured, when the device is left to the machine (see _keys)
+        self.recorded_device_type = (read_json(meta).get("compute", {}).get("type")
+                                     if cfg.device is None and meta.exists() else None)
         tc = self.rc["config"]
         src = cfg.eval_source or tc["eval_source"]
         size = cfg.eval_size or tc["eval_size"]
@@ -156,19 +160,36 @@ def _write(m: Measurement, ctx: MeasureContext, base: Path) -> None:
 PRECISION = "ieee"
 
 
-def _key(m: Measurement, ctx: MeasureContext) -> str:
+def _key(m: Measurement, ctx: MeasureContext, device_type: str | None = None) -> str:
     """Settings and input hashes; a measurement computed on a GPU also names the device type and
     the fp32 precision (on a CPU they are left out: the keys of runs measured before stay valid;
     --dtype is a setting of every measurement computed on the device already)."""
     settings = ctx.cfg.settings(m.settings)
-    if m.on_device and ctx.device.type != "cpu":
-        settings["compute"] = {"device": ctx.device.type, "fp32": PRECISION}
+    device_type = device_type or ctx.device.type
+    if m.on_device and device_type != "cpu":
+        settings["compute"] = {"device": device_type, "fp32": PRECISION}
     return records.step_key(m.name, settings, ctx.needs_hashes(m))
+
+
+def _keys(m: Measurement, ctx: MeasureContext) -> list[str]:
+    """The keys under which a measurement on disk is up to date: this device's, and, without
+    --device, that of the device the run was measured on (measure_meta.json): a CPU-only node looking
+    at runs measured on GPUs finds them done instead of measuring them again on its CPU."""
+    keys = [_key(m, ctx)]
+    recorded = getattr(ctx, "recorded_device_type", None)
+    if recorded and recorded != ctx.device.type:
+        keys.append(_key(m, ctx, recorded))
+    return keys
+
+
+def _fresh(m: Measurement, ctx: MeasureContext, force: bool) -> bool:
+    fix = f"re-run `headplast measure {ctx.dir} --force`"
+    return any([fresh_or_refuse(ctx.dir, m.name, k, force, fix) for k in _keys(m, ctx)])
 
 
 def _measure_one(m: Measurement, ctx: MeasureContext, force: bool) -> str | float:
     d, key = ctx.dir, _key(m, ctx)
-    if fresh_or_refuse(d, m.name, key, force, f"re-run `headplast measure {d} --force`"):
+    if _fresh(m, ctx, force):
         return "skipped"
     if not m.shared:
         return round(run_recorded(d, m.name, key, m.outputs, lambda: _write(m, ctx, d)), 2)
@@ -209,14 +230,13 @@ def _summary(d: Path, step: str) -> dict:
 def _outdated_optional(m: Measurement, ctx: MeasureContext) -> bool:
     """An optional measurement on disk computed from other weights or examples than this run's now."""
     rec = records.read_record(ctx.dir, m.name)
-    return rec is not None and rec.get("key") != _key(m, ctx)
+    return rec is not None and rec.get("key") not in _keys(m, ctx)
 
 
 def _up_to_date(ctx: MeasureContext) -> bool:
     """Every measurement fresh and the eval subset as recorded: nothing to do, nothing written."""
     d = ctx.dir
-    fix = f"re-run `headplast measure {d} --force`"
-    if not all([fresh_or_refuse(d, m.name, _key(m, ctx), False, fix) for m in registry.enabled(ctx.cfg)]):
+    if not all([_fresh(m, ctx, False) for m in registry.enabled(ctx.cfg)]):
         return False
     if any(_outdated_optional(m, ctx) for m in registry.MEASUREMENTS if not m.is_enabled(ctx.cfg)):
         return False

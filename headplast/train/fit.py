@@ -78,6 +78,9 @@ def training_args(cfg: TrainConfig, tmp: str, run_name: str | None = None):
         # tensorboard: our own callback writes where the caller says (transformers would use tmp)
         report_to=[cfg.report_to] if cfg.report_to in ("wandb", "mlflow") else "none",
         dataloader_pin_memory=cuda, disable_tqdm=False, bf16=cfg.train_dtype == "bfloat16",
+        # Trainer's filter reads every step's loss on the host (a GPU sync per step); GuardedTrainer
+        # stops at a non-finite loss instead
+        logging_nan_inf_filter=False,
         # batches of similar length: dynamic padding then wastes little compute (big win on CPU)
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random")
 
