@@ -241,3 +241,21 @@ def test_exact_fp32_leaves_no_mixed_tf32_state_and_restores_the_callers(setup):
         if hasattr(b, "fp32_precision"):
             for backend in (b.cuda.matmul, b.cudnn.conv, b.cudnn.rnn, b.mkldnn.matmul, b.mkldnn.conv):
                 backend.fp32_precision = "ieee"
+
+
+def test_local_rank_names_a_visible_gpu_or_is_refused(monkeypatch):
+    """torchrun: rank r computes on cuda:r; a launcher giving each process one GPU (srun
+    --gpus-per-task=1) makes it cuda:0 whatever LOCAL_RANK says; more ranks than GPUs: an error."""
+    from headplast.arch.device import compute_device
+    from headplast.errors import HeadplastError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert compute_device("cuda:0") == torch.device("cuda", 3) and compute_device("cpu").type == "cpu"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert compute_device(None) == torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(HeadplastError, match="LOCAL_RANK=3"):
+        compute_device(None)

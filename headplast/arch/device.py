@@ -41,11 +41,20 @@ def native_bf16(device: str | torch.device = "cpu") -> bool:
 
 
 def launched_rank_device() -> torch.device | None:
-    """The GPU of this process under torchrun / accelerate launch (LOCAL_RANK), if any."""
+    """The GPU of this process under torchrun / accelerate launch (LOCAL_RANK), if any. Where each
+    process sees a single GPU (srun --gpus-per-task=1, a launcher setting CUDA_VISIBLE_DEVICES per
+    rank) that GPU is cuda:0 whatever LOCAL_RANK says."""
     local = os.environ.get("LOCAL_RANK")
     if local is None or int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not torch.cuda.is_available():
         return None
-    return torch.device("cuda", int(local))
+    count, rank = torch.cuda.device_count(), int(local)
+    if count == 1:
+        return torch.device("cuda", 0)
+    if rank >= count:
+        raise HeadplastError(f"LOCAL_RANK={rank} but this process sees {count} GPUs (cuda:0 .. cuda:{count - 1})",
+                             "start at most one process per visible GPU (torchrun --nproc-per-node "
+                             f"{count}), or give each process one GPU (CUDA_VISIBLE_DEVICES)")
+    return torch.device("cuda", rank)
 
 
 def compute_device(requested: str | None = None) -> torch.device:

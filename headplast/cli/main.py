@@ -37,7 +37,7 @@ def cmd_measure(a) -> int:
     from headplast.store import layout
 
     run_dir = a.run_dir or layout.run_dir(a.output_root, run_id(config_from_args(TrainConfig, a)))
-    with launched() as shard:  # torchrun / accelerate launch: heads split across the processes
+    with launched(device=a.m_device) as shard:  # torchrun / accelerate launch: heads split across the processes
         out = run_measure(run_dir, config_from_args(MeasureConfig, a, "m_"), a.force)
     if shard.leader:
         split = f" ({shard.world} processes)" if shard.world > 1 else ""

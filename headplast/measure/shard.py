@@ -51,19 +51,23 @@ def current() -> Shard:
 
 
 @contextmanager
-def launched(timeout_hours: float = 24.0):
+def launched(timeout_hours: float = 24.0, device: str | None = None):
     """Join the process group when started by torchrun / accelerate launch (WORLD_SIZE > 1): gloo
-    on CPU, nccl with one GPU per process. Yields the Shard. The timeout is long because ranks
-    wait while rank 0 alone computes the measurements that are not split."""
+    on CPU (also on a GPU machine asked for --device cpu), nccl with one GPU per process. Yields the
+    Shard. The timeout is long because ranks wait while rank 0 alone computes the measurements that
+    are not split."""
     import torch.distributed as dist
+
+    from headplast.arch.device import launched_rank_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 or dist.is_initialized():
         yield current()
         return
-    cuda = torch.cuda.is_available()
+    gpu = None if str(device or "").startswith("cpu") else launched_rank_device()
+    cuda = gpu is not None
     if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(gpu)
     dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=timeout_hours))
     _link["broken"] = False
     try:
