@@ -259,3 +259,16 @@ def test_local_rank_names_a_visible_gpu_or_is_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(HeadplastError, match="LOCAL_RANK=3"):
         compute_device(None)
+
+
+def test_runs_trained_in_different_dtypes_are_not_compared():
+    """A sweep over a mixed GPU partition resolves bf16 on A100s and fp32 on V100s: FFT and LoRA of
+    one seed would then differ in more than the method."""
+    from headplast.errors import HeadplastError
+    from headplast.steps.runs import check_comparable
+
+    info = {"dir": "a", "model": "m", "subset_fingerprint": "s", "task": "SST-2", "train_dtype": "bfloat16"}
+    check_comparable([info, {**info, "dir": "b"}], "compare")
+    with pytest.raises(HeadplastError, match="training dtype") as e:
+        check_comparable([info, {**info, "dir": "b", "train_dtype": "float32"}], "compare")
+    assert "--train-dtype" in e.value.fix

@@ -176,17 +176,23 @@ def run_info(run_dir: str | Path) -> dict:
             "majority": rc["validation"]["majority_baseline"],
             "trainable_params": rc["trainable"]["trainable"],
             # measured overlap of the eval examples with the training text (None: measured before it was)
-            "eval_overlap": sub.get("overlap"), "eval_source": sub.get("eval_source")}
+            "eval_overlap": sub.get("overlap"), "eval_source": sub.get("eval_source"),
+            # how it was trained (runs from before the record: the legacy value of the field)
+            "train_dtype": rc.get("speed", {}).get("train_dtype") or rc["config"].get("train_dtype", "float32")}
 
 
 def check_comparable(infos: list[dict], what: str) -> None:
-    """Runs compared or aggregated must share the model and the eval subset."""
-    for key, name in (("model", "model"), ("subset_fingerprint", "eval subset"), ("task", "task")):
-        vals = {i[key] for i in infos}
+    """Runs compared or aggregated must share the model, the eval subset and the training dtype (a
+    sweep over a mixed GPU partition resolves bf16 on some nodes and fp32 on others)."""
+    fixes = {"train_dtype": "re-train them with the same --train-dtype (a sweep: pass --train-dtype so every "
+                            "node trains alike)"}
+    for key, name in (("model", "model"), ("subset_fingerprint", "eval subset"), ("task", "task"),
+                      ("train_dtype", "training dtype")):
+        vals = {i.get(key) for i in infos}
         if len(vals) > 1:
-            listing = "; ".join(f"{i['dir']}: {i[key]}" for i in infos)
+            listing = "; ".join(f"{i['dir']}: {i.get(key)}" for i in infos)
             raise HeadplastError(f"cannot {what} runs with different {name}s ({listing})",
-                                 "re-train/re-measure them with the same --model and eval subset")
+                                 fixes.get(key, "re-train/re-measure them with the same --model and eval subset"))
 
 
 def input_hashes(run_dir: str | Path) -> dict[str, str]:
