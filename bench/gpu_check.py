@@ -838,7 +838,6 @@ class Session:
         import statistics
 
         import torch
-        from transformers import PreTrainedModel
 
         from headplast.steps.train_step import run_train
 
@@ -858,8 +857,7 @@ class Session:
         peak = Peak(self.dev)
 
         def on_forward(module, args):
-            if module.training and torch.is_grad_enabled() and isinstance(module, PreTrainedModel) \
-                    and type(module).__name__.endswith("ForSequenceClassification"):
+            if module.training and torch.is_grad_enabled():
                 if len(starts) in (0, warm):
                     sync(self.dev)
                 if not starts:
@@ -867,9 +865,20 @@ class Session:
                 starts.append(time.perf_counter())
                 r.summary = f"{len(starts)} steps"
 
+        from headplast.train import fit
+
+        real = fit._make_trainer
+
+        def timed(model, *a, **kw):  # one hook on the model Trainer trains (a global hook slows every module)
+            model.register_forward_pre_hook(on_forward)
+            return real(model, *a, **kw)
+
         t = time.time()
-        with torch.nn.modules.module.register_module_forward_pre_hook(on_forward):
+        fit._make_trainer = timed
+        try:
             run = run_train(cfg).path
+        finally:
+            fit._make_trainer = real
         total = time.time() - t
         rc = read_run(run)
         self.state[f"c_run_{method}"] = run
