@@ -70,16 +70,26 @@ def test_compare_writes_every_file(runs, capsys):
     b = {(lab, s): np.load(runs / sub_dir / "update_bases.npy")[..., :8] for lab, s, sub_dir in
          (("FFT", 2, "FFT/RTE/seed2"), ("LoRA", 2, "LoRA/RTE/seed2_r4"), ("FFT", 1, "FFT/RTE/seed1"))}
     assert sub["noise_seed"] == 1 and sub["k"] == 8 and len(sub["per_head"]) == 24
+    rank = {key: (np.abs(v).sum(-2) > 0).sum(-1) for key, v in b.items()}  # zero columns beyond a head's rank
     for row in sub["per_head"]:
         l, h = row["layer"], row["head"]
-        phi = np.linalg.norm(b[("FFT", 2)][l, h].T @ b[("LoRA", 2)][l, h]) ** 2 / 8
-        floor = np.linalg.norm(b[("FFT", 2)][l, h].T @ b[("FFT", 1)][l, h]) ** 2 / 8
+        fft, lora, fft1 = b[("FFT", 2)][l, h], b[("LoRA", 2)][l, h], b[("FFT", 1)][l, h]
+        phi = np.linalg.norm(fft.T @ lora) ** 2 / min(rank[("FFT", 2)][l, h], rank[("LoRA", 2)][l, h])
+        floor = np.linalg.norm(fft.T @ fft1) ** 2 / min(rank[("FFT", 2)][l, h], rank[("FFT", 1)][l, h])
+        energy = [((fft[p * 8:(p + 1) * 8] ** 2).sum(), (lora[p * 8:(p + 1) * 8] ** 2).sum()) for p in range(4)]
+        null = sum(x * y for x, y in energy) / (8 * min(rank[("FFT", 2)][l, h], rank[("LoRA", 2)][l, h]))
         assert row["phi"] == pytest.approx(phi) and row["floor_FFT"] == pytest.approx(floor)
+        assert row["null"] == pytest.approx(null)
+    assert sub["random_within_parts"]["mean"] == pytest.approx(np.mean([r["null"] for r in sub["per_head"]]))
+    assert "chance keeping each part's share" in text
     assert sub["random_subspaces"] == 8 / 32 and sub["rho_I_pre_phi"]["ci95"][0] <= sub["rho_I_pre_phi"]["spearman"]
     assert "subspace overlap" in text and "noise floor, LoRA_r4 seed 2 vs seed 1" in text
     shape = m["update_shape"]["FFT"]
     rows = [json.loads(x) for x in (runs / "FFT/RTE/seed2/intruders.jsonl").read_text().splitlines()]
-    assert shape["intruders"] == sum(r["intruders"] for r in rows) and shape["vectors_examined"] == 10 * len(rows)
+    adapted = [r for r in rows if any(c != 1 for c in r["max_cos"])]  # a matrix not adapted has every max_cos 1
+    assert shape["intruders"] == sum(r["intruders"] for r in rows) and shape["vectors_examined"] == 10 * len(adapted)
+    lora_rows = [json.loads(x) for x in (runs / "LoRA/RTE/seed2_r4/intruders.jsonl").read_text().splitlines()]
+    assert m["update_shape"]["LoRA_r4"]["matrices_adapted"] == sum(any(c != 1 for c in r["max_cos"]) for r in lora_rows)
 
 
 def test_compare_without_a_second_seed_says_so(tmp_path, capsys):

@@ -1,10 +1,28 @@
 """How much two updates of the same head share their directions (FFT vs LoRA, or two seeds).
 
-phi = ||U_a^T U_b||_F^2 / k for the top-k left singular vectors U_a, U_b of the head's two
-updates (measure.geometry's "all" block: Q, K, V rows and O columns, left vectors in the head's
-own 4d coordinates). phi is 1 for the same subspace, 0 for orthogonal ones and k / 4d on average
-for random ones. The noise floor is phi between two seeds of the same method: two runs that
-differ only in their randomness.
+phi = ||U_a^T U_b||_F^2 / min(k_a, k_b) for the top-k left singular vectors U_a, U_b of the head's
+two updates (measure.geometry's "all" block: Q, K, V rows and O columns, left vectors in the head's
+own 4d coordinates). k_a = min(k, rank_a): a basis keeps only the vectors whose singular value is
+above measure.geometry's relative threshold (the stored basis has zero columns for the rest), so a
+rank-4 update against itself has phi = 1 at k = 8, not 4/8 plus whatever numerical-noise vectors
+happen to share. phi is 1 when the smaller subspace lies in the larger, 0 for orthogonal ones.
+(Bases measured before the threshold existed keep their noise vectors: re-measure for the rank.)
+
+Chance level. Random subspaces of the whole 4d space give phi = max(k_a, k_b) / 4d on average
+("random_subspaces", k / 4d), but that is too weak a baseline: Q, K, V and O are concatenated
+unnormalised, so when both updates put their energy in the same part, their top directions lie
+in the same d coordinates and overlap by up to k / d by chance alone. The null kept here
+("random_within_parts") keeps each subspace's energy in each part and randomises its directions
+within the part (an independent Haar rotation of each part's d coordinates):
+
+    E[phi] = sum_p e_a,p e_b,p / (d min(k_a, k_b)),   e_x,p = ||U_x[rows of part p]||_F^2
+
+(the cross terms vanish: E[R] = 0; E||A^T R B||^2 = ||A||^2 ||B||^2 / d for Haar R). It equals
+k / 4d when every part holds a quarter, and k / d when both subspaces sit in one part. phi is
+reported against it head by head (phi minus the null, paired over heads).
+
+The noise floor is phi between two seeds of the same method: two runs that differ only in their
+randomness.
 """
 
 from __future__ import annotations
@@ -14,13 +32,41 @@ import numpy as np
 from headplast.analysis.stats import bootstrap_indices, bootstrap_spearman, percentile_ci, spearman
 
 
-def overlap(bases_a: np.ndarray, bases_b: np.ndarray, k: int) -> np.ndarray:
-    """[L, H] phi from bases [L, H, 4d, K>=k]; NaN where either head has no update."""
+PARTS = 4  # Q, K, V, O: the rows of a head's basis are 4 blocks of d (measure.geometry.head_blocks)
+
+
+def ranks(bases: np.ndarray, k: int) -> np.ndarray:
+    """[L, H] number of the first k basis vectors kept (non-zero columns)."""
+    return (np.abs(bases[..., :k]).sum(-2) > 0).sum(-1)
+
+
+def _pair(bases_a, bases_b, k):
     a, b = bases_a[..., :k], bases_b[..., :k]
+    n = np.minimum(ranks(a, k), ranks(b, k)).astype(float)
+    return a, b, np.where(n > 0, n, np.nan)  # NaN where either head has no update
+
+
+def overlap(bases_a: np.ndarray, bases_b: np.ndarray, k: int) -> np.ndarray:
+    """[L, H] phi = ||U_a^T U_b||_F^2 / min(k, rank_a, rank_b) from bases [L, H, 4d, K>=k] (zero
+    columns beyond a head's rank); NaN where either head has no update."""
+    a, b, n = _pair(bases_a, bases_b, k)
     phi = np.einsum("lhik,lhij->lhkj", a, b)  # [L, H, k, k]: U_a^T U_b per head
-    phi = (phi ** 2).sum((-1, -2)) / k
-    empty = (np.abs(a).sum((-1, -2)) == 0) | (np.abs(b).sum((-1, -2)) == 0)
-    return np.where(empty, np.nan, phi)
+    return (phi ** 2).sum((-1, -2)) / n
+
+
+def part_energies(bases: np.ndarray, k: int) -> np.ndarray:
+    """[L, H, 4]: the energy ||U[rows of part p]||_F^2 of the top-k subspace in Q, K, V, O (sums to its rank)."""
+    u = bases[..., :k]
+    L, H, dim, kk = u.shape
+    return (u.reshape(L, H, PARTS, dim // PARTS, kk) ** 2).sum((-1, -2))
+
+
+def random_within_parts(bases_a: np.ndarray, bases_b: np.ndarray, k: int) -> np.ndarray:
+    """[L, H] mean phi if each subspace kept its energy in each of Q, K, V, O but its directions
+    within each part were random: sum_p e_a,p e_b,p / (d min(k_a, k_b)) (see the module docstring)."""
+    _, _, n = _pair(bases_a, bases_b, k)
+    d = bases_a.shape[2] // PARTS
+    return (part_energies(bases_a, k) * part_energies(bases_b, k)).sum(-1) / (d * n)
 
 
 def _summary(phi: np.ndarray) -> dict:
@@ -29,10 +75,22 @@ def _summary(phi: np.ndarray) -> dict:
             "per_layer_mean": [float(np.nanmean(row)) for row in phi]} if v.size else {"mean": None}
 
 
+def _above(phi, base, n_boot, seed) -> dict:
+    """phi minus a per-head baseline, paired over heads: mean and bootstrap 95% CI."""
+    d = (phi - base).ravel()
+    d = d[np.isfinite(d)]
+    if not d.size:
+        return {"mean": None, "ci95": [None, None]}
+    boot = d[bootstrap_indices(len(d), n_boot, seed)].mean(1)
+    return {"mean": float(d.mean()), "ci95": percentile_ci(boot)}
+
+
 def subspace_statistics(phi: np.ndarray, floors: dict[str, np.ndarray], importance: np.ndarray, k: int,
-                        dim: int, n_boot: int, seed: int) -> dict:
+                        dim: int, n_boot: int, seed: int, null: np.ndarray | None = None) -> dict:
     """Summary of phi per head, its noise floors (label -> [L, H] phi of two seeds), phi of random
-    subspaces (k / dim, dim = 4d) and rho(I_pre, phi) with a bootstrap-over-heads 95% CI."""
+    subspaces (k / dim, dim = 4d; kept for old readers, too weak a baseline), the null that keeps
+    each part's energy (`null`, [L, H] from random_within_parts: its summary and phi minus it,
+    paired over heads) and rho(I_pre, phi) with a bootstrap-over-heads 95% CI."""
     x, y = importance.ravel(), phi.ravel()
     ok = np.isfinite(x) & np.isfinite(y)
     idx = bootstrap_indices(int(ok.sum()), n_boot, seed)
@@ -40,9 +98,10 @@ def subspace_statistics(phi: np.ndarray, floors: dict[str, np.ndarray], importan
            "rho_I_pre_phi": {"spearman": spearman(x[ok], y[ok]),
                              "ci95": percentile_ci(bootstrap_spearman(x[ok], y[ok], idx))},
            "noise_floor": {lab: _summary(f) for lab, f in floors.items()}}
+    if null is not None:
+        out["random_within_parts"] = {**_summary(null), "phi_minus_null": _above(phi, null, n_boot, seed),
+                                      "what": "mean phi if each subspace kept its energy in each of Q, K, V, O "
+                                              "and its directions within each part were random"}
     for lab, f in floors.items():  # phi above the floor, paired over heads
-        d = (phi - f).ravel()
-        d = d[np.isfinite(d)]
-        boot = d[bootstrap_indices(len(d), n_boot, seed)].mean(1)
-        out["noise_floor"][lab]["phi_minus_floor"] = {"mean": float(d.mean()), "ci95": percentile_ci(boot)}
+        out["noise_floor"][lab]["phi_minus_floor"] = _above(phi, f, n_boot, seed)
     return out

@@ -6,7 +6,10 @@ the Frobenius norm, the stable rank ||M||_F² / ||M||_2², the effective rank r9
 s_1² + ... + s_k² >= 0.9 Σ s_i²) and the top singular value's share of the energy s_1² / Σ s_i².
 The concatenation keeps the residual-stream axis (D) as columns, so its left singular vectors live
 in the head's own 4d coordinates; their top BASES_K are kept (`update_bases.npy`) for the FFT vs
-LoRA subspace overlap of `headplast compare`.
+LoRA subspace overlap of `headplast compare`, but only those whose singular value is above
+rank_tolerance (relative to the largest): the others span numerical noise (a rank-r update's
+vectors r+1, ... have s ~ 1e-14 in float64, or the float32 rounding of the weights), and are
+stored as zero columns, so the basis of a rank-r update has r columns.
 
 Per weight matrix (`intruders.jsonl`), after Shuttleworth et al. 2024, "LoRA vs Full Fine-tuning:
 An Illusion of Equivalence" (arXiv:2410.21228): of the top-k left singular vectors of W0 + ΔW, the
@@ -61,6 +64,23 @@ def spectrum_stats(s: np.ndarray) -> dict[str, float]:
             "top_share": float(e[0] / total)}
 
 
+def rank_tolerance(shape: tuple[int, int]) -> float:
+    """Relative threshold on s_i / s_1 for a basis vector to count: max(m, n) x float32's epsilon
+    (the weights are float32; numpy.linalg.matrix_rank's rule at float32 precision)."""
+    return max(shape) * float(np.finfo(np.float32).eps)
+
+
+def top_basis(m: torch.Tensor, n: int = BASES_K) -> tuple[np.ndarray, torch.Tensor]:
+    """([rows, n], singular values): the top-n left singular vectors of m, zero columns beyond its
+    rank (s_i <= rank_tolerance x s_1)."""
+    out = np.zeros((m.shape[0], n))
+    u, s, _ = torch.linalg.svd(m, full_matrices=False)
+    r = int((s > rank_tolerance(tuple(m.shape)) * s[0]).sum()) if len(s) and s[0] > 0 else 0
+    r = min(n, r)
+    out[:, :r] = u[:, :r].numpy()
+    return out, s
+
+
 def head_blocks(dw: dict, adapter: ArchAdapter, config, layer: int, head: int) -> dict[str, torch.Tensor]:
     """The head's update per part, each [d, D]; "all" stacks them [4d, D]."""
     blocks = {k: adapter.head_weight(dw[(layer, k)], config, k, head) for k in KINDS}
@@ -78,9 +98,7 @@ def update_geometry(w0: dict, w1: dict, adapter: ArchAdapter, config, k: int = 1
         for h in range(H):
             for part, m in head_blocks(dw, adapter, config, l, h).items():
                 if part == "all":
-                    u, s, _ = torch.linalg.svd(m, full_matrices=False)
-                    n = min(BASES_K, u.shape[1])
-                    bases[l, h, :, :n] = u[:, :n].numpy() * (s[:n] > 0).numpy()  # a zero update has no basis
+                    bases[l, h], s = top_basis(m)  # a zero update has no basis
                 else:
                     s = torch.linalg.svdvals(m)
                 for stat, v in spectrum_stats(s.numpy()).items():

@@ -112,12 +112,15 @@ def compare_subspace(sub: dict, phi: np.ndarray, floors: dict, importance: np.nd
     ax.scatter(importance.ravel(), phi.ravel(), s=14, color=COLORS[0], label=f"φ({', '.join(labels)})")
     for i, (lab, f) in enumerate(floors.items()):
         ax.axhline(np.nanmean(f), color=COLORS[i + 1], ls="--", label=f"noise floor: {lab}, two seeds (mean)")
-    ax.axhline(sub["random_subspaces"], color="grey", ls=":", label="random subspaces")
+    ax.axhline(sub["random_subspaces"], color="grey", ls=":", label="random subspaces (k / 4d)")
+    null = sub.get("random_within_parts") or {}
+    if null.get("mean") is not None:
+        ax.axhline(null["mean"], color="black", ls="-.", label="chance keeping each part's share (mean)")
     rho = sub["rho_I_pre_phi"]
     ax.set_title(f"(b) φ vs importance: ρ = {rho['spearman']:+.2f} [{rho['ci95'][0]:+.2f}, {rho['ci95'][1]:+.2f}]"
                  + ("" if floors else " (no second seed: no noise floor)"), fontsize=10)
     ax.set_xlabel("I_pre (loss increase when ablated, nats)")
-    ax.set_ylabel("φ = ||U_aᵀU_b||²_F / k")
+    ax.set_ylabel("φ = ||U_aᵀU_b||²_F / min(k, ranks)")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
     save(fig, path)

@@ -78,11 +78,18 @@ def shape_lines(m: dict) -> list[str]:
         out.append(f"  {lab}: median over heads: stable rank {s['median_srank']:.2f}, r90 {s['median_r90']:.0f}, "
                    f"top singular value's share {s['median_top_share']:.2f}; intruder dimensions "
                    f"{s['intruders']} of {s['vectors_examined']} top singular vectors "
+                   + (f"of the {s['matrices_adapted']} adapted matrices " if "matrices_adapted" in s else "") +
                    f"({', '.join(f'{k.upper()} {n}' for k, n in s['intruders_per_module'].items())}; "
                    f"top-{s['intruder_k']}, |cos| < {s['intruder_epsilon']})")
     p, rho = sub["phi"], sub["rho_I_pre_phi"]
     out.append(f"  subspace overlap φ of {la} and {lb} (top-{sub['k']} left singular vectors per head): mean "
                f"{p['mean']:.3f}, median {p['median']:.3f} (random subspaces: {sub['random_subspaces']:.3f})")
+    null = sub.get("random_within_parts") or {}
+    if null.get("mean") is not None:
+        d = null["phi_minus_null"]
+        out.append(f"    chance keeping each part's share (random directions within Q, K, V, O): mean "
+                   f"{null['mean']:.3f}; φ minus it {d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] "
+                   "(paired over heads; k / 4d above is too weak where both updates sit in one part)")
     for lab, f in sub["noise_floor"].items():
         d = f["phi_minus_floor"]
         out.append(f"    noise floor, {lab} seed {m['seed']} vs seed {sub['noise_seed']}: mean {f['mean']:.3f}; "

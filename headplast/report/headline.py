@@ -162,12 +162,21 @@ def answer_lines(m: dict) -> list[str]:
 
 
 def subspace_line(m: dict) -> list[str]:
-    """Do FFT and LoRA move a head in the same directions (more than two seeds of one method do)?"""
+    """Do FFT and LoRA move a head in the same directions (more than chance keeping each part's share,
+    analysis.subspace.random_within_parts, and more than two seeds of one method do)?"""
     sub = m.get("subspace")
     mean = sub["phi"].get("mean") if sub else None
     if mean is None or not np.isfinite(mean):  # null as written, NaN as read back (steps.runs.read_compare)
         return []
     floors = "; ".join(f"{lab} seed vs seed {f['mean']:.2f}" for lab, f in sub["noise_floor"].items())
+    null = sub.get("random_within_parts") or {}  # absent in compare_metrics.json written before it existed
+    if null.get("mean") is not None and np.isfinite(null["mean"]):
+        d = null["phi_minus_null"]
+        chance = (f"chance keeping each of Q, K, V, O's share of the directions {null['mean']:.2f}, "
+                  f"φ minus it {d['mean']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]; "
+                  f"random subspaces of the whole head {sub['random_subspaces']:.2f}")
+    else:
+        chance = (f"random subspaces {sub['random_subspaces']:.2f}, a baseline too weak where both updates sit "
+                  "in one part")
     return [f"{' and '.join(m['labels'])} share φ = {mean:.2f} of a head's top-{sub['k']} update "
-            f"directions on average (random subspaces {sub['random_subspaces']:.2f}; "
-            + (floors or "no second seed for a noise floor") + ")"]
+            f"directions on average ({chance}; " + (floors or "no second seed for a noise floor") + ")"]

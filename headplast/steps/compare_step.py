@@ -10,7 +10,7 @@ import numpy as np
 
 from headplast.analysis.compare import key_statistics, secondary_family
 from headplast.analysis.config import AnalysisConfig
-from headplast.analysis.subspace import overlap, subspace_statistics
+from headplast.analysis.subspace import overlap, random_within_parts, subspace_statistics
 from headplast.arch.adapters import KINDS
 from headplast.errors import HeadplastError
 from headplast.measure.geometry import BASES_FILE, BASES_K, INTRUDERS_FILE, UPDATE_GEOMETRY
@@ -130,9 +130,11 @@ def subspaces(cfg: CompareConfig, dirs: dict, floor_dirs: dict, importance: np.n
     phi = overlap(bases[a], bases[b], cfg.subspace_k)
     floors = {lab: overlap(bases[lab], np.load(floor_dirs[lab] / BASES_FILE), cfg.subspace_k) for lab in floor_dirs}
     an = cfg.analysis
-    sub = subspace_statistics(phi, floors, importance, cfg.subspace_k, bases[a].shape[2], an.n_boot, an.seed)
+    null = random_within_parts(bases[a], bases[b], cfg.subspace_k)
+    sub = subspace_statistics(phi, floors, importance, cfg.subspace_k, bases[a].shape[2], an.n_boot, an.seed, null)
     sub["noise_seed"] = read_json(floor_dirs[a] / layout.RUN_CONFIG)["run"]["seed"] if floor_dirs else None
-    sub["per_head"] = [{"layer": l, "head": h, "phi": _num(v), **{f"floor_{lab}": _num(f[l, h])
+    sub["per_head"] = [{"layer": l, "head": h, "phi": _num(v), "null": _num(null[l, h]),
+                        **{f"floor_{lab}": _num(f[l, h])
                                                                for lab, f in floors.items()}}
                        for (l, h), v in np.ndenumerate(phi)]
     if not floor_dirs:
@@ -145,6 +147,13 @@ def _num(v) -> float | None:
     return float(v) if np.isfinite(v) else None
 
 
+def _adapted(row: dict) -> bool:
+    """Whether an intruders.jsonl row is of a matrix fine-tuning changed: measure.geometry writes
+    max_cos = 1 for every vector of a matrix left as it was (not adapted, e.g. LoRA without O);
+    such rows are not counted among the vectors examined."""
+    return any(c != 1 for c in row["max_cos"]) or row["intruders"] > 0
+
+
 def update_shape(dirs: dict, dfs: dict) -> dict:
     """Per run: median stable rank / r90 / top share of the heads' updates, and intruder dimensions."""
     out = {}
@@ -154,6 +163,7 @@ def update_shape(dirs: dict, dfs: dict) -> dict:
         out[lab] = {**{f"median_{c}": _num(np.nanmedian(df[c])) for c in ("srank", "r90", "top_share")},
                     "intruders": sum(r["intruders"] for r in rows),
                     "intruders_per_module": {k: sum(r["intruders"] for r in rows if r["module"] == k) for k in KINDS},
-                    "vectors_examined": sum(len(r["max_cos"]) for r in rows),
+                    "vectors_examined": sum(len(r["max_cos"]) for r in rows if _adapted(r)),
+                    "matrices_adapted": sum(map(_adapted, rows)), "matrices": len(rows),
                     "intruder_k": rows[0]["k"], "intruder_epsilon": rows[0]["epsilon"]}
     return out
