@@ -118,7 +118,8 @@ def test_effect_lines_are_exploratory_and_use_the_wider_interval():
     assert effect_lines(m) == [  # LoRA_r8 has no update effect here: no line
         "FFT: the gain a head's own update carries vs its size: no detectable relation (ρ(U, effect_fwd) = +0.40, "
         "95% CI -0.05 to +0.60; exploratory, Holm-adjusted p = 0.3); vs its importance before: positive relation "
-        "(ρ(I_pre, effect_fwd) = +0.50, 95% CI +0.30 to +0.70; exploratory, Holm-adjusted p = 0.04)"]
+        "(ρ(I_pre, effect_fwd) = +0.50, 95% CI +0.30 to +0.70; exploratory, Holm-adjusted p = 0.04) (U counts "
+        "weights only; the effect patches the Q/K/V biases too)"]
 
 
 def _aggregate():
@@ -171,3 +172,14 @@ def test_eval_examples_that_share_training_text_are_a_caution_on_the_answer():
     assert lines[1].endswith("caution: 30 of 872 eval examples (3.4%) share text with training examples")
     m["runs"]["FFT"]["eval_source"] = "train"
     assert headline(m)[0].endswith("caution: measured on training examples (--eval-source train)")
+
+
+def test_subspace_line_compares_phi_to_the_null_keeping_each_parts_share():
+    from headplast.report.headline import subspace_line
+
+    sub = {"k": 8, "random_subspaces": 0.06, "phi": {"mean": 0.29}, "noise_floor": {},
+           "random_within_parts": {"mean": 0.21, "phi_minus_null": {"mean": 0.08, "ci95": [0.05, 0.11]}}}
+    line = subspace_line({"labels": ["FFT", "LoRA_r8"], "subspace": sub})[0]
+    assert "chance keeping each of Q, K, V, O's share of the directions 0.21, φ minus it +0.08 [+0.05, +0.11]" in line
+    del sub["random_within_parts"]  # compare_metrics.json written before the null existed still renders
+    assert "a baseline too weak" in subspace_line({"labels": ["FFT", "LoRA_r8"], "subspace": sub})[0]

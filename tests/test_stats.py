@@ -291,3 +291,47 @@ def test_seed_aggregate_of_correlations_stays_in_bounds():
     assert d["ci95"] == pytest.approx([np.tanh(z.mean() - h), np.tanh(z.mean() + h)])
     raw = mean_ci([0.95, 0.2, 0.9])
     assert raw["ci95"][1] > 1  # what the raw scale does
+
+
+def test_kendalls_w_with_ties_equals_the_tie_corrected_formula():
+    # 3 raters, 6 items, many ties; reference: Friedman's tie-corrected chi2 (scipy) / (m (n - 1))
+    ratings = np.array([[1, 1, 1, 2, 2, 3], [1, 1, 2, 2, 3, 3], [1, 2, 2, 2, 3, 3]], float)
+    m, n = ratings.shape
+    want = st.friedmanchisquare(*ratings.T).statistic / (m * (n - 1))
+    assert kendalls_w(ratings) == pytest.approx(want)  # 0.895 (without the tie correction: 0.784)
+    R = st.rankdata(ratings, axis=1).sum(0)  # by hand: tie groups per rater (3,2,1), (2,2,2), (1,3,2)
+    T = (24 + 6) + (6 + 6 + 6) + (24 + 6)
+    assert kendalls_w(ratings) == pytest.approx(12 * ((R - R.mean()) ** 2).sum() / (m ** 2 * (n ** 3 - n) - m * T))
+
+
+def test_disattenuated_rho_beyond_one_is_averaged_raw_not_dropped():
+    from headplast.analysis.across import flat_stats
+
+    def stats(d):
+        p = {"spearman": 0.5, "disattenuated": d} if abs(d) <= 1 else {
+            "spearman": 0.5, "disattenuated": math.nan, "disattenuated_raw": d}
+        return {"pairs": {"I_pre~U": p}, "reliability": {}}
+    cases = {"important_but_static": {"count": 0}, "plastic_but_unimportant": {"count": 0}}
+    info = {"val_metric": 0.5, "val_metric_theta0": 0.5}
+    vals = [1.2, 0.8, 0.9]
+    rows = [{"method": "FFT", "seed": s, "statistic": k, "value": v, "collapsed": False, "included": True}
+            for s, d in enumerate(vals) for k, v in flat_stats(stats(d), cases, info).items()]
+    out = summarise(pd.DataFrame(rows), ["FFT"])["per_method"]["FFT"]["disattenuated_rho(I_pre,U)"]
+    assert out["n"] == 3 and out["mean"] == pytest.approx(np.mean(vals))  # was 0.85: 1.2 dropped, Fisher z
+
+
+def test_paired_tests_of_correlations_are_on_fisher_z_and_wilcoxon_says_its_floor():
+    from headplast.report.aggregate_summary import aggregate_summary
+
+    fft, lora = [0.3, 0.5, 0.9], [0.1, 0.2, 0.4]
+    rows = [{"method": m, "seed": s, "statistic": "rho(I_pre,U)", "value": v, "collapsed": False, "included": True}
+            for m, vals in (("FFT", fft), ("LoRA_r8", lora)) for s, v in enumerate(vals)]
+    out = summarise(pd.DataFrame(rows), ["FFT", "LoRA_r8"])
+    t = out["paired_tests"]["LoRA_r8 - FFT"]["rho(I_pre,U)"]
+    assert t["t_p"] == pytest.approx(st.ttest_rel(np.arctanh(lora), np.arctanh(fft)).pvalue)
+    assert t["t_p"] != pytest.approx(st.ttest_rel(lora, fft).pvalue)
+    assert t["scale"] == "Fisher z" and t["mean_difference"] == pytest.approx(np.mean(lora) - np.mean(fft))
+    assert t["wilcoxon_p"] == pytest.approx(0.25) == t["wilcoxon_min_p"]  # 3 pairs, all one sign: the smallest p
+    text = aggregate_summary({**out, "task": "RTE", "seeds": [0, 1, 2], "methods": ["FFT", "LoRA_r8"],
+                              "collapsed_runs": [], "head_agreement": {}})
+    assert "with 3 pairs Wilcoxon cannot go below p = 0.25" in text and "paired t on Fisher z" in text

@@ -26,7 +26,10 @@ def flat_stats(stats: dict, cases: dict, info: dict) -> dict:
         out[f"partial_rho({x},{y})"] = p.get("partial_spearman_layer", math.nan)
         out[f"kendall_tau({x},{y})"] = p.get("kendall_tau", math.nan)
         out[f"top_k({x},{y})"] = p.get("top_k", {}).get("overlap", math.nan)
-        out[f"disattenuated_rho({x},{y})"] = p.get("disattenuated", math.nan)
+        d = p.get("disattenuated", math.nan)  # beyond [-1, 1] it is kept as 'disattenuated_raw' only:
+        if not (d is not None and np.isfinite(d)):  # aggregate the raw value (dropping it biases the mean to 0)
+            d = p.get("disattenuated_raw", d)
+        out[f"disattenuated_rho({x},{y})"] = d
     for v, r in stats["reliability"].items():
         out[f"reliability({v})"] = r["reliability"]
     out["n_important_but_static"] = cases["important_but_static"]["count"]
@@ -36,11 +39,13 @@ def flat_stats(stats: dict, cases: dict, info: dict) -> dict:
     return out
 
 
-CORRELATIONS = ("rho(", "partial_rho(", "kendall_tau(", "disattenuated_rho(", "reliability(")
+CORRELATIONS = ("rho(", "partial_rho(", "kendall_tau(", "reliability(")
 
 
 def is_correlation(statistic: str) -> bool:
-    """Statistics bounded by [-1, 1], averaged across seeds on Fisher's z scale."""
+    """Statistics bounded by [-1, 1], averaged and tested across seeds on Fisher's z scale. The
+    disattenuated rho is not among them: it exceeds 1 where measurement errors correlate, and is
+    averaged raw (clipping it to +-1 for Fisher's z, or dropping it, would bias the mean)."""
     return statistic.startswith(CORRELATIONS)
 
 
@@ -68,17 +73,30 @@ def mean_ci(values, correlation: bool = False) -> dict:
     return out
 
 
-def paired_tests(a, b) -> dict:
-    """Paired t-test and Wilcoxon signed-rank test of b - a over seeds present in both."""
+def wilcoxon_min_p(n: int) -> float:
+    """The smallest two-sided p the exact Wilcoxon signed-rank test can give with n pairs: 2 / 2^n
+    (every difference of one sign). With 3 seeds it is 0.25: the test cannot reject at any usual level."""
+    return min(1.0, 2.0 / 2 ** n) if n else math.nan
+
+
+def paired_tests(a, b, correlation: bool = False) -> dict:
+    """Paired t-test and Wilcoxon signed-rank test of b - a over seeds present in both. For a
+    correlation both tests are of the Fisher z values (the scale its mean and interval are on,
+    'scale'); mean_difference and ci95 stay on the raw scale. 'wilcoxon_min_p' is the smallest p
+    the Wilcoxon test can give with these pairs (0.25 for 3 seeds, 0.125 for 4): below ~6 pairs it
+    cannot reach 0.05, whatever the data."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     ok = np.isfinite(a) & np.isfinite(b)
     a, b = a[ok], b[ok]
     out = {"n_pairs": int(len(a)), "mean_difference": float((b - a).mean()) if len(a) else math.nan,
            "t": math.nan, "t_p": math.nan, "wilcoxon_stat": math.nan, "wilcoxon_p": math.nan,
-           "ci95": [math.nan, math.nan]}
+           "wilcoxon_min_p": wilcoxon_min_p(len(a)), "ci95": [math.nan, math.nan]}
     if len(a) >= 2:
         h = float(st.t.ppf(0.975, len(a) - 1) * (b - a).std(ddof=1) / math.sqrt(len(a)))
         out["ci95"] = [out["mean_difference"] - h, out["mean_difference"] + h]
+    if correlation:
+        out["scale"] = "Fisher z"
+        a, b = np.arctanh(np.clip(a, -0.999999, 0.999999)), np.arctanh(np.clip(b, -0.999999, 0.999999))
     if len(a) >= 2 and np.any(b - a != 0):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -90,13 +108,17 @@ def paired_tests(a, b) -> dict:
 
 
 def kendalls_w(matrix: np.ndarray) -> float:
-    """Kendall's coefficient of concordance of m raters (rows) ranking n items (columns)."""
+    """Kendall's coefficient of concordance of m raters (rows) ranking n items (columns), corrected
+    for ties: W = 12 S / (m^2 (n^3 - n) - m sum_j T_j), T_j = sum over rater j's tie groups of t^3 - t
+    (ties get mid-ranks; without the correction W is too small when there are ties)."""
     m, n = matrix.shape
     if m < 2 or n < 2:
         return math.nan
     R = st.rankdata(matrix, axis=1).sum(0)
     S = ((R - R.mean()) ** 2).sum()
-    return float(12 * S / (m ** 2 * (n ** 3 - n)))
+    T = sum(float((t ** 3 - t).sum()) for t in (np.unique(row, return_counts=True)[1] for row in matrix))
+    den = m ** 2 * (n ** 3 - n) - m * T
+    return float(12 * S / den) if den > 0 else math.nan
 
 
 def head_agreement(per_seed: dict[int, pd.DataFrame], columns=("U", "I_pre", "I_post")) -> dict:
@@ -124,7 +146,7 @@ def summarise(table: pd.DataFrame, methods: list[str]) -> dict:
         for s in inc.statistic.unique():
             wide = inc[inc.statistic == s].pivot_table(index="seed", columns="method", values="value")
             if ma in wide and mb in wide:
-                res[s] = paired_tests(wide[ma].to_numpy(), wide[mb].to_numpy())
+                res[s] = paired_tests(wide[ma].to_numpy(), wide[mb].to_numpy(), is_correlation(s))
         adj = holm({s: res[s]["t_p"] for s in HEADLINE if s in res})
         for s, p in adj.items():
             res[s]["t_p_holm"] = p

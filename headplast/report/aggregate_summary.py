@@ -38,8 +38,12 @@ def aggregate_summary(m) -> str:
             if t:
                 holm = t.get("t_p_holm")
                 holm = f", Holm-adjusted {holm:.3g}" if holm is not None else ""
-                lines.append(f"  {pair}: mean diff {t['mean_difference']:+.4f}, paired t p = {t['t_p']:.3g}{holm}, "
-                             f"Wilcoxon p = {t['wilcoxon_p']:.3g} (n = {t['n_pairs']}; exploratory)")
+                z = " on Fisher z" if t.get("scale") == "Fisher z" else ""
+                floor = t.get("wilcoxon_min_p")
+                floor = (f"; with {t['n_pairs']} pairs Wilcoxon cannot go below p = {floor:.3g}"
+                         if floor is not None and floor > 0.05 else "")
+                lines.append(f"  {pair}: mean diff {t['mean_difference']:+.4f}, paired t{z} p = {t['t_p']:.3g}{holm}, "
+                             f"Wilcoxon p = {t['wilcoxon_p']:.3g} (n = {t['n_pairs']}{floor}; exploratory)")
     lines += ["", "## head-level agreement across seeds"]
     for meth, ag in m["head_agreement"].items():
         for col, a in ag.items():

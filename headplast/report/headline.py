@@ -99,14 +99,17 @@ def _rho_text(m: dict, lab: str, x: str, y: str, name: str) -> str:
 
 def effect_lines(m: dict) -> list[str]:
     """Per method (secondary): does the size of a head's update, and its importance before,
-    predict how much of fine-tuning's gain the head's own update carries (effect_fwd)?"""
+    predict how much of fine-tuning's gain the head's own update carries (effect_fwd)? U is the norm
+    of the head's Q/K/V/O weight update only (measure.update excludes biases), while effect_fwd
+    patches the head's Q/K/V biases too (measure.effect); the line says so."""
     out = []
     for lab in m["labels"]:
         if "U~effect_fwd" not in m["stats"][lab]["pairs"]:
             continue
         out.append(f"{lab}: the gain a head's own update carries vs its size: "
                    f"{_rho_text(m, lab, 'U', 'effect_fwd', 'ρ(U, effect_fwd)')}; vs its importance before: "
-                   f"{_rho_text(m, lab, 'I_pre', 'effect_fwd', 'ρ(I_pre, effect_fwd)')}")
+                   f"{_rho_text(m, lab, 'I_pre', 'effect_fwd', 'ρ(I_pre, effect_fwd)')} (U counts weights only; "
+                   "the effect patches the Q/K/V biases too)")
     return out
 
 
