@@ -29,7 +29,7 @@ from headplast.arch.loading import load_model, load_tokenizer, resolve_model  # 
 from headplast.data.metrics import majority_baseline  # noqa: E402
 from headplast.data.prepare import prepare_from_config  # noqa: E402
 from headplast.data.overlap import TrainingText  # noqa: E402
-from headplast.data.subset import holdout_indices, make_eval_subset  # noqa: E402
+from headplast.data.subset import apart_from_training, holdout_indices, make_eval_subset  # noqa: E402
 from headplast.train.config import TrainConfig  # noqa: E402
 from headplast.train.evaluate import evaluate  # noqa: E402
 from headplast.train.fit import fine_tune, trainable_model  # noqa: E402
@@ -47,15 +47,8 @@ def tuning_examples(data, eval_source: str, eval_size: int, size: int):
         held |= set(make_eval_subset(data.task.name, "holdout", eval_size, data.full_train, data.train,
                                      data.train_indices).indices)
     used = held | set(data.train_indices)
-    training = TrainingText(data.train)
-    rng = np.random.default_rng(TUNING_SEED)
-    free = rng.permutation(np.asarray([i for i in range(len(data.full_train)) if i not in used]))
-    pick = []
-    for i in free:
-        if len(pick) == size:
-            break
-        if not training.overlaps(data.full_train.texts[i]):
-            pick.append(int(i))
+    free = np.random.default_rng(TUNING_SEED).permutation([i for i in range(len(data.full_train)) if i not in used])
+    pick = apart_from_training(data.full_train, free, size, TrainingText(data.train))
     return data.full_train.subset(np.sort(pick)), len(held)
 
 

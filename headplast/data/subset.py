@@ -84,15 +84,23 @@ def disjoint_holdout(full: Examples, train_indices, size: int, training: Trainin
     (data.overlap): the examples training left out (holdout_indices) that pass, then others never
     trained on, in a seeded random order, until there are `size`. Sorted indices."""
     first = draw_indices(len(full), size)
-    keep = [int(i) for i in first if not training.overlaps(full.texts[i])]
+    keep = apart_from_training(full, first, size, training)
     if len(keep) < size:
         never = np.setdiff1d(np.arange(len(full)), np.union1d(first, np.asarray(train_indices, dtype=int)))
-        for i in np.random.default_rng(SUBSET_SEED + 1).permutation(never):
-            if len(keep) == size:
-                break
-            if not training.overlaps(full.texts[i]):
-                keep.append(int(i))
+        keep += apart_from_training(full, np.random.default_rng(SUBSET_SEED + 1).permutation(never), size - len(keep),
+                                    training)
     return np.sort(np.asarray(keep, dtype=int))
+
+
+def apart_from_training(examples: Examples, order, n: int, training: TrainingText) -> list[int]:
+    """The first n indices of `order` whose example overlaps no training example (data.overlap)."""
+    out: list[int] = []
+    for i in order:
+        if len(out) == n:
+            break
+        if not training.overlaps(examples.texts[i]):
+            out.append(int(i))
+    return out
 
 
 def holdout_indices(train_data: Examples, eval_size: int) -> set[int]:

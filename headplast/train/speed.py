@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from headplast.arch.device import native_bf16
+from headplast.arch.device import compute_device, native_bf16
 from headplast.errors import HeadplastError
 
 TRAIN_DTYPES = ("float32", "bfloat16")
@@ -55,13 +55,9 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 
 
 def training_device(requested: str | None) -> torch.device:
-    """Where Trainer trains: the CPU, or the first visible GPU (one device per run)."""
-    if requested == "cpu" or (requested is None and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise HeadplastError("--device cuda: no GPU is visible to this process",
-                             "pass --device cpu, or run where a GPU is visible (check CUDA_VISIBLE_DEVICES)")
-    return torch.device("cuda", 0)
+    """Where Trainer trains: the CPU, or the first visible GPU (one device per run; --device takes
+    cpu or cuda only, so arch.device's resolution gives cuda:0, and refuses cuda without a GPU)."""
+    return compute_device(requested)
 
 
 def hardware_defaults(device: torch.device) -> dict:

@@ -78,7 +78,7 @@ def fit_probe(model, adapter, tokenizer, train, task, seed, max_length, steps, l
     # the best head so far is kept on the device (a select per step, no host round trip)
     with torch.no_grad():
         best_loss = _probe_loss(model, adapter, feats[ho], labels[ho], task.is_regression)
-        best = [t.detach().clone() for m in modules for t in m.state_dict().values()]
+        best = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules]
         best_step = torch.zeros((), dtype=torch.long, device=device)
     for step in range(1, steps + 1):
         loss = _probe_loss(model, adapter, feats[fit], labels[fit], task.is_regression)
@@ -90,12 +90,11 @@ def fit_probe(model, adapter, tokenizer, train, task, seed, max_length, steps, l
             better = ho_loss < best_loss
             best_loss = torch.where(better, ho_loss, best_loss)
             best_step = torch.where(better, step, best_step)
-            for b, t in zip(best, (t for m in modules for t in m.state_dict().values())):
-                b.copy_(torch.where(better, t, b))
-    with torch.no_grad():
-        it = iter(best)
-        for m in modules:
-            m.load_state_dict({k: next(it) for k in m.state_dict()})
+            for m, b in zip(modules, best):
+                for k, v in m.state_dict().items():
+                    b[k].copy_(torch.where(better, v, b[k]))
+    for m, b in zip(modules, best):
+        m.load_state_dict(b)
     torch.random.set_rng_state(rng_state)
     return {"best_step": int(best_step), "heldout_loss": float(best_loss), "max_steps": steps, "lr": lr,
             "heldout_examples": int(n_ho)}
