@@ -49,6 +49,9 @@ class Measurement:
     # computed by every process of a torchrun / accelerate launch together, each its share of the
     # heads (headplast.measure.shard); the others are computed by rank 0 alone
     split: bool = False
+    # the version of its compute code, part of its key: bump it when a change alters what it
+    # writes for the same inputs (headplast.steps.versions says when); 1 = before versions were kept
+    version: int = 1
 
     def __post_init__(self):
         bad = set(self.needs) - set(NEEDS)

@@ -138,4 +138,5 @@ UPDATE_GEOMETRY = Measurement(
             "r90": "effective rank r90 of the head's update",
             "top_share": "top singular value's share of the head's update energy"},
     pairs=(("I_pre", "srank"),), settings=("intruder_k", "intruder_epsilon"),
-    extra_files=(BASES_FILE, INTRUDERS_FILE))
+    extra_files=(BASES_FILE, INTRUDERS_FILE),
+    version=2)  # 2: bases keep directions above the relative rank threshold only (issue 29 item 8)

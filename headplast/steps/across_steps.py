@@ -15,9 +15,10 @@ from headplast.options import NONNEGATIVE, POSITIVE, opt, option, validate
 from headplast.plotting.across_plots import multi_seed_figure, rank_figures
 from headplast.report.aggregate_summary import aggregate_summary
 from headplast.steps.analyse_step import analysed
+from headplast.steps import versions
 from headplast.steps.outcome import Outcome, recorded_step
 from headplast.steps.runs import check_comparable, input_hashes, measured_run, resolve_task, run_info
-from headplast.store import layout, records
+from headplast.store import layout
 from headplast.store.io import atomic_path, atomic_write_json, atomic_write_text
 
 
@@ -56,7 +57,7 @@ def _runs_key(step: str, cfg, labels, seeds) -> str:
     hashes = {f"{lab}/seed{s}": input_hashes(measured_run(cfg.output_root, cfg.task, lab, s))
               for lab in labels for s in seeds}
     conf = {k: v for k, v in asdict(cfg).items() if k not in ("output_root", "out_dir", "force")}
-    return records.step_key(step, conf, hashes)
+    return versions.key(step, conf, hashes)
 
 
 @dataclass(frozen=True)

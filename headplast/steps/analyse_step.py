@@ -10,10 +10,11 @@ from headplast.analysis.run_analysis import analyse
 from headplast.measure import registry
 from headplast.plotting.run_plots import run_figures
 from headplast.report.lines import rho_line
+from headplast.steps import versions
 from headplast.steps.outcome import Outcome, recorded_step
 from headplast.steps.runs import input_hashes, load_heads, load_per_example, read_stats, run_info
 from headplast.steps.tracking import log_summary
-from headplast.store import layout, records
+from headplast.store import layout
 from headplast.store.io import atomic_write_json, atomic_write_text, read_json
 
 
@@ -22,7 +23,7 @@ def outputs(cfg: AnalysisConfig) -> tuple[str, ...]:
 
 
 def analyse_key(run_dir: Path, cfg: AnalysisConfig) -> str:
-    return records.step_key("analyse", asdict(cfg), input_hashes(run_dir))
+    return versions.key("analyse", asdict(cfg), input_hashes(run_dir))
 
 
 def run_analyse(run_dir: str | Path, cfg: AnalysisConfig = AnalysisConfig(), force: bool = False) -> Outcome:

@@ -20,6 +20,7 @@ from headplast.report.compare_summary import compare_summary
 from headplast.report.findings import findings
 from headplast.report.headline import headline
 from headplast.steps.analyse_step import analysed
+from headplast.steps import versions
 from headplast.steps.outcome import Outcome, recorded_step
 from headplast.steps.runs import (check_comparable, input_hashes, load_per_example, measured_run, other_seeds,
                                   resolve_task, run_info)
@@ -62,7 +63,7 @@ def run_compare(cfg: CompareConfig) -> Outcome:
     out = cfg.out()
     inputs = {lab: input_hashes(d) for lab, d in dirs.items()}
     inputs["noise_floor"] = {str(d): records.read_record(d, UPDATE_GEOMETRY.name)["outputs"] for d in floor_dirs.values()}
-    key = records.step_key("compare", {"labels": list(cfg.labels), "analysis": asdict(cfg.analysis),
+    key = versions.key("compare", {"labels": list(cfg.labels), "analysis": asdict(cfg.analysis),
                                        "subspace_k": cfg.subspace_k}, inputs)
     return recorded_step(out, "compare", key, outputs(cfg), lambda: _write_compare(cfg, dirs, floor_dirs, out),
                          cfg.force, lambda: str(out))

@@ -27,6 +27,7 @@ from headplast.measure.config import MeasureConfig
 from headplast.measure.declare import Measurement
 from headplast.measure.shard import announce, current, reporting
 from headplast.measure.update import merged_peft_model
+from headplast.steps import versions
 from headplast.steps.outcome import Outcome, fresh_or_refuse, run_recorded
 from headplast.steps.train_step import train_command
 from headplast.store import layout, locks, records
@@ -168,7 +169,7 @@ def _key(m: Measurement, ctx: MeasureContext, device_type: str | None = None) ->
     device_type = device_type or ctx.device.type
     if m.on_device and device_type != "cpu":
         settings["compute"] = {"device": device_type, "fp32": PRECISION}
-    return records.step_key(m.name, settings, ctx.needs_hashes(m))
+    return versions.key(m.name, settings, ctx.needs_hashes(m))
 
 
 def _keys(m: Measurement, ctx: MeasureContext) -> list[str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from headplast.errors import HeadplastError
 from headplast.store import locks, records
+from headplast.steps.versions import version_of
 from headplast.store.io import clean_temporaries
 
 
@@ -41,7 +42,7 @@ def run_recorded(base: Path, step: str, key: str, outputs, compute, **extra) -> 
     t = time.time()
     compute()
     secs = time.time() - t
-    records.write_record(base, step, key, outputs, seconds=secs, **extra)
+    records.write_record(base, step, key, outputs, seconds=secs, version=version_of(step), **extra)
     return secs
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 from headplast.errors import HeadplastError
 from headplast.options import option, validate
 from headplast.store import layout, records
+from headplast.steps import versions
 from headplast.steps.outcome import Outcome, recorded_step
 from headplast.steps.runs import read_aggregate, read_compare, read_stats
 from headplast.store.io import atomic_write_text, file_sha256, read_json
@@ -93,7 +94,7 @@ def _key(root: Path) -> str:
             if rec:
                 inputs[f"{d.relative_to(root)}/{step}"] = rec["outputs"]
     template = file_sha256(Path(__file__).parents[1] / "report" / "templates" / "report.html.j2")
-    return records.step_key("report", {"version": __version__, "template": template}, inputs)
+    return versions.key("report", {"version": __version__, "template": template}, inputs)
 
 
 def run_report(cfg: ReportConfig, force: bool = False) -> Outcome:

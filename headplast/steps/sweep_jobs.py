@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from headplast.errors import HeadplastError
+from headplast.steps import versions
 from headplast.steps.analyse_step import analyse_key
 from headplast.steps.pipeline import PipelineConfig, Runner, cross_run_task, one_run
 from headplast.steps.train_step import resolved_config, run_id, train_key
@@ -92,9 +93,9 @@ def job_key(job: Job, jobs: list[Job]) -> str:
     p = job.pipeline
     if job.train is None:
         return text_key({"runs": [job_key(j, jobs) for j in runs_of(job, jobs)], "analysis": asdict(p.analysis),
-                         "tasks": list(p.tasks), "seeds": list(p.seeds)})
+                         "tasks": list(p.tasks), "seeds": list(p.seeds), "versions": versions.every_version()})
     return text_key({"train": train_key(resolved_config(job.train)[0]), "measure": asdict(p.measure),
-                     "analysis": asdict(p.analysis)})
+                     "analysis": asdict(p.analysis), "versions": versions.every_version()})
 
 
 def read_state(job: Job) -> dict:

@@ -1,6 +1,8 @@
 """The one freshness rule, for every step.
 
-A step's key is a hash of its config and of the content hashes of its inputs. When a step
+A step's key is a hash of its config, of the content hashes of its inputs and of the version of
+the code that computes it (`version`: bumped when a fix changes what the step writes, so results
+of the code before count as outdated and are redone, exactly they and what reads them). When a step
 finishes it writes a record beside its outputs (`<folder>/.steps/<step>.json`): the key, and
 a content hash of every output file. A step is skipped only when its recorded key equals
 the key it would be run with now and every output still has its recorded hash; anything
@@ -9,9 +11,13 @@ that reads a step's output can check it against the same record.
 
 from __future__ import annotations
 
+import functools
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from headplast import __version__
 
 from headplast.errors import HeadplastError
 from headplast.store.io import atomic_write_json, file_sha256, read_json, text_key
@@ -19,9 +25,17 @@ from headplast.store.io import atomic_write_json, file_sha256, read_json, text_k
 RECORD_DIR = ".steps"
 
 
-def step_key(step: str, config: dict, inputs: dict) -> str:
-    """The key of a step run with `config` on inputs with content hashes `inputs`."""
-    return text_key({"step": step, "config": config, "inputs": inputs})
+def step_key(step: str, config: dict, inputs: dict, version: int = 1) -> str:
+    """The key of a step run with `config` on inputs with content hashes `inputs` by code of `version`.
+
+    Version 1 is the code from before versions were kept: it is left out of the key, so results
+    made then stay valid where the code has not changed since."""
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"step {step}: version must be an int >= 1, not {version!r}")
+    key = {"step": step, "config": config, "inputs": inputs}
+    if version != 1:
+        key["version"] = version
+    return text_key(key)
 
 
 def record_path(base: str | Path, step: str) -> Path:
@@ -47,11 +61,31 @@ def hash_outputs(base: str | Path, outputs) -> dict[str, str]:
     return {f: file_sha256(base / f) for rel in outputs for f in _files(base, rel)}
 
 
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict:
+    """The package version, and the git commit when running from a checkout (with '+dirty' when
+    it has uncommitted changes): provenance in every record, not part of any key (a key changes
+    only with the version of the step's own code)."""
+    out = {"headplast": __version__}
+    repo = Path(__file__).resolve().parents[2]
+    if (repo / ".git").exists():
+        try:
+            run = lambda *a: subprocess.run(["git", "-C", str(repo), *a], capture_output=True, text=True,  # noqa: E731
+                                            timeout=10).stdout.strip()
+            commit = run("rev-parse", "HEAD")
+            if commit:
+                out["commit"] = commit + ("+dirty" if run("status", "--porcelain", "--untracked-files=no") else "")
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return out
+
+
 def write_record(base: str | Path, step: str, key: str, outputs, seconds: float | None = None,
-                 **extra) -> dict:
-    """Record that `step` with `key` produced `outputs` (paths relative to base; folders expand)."""
-    rec = {"step": step, "key": key, "outputs": hash_outputs(base, outputs),
-           "seconds": None if seconds is None else round(seconds, 2),
+                 version: int = 1, **extra) -> dict:
+    """Record that `step` with `key` (made by code of `version`) produced `outputs` (paths relative
+    to base; folders expand)."""
+    rec = {"step": step, "key": key, "version": version, "code": code_version(),
+           "outputs": hash_outputs(base, outputs), "seconds": None if seconds is None else round(seconds, 2),
            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
     atomic_write_json(record_path(base, step), rec)
     return rec

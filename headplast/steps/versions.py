@@ -1,0 +1,49 @@
+"""The version of the code behind each step: it enters the step's key (records.step_key), so
+bumping it makes exactly that step's results, and what reads them, outdated.
+
+Bump a version when a change alters what the step writes for the same inputs (a bug fix, a new
+estimator, another default inside the step); not for refactors that leave every output
+byte-identical, nor for new config fields (those enter the key by themselves). A measurement's
+version sits on its declaration (Measurement.version); the other steps' are here.
+Version 1 is the code from before versions were kept (left out of the key).
+"""
+
+from __future__ import annotations
+
+from headplast.store import records
+
+STEPS = {
+    "theta0": 1,
+    "train": 1,
+    # 2: layer-block intervals, within-layer ρ, TOST, Holm (issue 29)
+    "analyse": 2,
+    # 2: one verdict function, comparison table, centred example interval (issue 29)
+    "compare": 2,
+    # 2: aggregate-first answer, raw disattenuated mean, tie-corrected Kendall's W, Fisher-z tests (issue 29)
+    "aggregate": 2,
+    "ranks": 1,
+    # 2: the answer's new wording and the comparison table (issue 29)
+    "report": 2,
+}
+
+
+def version_of(step: str) -> int:
+    """A step's version: a measurement's from its declaration, the others' from STEPS."""
+    if step in STEPS:
+        return STEPS[step]
+    from headplast.measure import registry  # measurement names are steps too
+
+    return registry.get(step).version
+
+
+def every_version() -> dict[str, int]:
+    """{step: version} of every step and measurement (a sweep job's key: a bump re-runs the job,
+    whose steps then redo only what is outdated)."""
+    from headplast.measure import registry
+
+    return {**STEPS, **{m.name: m.version for m in registry.MEASUREMENTS}}
+
+
+def key(step: str, config: dict, inputs: dict) -> str:
+    """records.step_key with the step's current version."""
+    return records.step_key(step, config, inputs, version_of(step))
