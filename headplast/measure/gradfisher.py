@@ -114,7 +114,7 @@ def _head_param_norms(model, adapter: ArchAdapter, grads: dict) -> np.ndarray:
 
 def grad_fisher(model, adapter: ArchAdapter, enc: Encoded, task, pad_id: int, batch_size: int = 16,
                 progress: bool = True) -> GradFisherResult:
-    """grad_norm, fisher, gate_grad, gate_fisher and taylor for every head (see SPEC 2.2.3)."""
+    """grad_norm, fisher, gate_grad, gate_fisher and taylor for every head (definitions: heads.csv glossary in README.md)."""
     model.eval()  # dropout off: gradients of the deterministic model
     device = next(model.parameters()).device
     L, H = adapter.num_layers(model.config), adapter.num_heads(model.config)

@@ -217,7 +217,7 @@ def _head_parameters(model) -> dict:
            "not_included": other}
     if other:
         out["note"] = ("these modules also have per-head rows (DeBERTa with share_att_key=False projects the "
-                       "relative positions separately); by the definition of U (SPEC 2.2.4) they are not part of "
+                       "relative positions separately); by the definition of U they are not part of "
                        "U, the gradient/Fisher scores or LoRA's default targets")
     return out
 
