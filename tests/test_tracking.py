@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from headplast.analysis.names import PRIMARY, PRIMARY_PAIR
 from headplast.errors import HeadplastError
 from headplast.measure.config import MeasureConfig
 from headplast.steps.analyse_step import run_analyse
@@ -35,9 +36,9 @@ def test_tensorboard_gets_training_and_the_summary(model_dirs, tmp_path):
     got = _scalars(tb)
     stats = json.loads((run / "stats.json").read_text())
     rc = json.loads((run / "run_config.json").read_text())
-    p = stats["pairs"]["I_pre~U"]
-    assert got["headplast/rho/I_pre~U"] == [pytest.approx(p["spearman"])]
-    assert got["headplast/rho/I_pre~U/ci95_low"] == [pytest.approx(p["ci95"][0])]
+    p = stats["pairs"][PRIMARY_PAIR]
+    assert got[f"headplast/{PRIMARY}"] == [pytest.approx(p["spearman"])]
+    assert got[f"headplast/{PRIMARY}/ci95_low"] == [pytest.approx(p["ci95"][0])]
     assert got["headplast/validation/theta1"] == [pytest.approx(rc["validation"]["theta1"]["metric"])]
     assert got["headplast/reliability/I_pre"] == [pytest.approx(stats["reliability"]["I_pre"]["reliability"])]
     assert rc["tracking"] == {"report_to": "tensorboard", "run_name": "RTE/FFT/seed1", "log_dir": "tensorboard"}

@@ -10,26 +10,27 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
+from headplast.analysis.names import PRIMARY, pair_name, split_name
 from headplast.analysis.stats import fisher_z_mean, holm, spearman
 
-HEADLINE = ("rho(I_pre,U)", "rho(I_pre,Urel)", "partial_rho(I_pre,U)", "top_k(I_pre,U)",
-            "n_important_but_static", "n_plastic_but_unimportant", "rho(I_post,U)", "rho(I_pre,I_post)",
-            "val_metric")
+HEADLINE = (PRIMARY, pair_name("I_pre", "Urel", "rho"), pair_name("I_pre", "U", "partial_rho"),
+            pair_name("I_pre", "U", "top_k"), "n_important_but_static", "n_plastic_but_unimportant",
+            pair_name("I_post", "U", "rho"), pair_name("I_pre", "I_post", "rho"), "val_metric")
 
 
 def flat_stats(stats: dict, cases: dict, info: dict) -> dict:
     """One number per statistic for a run (the unit that is aggregated over seeds)."""
     out = {}
     for name, p in stats["pairs"].items():
-        x, y = name.split("~")
-        out[f"rho({x},{y})"] = p.get("spearman", math.nan)
-        out[f"partial_rho({x},{y})"] = p.get("partial_spearman_layer", math.nan)
-        out[f"kendall_tau({x},{y})"] = p.get("kendall_tau", math.nan)
-        out[f"top_k({x},{y})"] = p.get("top_k", {}).get("overlap", math.nan)
+        _, x, y = split_name(name)
+        out[pair_name(x, y, "rho")] = p.get("spearman", math.nan)
+        out[pair_name(x, y, "partial_rho")] = p.get("partial_spearman_layer", math.nan)
+        out[pair_name(x, y, "kendall_tau")] = p.get("kendall_tau", math.nan)
+        out[pair_name(x, y, "top_k")] = p.get("top_k", {}).get("overlap", math.nan)
         d = p.get("disattenuated", math.nan)  # beyond [-1, 1] it is kept as 'disattenuated_raw' only:
         if not (d is not None and np.isfinite(d)):  # aggregate the raw value (dropping it biases the mean to 0)
             d = p.get("disattenuated_raw", d)
-        out[f"disattenuated_rho({x},{y})"] = d
+        out[pair_name(x, y, "disattenuated_rho")] = d
     for v, r in stats["reliability"].items():
         out[f"reliability({v})"] = r["reliability"]
     out["n_important_but_static"] = cases["important_but_static"]["count"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from headplast.analysis.cases import counter_examples
+from headplast.analysis.names import WITHIN, pair_name, run_test_name, split_name
 from headplast.analysis.stats import (bootstrap_p, centred, combined, example_bootstrap_spearman,
                                       example_bootstrap_within, example_weights, holm, layer_bootstrap_spearman,
                                       layer_resamples, partial_spearman_layer, percentile_ci, resample_rows, spearman,
@@ -32,8 +33,6 @@ def _boot_cases(df, idx, top_q, bottom_q, which):
     return out
 
 
-PRIMARY = "rho(I_pre,U)"
-WITHIN = "rho_within_layer(I_pre,U)"
 
 
 def key_statistics(dfs: dict, k: int, top_q: float, bottom_q: float, n_boot: int, seed: int,
@@ -78,14 +77,14 @@ def key_statistics(dfs: dict, k: int, top_q: float, bottom_q: float, n_boot: int
             if (x, y) == ("I_pre", "U") and ex is not None:
                 exw = (example_bootstrap_within(db, pe[lb], x, y, counts, layers)
                        - example_bootstrap_within(da, pe[la], x, y, counts, layers))
-        add(f"rho({x},{y})", spearman(da[x], da[y]), spearman(db[x], db[y]), bb - ba, ex)
+        add(pair_name(x, y, "rho"), spearman(da[x], da[y]), spearman(db[x], db[y]), bb - ba, ex)
         if (x, y) == ("I_pre", "U"):
             add(WITHIN, *(partial_spearman_layer(d[x], d[y], layers) for d in (da, db)), wb - wa, exw)
     rows = resample_rows(blocks)
     for y in ("U", "Urel"):
         a_i, a_u = da["I_pre"].to_numpy(float), da[y].to_numpy(float)
         b_i, b_u = db["I_pre"].to_numpy(float), db[y].to_numpy(float)
-        add(f"top{k}_overlap(I_pre,{y})", top_k_overlap(a_i, a_u, k)["overlap"],
+        add(pair_name("I_pre", y, f"top{k}_overlap"), top_k_overlap(a_i, a_u, k)["overlap"],
             top_k_overlap(b_i, b_u, k)["overlap"],
             _boot_topk(b_i, b_u, rows, k) - _boot_topk(a_i, a_u, rows, k))
     small = rows[:n_boot_cases]  # counting cases per resample is slower; 500 resamples suffice
@@ -97,7 +96,7 @@ def key_statistics(dfs: dict, k: int, top_q: float, bottom_q: float, n_boot: int
     return out
 
 
-SECONDARY_PAIRS = ("U~effect_fwd", "I_pre~effect_fwd")
+SECONDARY_PAIRS = (pair_name("U", "effect_fwd"), pair_name("I_pre", "effect_fwd"))
 
 
 def secondary_family(keys: dict, stats: dict, alpha: float = 0.05) -> dict:
@@ -110,8 +109,8 @@ def secondary_family(keys: dict, stats: dict, alpha: float = 0.05) -> dict:
     for lab, st in stats.items():
         for pair in SECONDARY_PAIRS:
             if pair in st["pairs"]:
-                x, y = pair.split("~")
-                ps[f"{lab}: rho({x},{y})"] = combined(st["pairs"][pair])["p"]
+                _, x, y = split_name(pair)
+                ps[run_test_name(lab, pair_name(x, y, "rho"))] = combined(st["pairs"][pair])["p"]
     adj = holm(ps)
     return {"method": "Holm", "alpha": alpha, "exploratory": True,
             "tests": {name: {"p": ps[name], "p_holm": adj[name]} for name in ps}}

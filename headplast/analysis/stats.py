@@ -11,6 +11,9 @@ import math
 import numpy as np
 from scipy import stats
 
+from headplast.analysis.names import pair_name
+
+
 def _rank_rows(x: np.ndarray) -> np.ndarray:
     return stats.rankdata(x, axis=-1)
 
@@ -411,7 +414,7 @@ def run_stats(table, pairs, per_example: dict | None = None, k: int = 20, n_boot
                 ew = centred(example_bootstrap_within(table, per_example, x, y, counts, layers), w["spearman"])
                 w.update(_suffixed(interval_summary(ew, w["spearman"], margin=margin), "examples"))
         s.update(disattenuated(s["spearman"], {v: rel[v]["reliability"] for v in (x, y) if v in rel}))
-        out[f"{x}~{y}"] = s
+        out[pair_name(x, y)] = s
     return {"n_heads": int(len(table)), "k": k, "n_boot": n_boot, "n_perm": n_perm, "seed": seed,
             "n_boot_examples": n_boot_examples, "equivalence_margin": margin, "head_resampling": "layers",
             "reliability": rel, "pairs": out}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from headplast.analysis.names import PRIMARY_PAIR, display_name, pair_name
 from headplast.analysis.stats import spearman
 from headplast.plotting.common import log_axes, plt, save, scatter
 
@@ -13,7 +14,7 @@ COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
 def compare_i_vs_u(dfs, stats, path):
     fig, axes = plt.subplots(1, len(dfs), figsize=(5.5 * len(dfs), 4.3), sharex=True)
     for ax, (lab, df) in zip(np.atleast_1d(axes), dfs.items()):
-        scatter(ax, df, "I_pre", "U", stats[lab]["pairs"].get("I_pre~U"), lab)
+        scatter(ax, df, "I_pre", "U", stats[lab]["pairs"].get(PRIMARY_PAIR), lab)
     fig.suptitle("Importance before fine-tuning vs update magnitude, per head")
     save(fig, path)
 
@@ -39,15 +40,15 @@ def compare_stats(metrics, stats, path):
     labels = metrics["labels"]
     k = metrics["k"]
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
-    pre = ["I_pre~U", "I_pre~Urel"]
-    post = ["I_post~U", "I_post~Urel", "I_pre~I_post"]
+    pre = [pair_name("I_pre", "U"), pair_name("I_pre", "Urel")]
+    post = [pair_name("I_post", "U"), pair_name("I_post", "Urel"), pair_name("I_pre", "I_post")]
     for ax, names, title in ((axes[0, 0], pre, "(a) Spearman ρ: importance vs update"),
                              (axes[1, 1], post, "(d) after fine-tuning")):
-        _bars(ax, labels, [n.replace("~", " vs ") for n in names],
+        _bars(ax, labels, [display_name(n) for n in names],
               {lab: [stats[lab]["pairs"][n]["spearman"] for n in names] for lab in labels},
               {lab: [stats[lab]["pairs"][n]["ci95"] for n in names] for lab in labels},
               "Spearman ρ over heads (95% CI)", title)
-    _bars(axes[0, 1], labels, ["I_pre vs U", "I_pre vs Urel"],
+    _bars(axes[0, 1], labels, [display_name(n) for n in pre],
           {lab: [stats[lab]["pairs"][n]["top_k"]["overlap"] for n in pre] for lab in labels},
           ylabel=f"top-{k} overlap (fraction)", title=f"(b) top-{k} overlap",
           ref=[metrics["topk_chance"]] * 2)

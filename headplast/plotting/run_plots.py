@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from headplast.analysis.names import display_name, pair_name
 from headplast.plotting.common import LABELS, plt, save, scatter
 from headplast.store import layout
 
@@ -14,7 +15,7 @@ def fig_importance_vs_update(df, stats, x, suptitle, path):
     """Two panels: U and Urel against an importance column (I_pre or I_post)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, y in zip(axes, ("U", "Urel")):
-        scatter(ax, df, x, y, stats["pairs"].get(f"{x}~{y}"), f"{y} vs {x}")
+        scatter(ax, df, x, y, stats["pairs"].get(pair_name(x, y)), display_name(pair_name(y, x)))
     fig.suptitle(suptitle)
     save(fig, path)
 
@@ -22,7 +23,7 @@ def fig_importance_vs_update(df, stats, x, suptitle, path):
 def fig_i_vs_g(df, stats, title, path):
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     for ax, y in zip(axes.flat, ("grad_norm", "fisher", "gate_grad", "taylor")):
-        scatter(ax, df, "I_pre", y, stats["pairs"].get(f"I_pre~{y}"), f"{y} vs I_pre")
+        scatter(ax, df, "I_pre", y, stats["pairs"].get(pair_name("I_pre", y)), display_name(pair_name(y, "I_pre")))
     fig.suptitle(f"{title}: importance vs gradient-based scores on theta0")
     save(fig, path)
 
@@ -52,14 +53,14 @@ def fig_stats(stats, title, path):
     axes[1].legend(fontsize=8)
     for ax in axes:
         ax.set_xticks(x)
-        ax.set_xticklabels([n.replace("~", " vs\n") for n in names], fontsize=7)
+        ax.set_xticklabels([display_name(n).replace(" vs ", " vs\n") for n in names], fontsize=7)
     fig.suptitle(f"{title}: statistics over {stats['n_heads']} heads")
     save(fig, path)
 
 
 def fig_ipre_vs_ipost(df, stats, title, path):
     fig, ax = plt.subplots(figsize=(6, 5))
-    scatter(ax, df, "I_pre", "I_post", stats["pairs"].get("I_pre~I_post"), "importance after vs before")
+    scatter(ax, df, "I_pre", "I_post", stats["pairs"].get(pair_name("I_pre", "I_post")), "importance after vs before")
     lim = [min(df.I_pre.min(), df.I_post.min()), max(df.I_pre.max(), df.I_post.max())]
     ax.plot(lim, lim, "k--", lw=0.8, label="y = x")
     ax.legend(fontsize=8, loc="lower right")
@@ -89,9 +90,9 @@ def fig_heatmaps(df, title, path):
 def fig_effect(df, stats, title, path):
     """Does a head's update matter? Its size (U) and importance against its effect on the loss."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    scatter(axes[0], df, "U", "effect_fwd", stats["pairs"].get("U~effect_fwd"), "update effect vs update size "
+    scatter(axes[0], df, "U", "effect_fwd", stats["pairs"].get(pair_name("U", "effect_fwd")), "update effect vs update size "
             "(colour: I_pre)", colour="I_pre")
-    scatter(axes[1], df, "I_pre", "effect_fwd", stats["pairs"].get("I_pre~effect_fwd"), "update effect vs I_pre")
+    scatter(axes[1], df, "I_pre", "effect_fwd", stats["pairs"].get(pair_name("I_pre", "effect_fwd")), "update effect vs I_pre")
     for ax in axes:
         ax.axhline(0, color="k", lw=0.6)
     fig.suptitle(f"{title}: how much of fine-tuning's gain does each head's own update carry?")

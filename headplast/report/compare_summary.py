@@ -3,6 +3,7 @@ main findings (written from the numbers)."""
 
 from __future__ import annotations
 
+from headplast.analysis.names import PRIMARY, WITHIN, display_name, pair_name
 from headplast.report.findings import comparison_table, count_text, difference_verdict, stat_text, table_text
 from headplast.report.headline import effect_lines
 
@@ -15,12 +16,13 @@ def compare_summary(m: dict) -> str:
     out = [RULE, f"Comparison: {la} vs {lb}  ({m['task']}, seed {m['seed']}, {m['n_heads']} heads, "
                  f"eval subset {m['eval_subset_size']} examples)", RULE, ""]
     if m.get("headline"):
-        out += ["## Answer: does importance before fine-tuning predict the update? (primary endpoint ρ(I_pre, U), "
+        out += [f"## Answer: does importance before fine-tuning predict the update? (primary endpoint {display_name(PRIMARY)}, "
                 "across heads and within layers; the rest exploratory, Holm-adjusted)"]
         out += [f"  {line}" for line in m["headline"]]
         out += [f"  {line}" for line in effect_lines(m)] + [""]
 
-    def block(name, title):
+    def block(name, title=None):
+        title = title or display_name(name)
         d = keys[name]
         lo, hi = d["ci95"]
         lines = [f"  {title}:", f"    {la}: {stat_text(name, d[la], digits=4)}",
@@ -34,23 +36,23 @@ def compare_summary(m: dict) -> str:
                          f"[{el:+.4f}, {eh:+.4f}])")
         return lines
     out.append("## 1. Spearman correlation (importance vs update)")
-    out += block("rho(I_pre,U)", "rho(I_pre, U)")
-    if "rho_within_layer(I_pre,U)" in keys:
-        out += block("rho_within_layer(I_pre,U)", "rho(I_pre, U) within layers")
-    out += block("rho(I_pre,Urel)", "rho(I_pre, Urel)")
-    out += block("rho(I_post,U)", "rho(I_post, U)") + block("rho(I_pre,I_post)", "rho(I_pre, I_post)")
+    out += block(PRIMARY)
+    if WITHIN in keys:
+        out += block(WITHIN)
+    for x, y in (("I_pre", "Urel"), ("I_post", "U"), ("I_pre", "I_post")):
+        out += block(pair_name(x, y, "rho"))
     out += ["", f"## 2. Top-{k} overlap"]
-    out += block(f"top{k}_overlap(I_pre,U)", f"top-{k} overlap (I_pre, U)")
+    out += block(pair_name("I_pre", "U", f"top{k}_overlap"), f"top-{k} overlap (I_pre, U)")
     out += [f"    chance level: {m['topk_chance']:.4f}"]
     out += ["", "## 3. Counter-example counts"]
     out += block("n_important_but_static", "important-but-static")
     out += block("n_plastic_but_unimportant", "plastic-but-unimportant")
     out += [f"    expected if independent: {m['expected_cases']:.1f} each"]
-    if "rho(U,effect_fwd)" in keys:
+    if pair_name("U", "effect_fwd", "rho") in keys:
         out += ["", "## 4. Update effect: does a head's own update matter? (effect_fwd: loss gain from applying "
                 "only this head's update to θ0; effect_rev: loss from reverting only this head in θ1)"]
         for x, y in (("U", "effect_fwd"), ("I_pre", "effect_fwd"), ("U", "effect_rev"), ("I_post", "effect_rev")):
-            out += block(f"rho({x},{y})", f"rho({x}, {y})")
+            out += block(pair_name(x, y, "rho"))
         for kind, title in (("moved_but_inert", "moved-but-inert (top U, effect near 0)"),
                             ("small_but_decisive", "small-but-decisive (bottom U, top effect)")):
             c = {lab: m["cases"][lab].get(kind, {}) for lab in (la, lb)}
@@ -96,6 +98,6 @@ def shape_lines(m: dict) -> list[str]:
                    f"φ minus floor {d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]")
     if sub.get("note"):
         out.append(f"    {sub['note']}")
-    out.append(f"  rho(I_pre, φ): {rho['spearman']:+.3f}  95% CI [{rho['ci95'][0]:+.3f}, {rho['ci95'][1]:+.3f}] "
+    out.append(f"  {display_name(pair_name('I_pre', 'φ', 'rho'))}: {rho['spearman']:+.3f}  95% CI [{rho['ci95'][0]:+.3f}, {rho['ci95'][1]:+.3f}] "
                "(do important heads get the same directions from both methods?)")
     return out

@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 
+from headplast.analysis.names import display_name, pair_name
+from headplast.analysis.thresholds import collapsed, unreliable
 from headplast.report.headline import difference_inference, difference_text
 from headplast.report.verdict import short
 
@@ -55,29 +57,40 @@ def table_text(t: dict) -> list[str]:
     return ["  ".join(str(c).ljust(w) for c, w in zip(r, width)).rstrip() for r in cells]
 
 
+def run_collapsed(m: dict, label: str) -> bool:
+    """Whether a compared run collapsed: as its training recorded it (run_config.json, carried in
+    the comparison's 'runs'), else from the comparison's validation metrics by the same rule."""
+    recorded = m.get("runs", {}).get(label, {}).get("collapsed")
+    if recorded is not None:
+        return bool(recorded)
+    return collapsed(m["validation"][label], m["validation"]["majority"])
+
+
 def findings(m: dict) -> list[str]:
     """Main findings written from the numbers, in the answer's words."""
     la, lb = m["labels"]
     keys, stats, val = m["key_statistics"], m["stats"], m["validation"]
     lines = []
+    primary = pair_name("I_pre", "U", "rho")
     for lab in (la, lb):
-        p = stats[lab]["pairs"].get("I_pre~U", {})
-        lines.append(f"{lab}: within-layer permutation test of ρ(I_pre, U) controlled for layer: "
+        p = stats[lab]["pairs"].get(pair_name("I_pre", "U"), {})
+        lines.append(f"{lab}: within-layer permutation test of {display_name(primary)} controlled for layer: "
                      f"p = {p.get('within_layer_perm_p', math.nan):.3g}.")
     lines.append(f"How well importance predicts the update, {la} vs {lb}: {difference_text(m)}.")
-    lines.append(f"The same within layers: {difference_text(m, 'rho_within_layer(I_pre,U)', 'within-layer ρ(I_pre, U)')}."
-                 if "rho_within_layer(I_pre,U)" in keys else "")
+    within = pair_name("I_pre", "U", "rho_within_layer")
+    lines.append(f"The same within layers: {difference_text(m, within, display_name(within))}."
+                 if within in keys else "")
     na = keys["n_important_but_static"][la] + keys["n_plastic_but_unimportant"][la]
     nb = keys["n_important_but_static"][lb] + keys["n_plastic_but_unimportant"][lb]
     lines.append(f"Counter-examples in total: {la} {count_text(na)}, {lb} {count_text(nb)}.")
     lines.append(f"Validation {val['metric_name']}: {la} {val[la]:.4f}, {lb} {val[lb]:.4f} "
                  f"(theta0 {val['theta0']:.4f}, majority baseline {val['majority']:.4f}).")
     for lab in (la, lb):
-        if val[lab] <= val["majority"] + 1e-9:
+        if run_collapsed(m, lab):
             lines.append(f"Caution: {lab} is collapsed (no better than the majority class); its update and "
                          f"post-fine-tuning importance do not describe a model that learned the task.")
     rel = min(stats[lab]["reliability"].get("I_pre", {}).get("reliability", math.nan) for lab in (la, lb))
-    if np.isfinite(rel) and rel < 0.5:
+    if unreliable(rel):
         lines.append(f"Caution: importance before fine-tuning is unreliable (split-half reliability {rel:.2f}); "
                      f"no correlation with it can exceed about {math.sqrt(max(rel, 0)):.2f}. A larger eval subset "
                      f"or a theta0 that already solves the task makes I_pre more reliable.")

@@ -18,7 +18,9 @@ import math
 
 import numpy as np
 
+from headplast.analysis.names import PRIMARY, PRIMARY_PAIR, display_name, pair_name, run_test_name
 from headplast.analysis.stats import combined
+from headplast.analysis.thresholds import unreliable
 from headplast.report.verdict import sentence
 
 MORE, LESS = "important heads change more than the others", "important heads change less than the others"
@@ -28,12 +30,12 @@ MORE_W, LESS_W = ("important heads change more than the others of their layer",
 
 def primary_text(across: dict, within: dict) -> str:
     """'across heads, <verdict>; within layers, <verdict>' of the primary endpoint."""
-    return (f"across heads, {sentence(across, 'ρ(I_pre, U)', MORE, LESS)}; "
+    return (f"across heads, {sentence(across, display_name(PRIMARY), MORE, LESS)}; "
             f"within layers, {sentence(within, 'ρ', MORE_W, LESS_W)}")
 
 
 def method_line(label: str, stats: dict, info: dict) -> str:
-    p = stats["pairs"].get("I_pre~U", {})
+    p = stats["pairs"].get(PRIMARY_PAIR, {})
     margin = stats.get("equivalence_margin", math.nan)
     across, within = ({**combined(p, w), "margin": margin} for w in (False, True))
     line = f"{label}: {primary_text(across, within)}"
@@ -41,7 +43,7 @@ def method_line(label: str, stats: dict, info: dict) -> str:
     if info.get("collapsed"):
         cautions.append("collapsed: no better than the majority class")
     rel = stats.get("reliability", {}).get("I_pre", {}).get("reliability", math.nan)
-    if np.isfinite(rel) and rel < 0.8:
+    if unreliable(rel):
         cautions.append(f"I_pre reliability only {rel:.2f}")
     seen = overlap_caution(info)
     if seen:
@@ -71,8 +73,9 @@ def difference_inference(m: dict, name: str) -> dict:
     return {"estimate": d["difference"], "ci95": d["ci95"], "p_holm": holm_p(m, name)}
 
 
-def difference_text(m: dict, name: str = "rho(I_pre,U)", what: str = "ρ(I_pre, U)") -> str:
+def difference_text(m: dict, name: str = PRIMARY, what: str | None = None) -> str:
     la, lb = m["labels"]
+    what = what or display_name(name)
     return sentence(difference_inference(m, name), f"difference {lb} − {la}",
                     f"{what} is higher under {lb} than under {la}", f"{what} is lower under {lb} than under {la}",
                     none=f"no detectable difference in {what}", equivalent=f"no difference in {what}",
@@ -91,9 +94,10 @@ def headline(m: dict) -> list[str]:
     return lines + [difference_line(m)]
 
 
-def _rho_text(m: dict, lab: str, x: str, y: str, name: str) -> str:
-    p = m["stats"][lab]["pairs"].get(f"{x}~{y}", {})
-    inf = {**combined(p), "p_holm": holm_p(m, f"{lab}: rho({x},{y})")}
+def _rho_text(m: dict, lab: str, x: str, y: str) -> str:
+    p = m["stats"][lab]["pairs"].get(pair_name(x, y), {})
+    name = display_name(pair_name(x, y, "rho"))
+    inf = {**combined(p), "p_holm": holm_p(m, run_test_name(lab, pair_name(x, y, "rho")))}
     return sentence(inf, name, "positive relation", "negative relation", undefined=f"{name} undefined")
 
 
@@ -104,11 +108,11 @@ def effect_lines(m: dict) -> list[str]:
     patches the head's Q/K/V biases too (measure.effect); the line says so."""
     out = []
     for lab in m["labels"]:
-        if "U~effect_fwd" not in m["stats"][lab]["pairs"]:
+        if pair_name("U", "effect_fwd") not in m["stats"][lab]["pairs"]:
             continue
         out.append(f"{lab}: the gain a head's own update carries vs its size: "
-                   f"{_rho_text(m, lab, 'U', 'effect_fwd', 'ρ(U, effect_fwd)')}; vs its importance before: "
-                   f"{_rho_text(m, lab, 'I_pre', 'effect_fwd', 'ρ(I_pre, effect_fwd)')} (U counts weights only; "
+                   f"{_rho_text(m, lab, 'U', 'effect_fwd')}; vs its importance before: "
+                   f"{_rho_text(m, lab, 'I_pre', 'effect_fwd')} (U counts weights only; "
                    "the effect patches the Q/K/V biases too)")
     return out
 
@@ -117,27 +121,28 @@ def aggregate_lines(agg: dict) -> list[str]:
     """The answer over seeds: each method's mean ρ(I_pre, U) over seeds (Fisher z, t-interval over
     seeds), across heads and within layers; the methods' paired differences (secondary, Holm)."""
     margin = agg.get("equivalence_margin", math.nan)
+    P_ = display_name(PRIMARY)
     out = []
     for meth in agg["methods"]:
         pm = agg["per_method"].get(meth) or {}
         infs = []
-        for s in ("rho(I_pre,U)", "partial_rho(I_pre,U)"):
+        for s in (PRIMARY, pair_name("I_pre", "U", "partial_rho")):
             d = pm.get(s) or {}
             infs.append({"estimate": d.get("mean", math.nan), "ci95": d.get("ci95"), "ci90": d.get("ci90"),
                          "margin": margin})
-        n = (pm.get("rho(I_pre,U)") or {}).get("n", 0)
+        n = (pm.get(PRIMARY) or {}).get("n", 0)
         out.append(f"{meth} ({n} seeds): {primary_text(*infs)}")
     for pair, res in agg.get("paired_tests", {}).items():
-        t = res.get("rho(I_pre,U)")
+        t = res.get(PRIMARY)
         if not t:
             continue
         lb, la = pair.split(" - ")
         inf = {"estimate": t.get("mean_difference", math.nan), "ci95": t.get("ci95"),
                "p_holm": t.get("t_p_holm", math.nan)}
         out.append(f"{la} vs {lb}: " + sentence(inf, f"mean difference {lb} − {la}",
-                                                f"ρ(I_pre, U) is higher under {lb} than under {la}",
-                                                f"ρ(I_pre, U) is lower under {lb} than under {la}",
-                                                none="no detectable difference in ρ(I_pre, U)",
+                                                f"{P_} is higher under {lb} than under {la}",
+                                                f"{P_} is lower under {lb} than under {la}",
+                                                none=f"no detectable difference in {P_}",
                                                 undefined="the two cannot be compared over seeds"))
     return out
 

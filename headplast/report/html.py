@@ -15,12 +15,13 @@ from importlib import resources
 
 import pandas as pd
 
+from headplast.analysis.names import stat_of
+from headplast.analysis.thresholds import RELIABILITY_BAR, unreliable
 from headplast.report.findings import comparison_table
 from headplast.report.headline import aggregate_lines, answer_lines, overlap_caution
 from headplast.report.html_figures import heatmaps, side_by_side_scatter
 from headplast.report.lines import rho_line
 
-RELIABILITY_BAR = 0.8  # below this a correlation with the measure is mostly noise
 CASE_NAMES = {"important_but_static": "important-but-static", "plastic_but_unimportant": "plastic-but-unimportant",
               "moved_but_inert": "moved-but-inert", "small_but_decisive": "small-but-decisive"}
 
@@ -49,7 +50,7 @@ def cautions(compare: dict, runs: dict) -> list[str]:
             out.append(f"{lab} collapsed: its validation metric is no better than the majority class")
         for name, rel in r["stats"].get("reliability", {}).items():
             v = rel.get("reliability")
-            if v is not None and v < RELIABILITY_BAR:
+            if unreliable(v):
                 out.append(f"{lab}: split-half reliability of {name} is {v:.2f} (< {RELIABILITY_BAR}): its "
                            "correlations are mostly noise")
         seen = overlap_caution(compare["metrics"]["runs"].get(lab, {}))
@@ -111,7 +112,7 @@ def _mean_ci_cell(v: dict) -> str:
 def aggregate_view(m: dict) -> dict:
     """Every Spearman correlation across seeds, per method: mean [95% CI] (n seeds)."""
     methods = [lab for lab in m["methods"] if m["per_method"].get(lab)]
-    stats = sorted({s for lab in methods for s in m["per_method"][lab] if s.startswith("rho(")})
+    stats = sorted({s for lab in methods for s in m["per_method"][lab] if stat_of(s) == "rho"})
     rows = []
     for s in stats:
         cells = [s]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from headplast.analysis.names import PRIMARY_PAIR, display_name
+
 
 def train_line(rc: dict) -> str:
     """'accuracy 0.4950 -> 0.5490 (majority 0.5270)' from a run's run_config.json."""
@@ -12,12 +14,11 @@ def train_line(rc: dict) -> str:
             f"(majority {v['majority_baseline']:.4f}{', COLLAPSED' if rc['collapsed'] else ''})")
 
 
-def rho_line(stats: dict, pair: str = "I_pre~U") -> str:
+def rho_line(stats: dict, pair: str = PRIMARY_PAIR) -> str:
     p = stats["pairs"].get(pair, {})
     lo, hi = p.get("ci95") or [math.nan, math.nan]
-    x, y = pair.split("~")
     note = f" ({p['note']})" if p.get("note") else ""
-    return f"rho({x}, {y}) = {p.get('spearman', math.nan):.3f}, 95% CI [{lo:.3f}, {hi:.3f}]{note}"
+    return f"{display_name(pair, 'rho')} = {p.get('spearman', math.nan):.3f}, 95% CI [{lo:.3f}, {hi:.3f}]{note}"
 
 
 def report_line(path) -> str:

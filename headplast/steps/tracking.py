@@ -9,6 +9,7 @@ import logging
 import math
 from pathlib import Path
 
+from headplast.analysis.names import pair_name, split_name
 from headplast.errors import HeadplastError
 from headplast.store import layout
 from headplast.train.config import TRACKER_PACKAGES
@@ -50,14 +51,21 @@ def summary_metrics(stats: dict, rc: dict) -> dict[str, float]:
     """Flat {name: value}: every correlation with its 95% CI, the reliabilities, validation metrics."""
     out = {}
     for pair, p in stats["pairs"].items():
-        out[f"rho/{pair}"] = p["spearman"]
-        out[f"rho/{pair}/ci95_low"], out[f"rho/{pair}/ci95_high"] = p["ci95"]
+        name = pair_name(*split_name(pair)[1:], "rho")
+        out[name] = p["spearman"]
+        out[f"{name}/ci95_low"], out[f"{name}/ci95_high"] = p["ci95"]
     for name, r in stats.get("reliability", {}).items():
         out[f"reliability/{name}"] = r.get("reliability")
     v = rc["validation"]
     out.update({"validation/theta0": v["theta0"]["metric"], "validation/theta1": v["theta1"]["metric"],
                 "validation/majority_baseline": v["majority_baseline"]})
     return {k: float(x) for k, x in out.items() if x is not None and math.isfinite(x)}
+
+
+def mlflow_name(name: str) -> str:
+    """A metric name as MLflow accepts it (letters, digits, _ - . / : and spaces):
+    'rho(x,y)/ci95_low' -> 'rho_x_vs_y/ci95_low'."""
+    return name.replace("(", "_").replace(",", "_vs_").replace(")", "")
 
 
 def log_summary(run_dir: Path, rc: dict, stats: dict) -> None:
@@ -84,5 +92,5 @@ def log_summary(run_dir: Path, rc: dict, stats: dict) -> None:
         import mlflow
 
         with mlflow.start_run(run_id=rec.get("id"), run_name=None if rec.get("id") else rec["run_name"]):
-            mlflow.log_metrics({k.replace("~", "_vs_"): v for k, v in metrics.items()}, step=step)
+            mlflow.log_metrics({mlflow_name(k): v for k, v in metrics.items()}, step=step)
     log.info("logged %d summary metrics of %s to %s", len(metrics), run_dir, name)

@@ -10,6 +10,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from headplast.analysis import thresholds
 from headplast.arch.adapters import get_adapter
 from headplast.arch.device import describe, exact_fp32, gpu_count, precision_state
 from headplast.arch.loading import load_model, load_tokenizer, resolve_model, stored_dtype
@@ -203,7 +204,7 @@ def _train(cfg: TrainConfig, run: layout.RunId, out: Path, defaults: dict, data,
     record.update(
         status="complete", theta0_hash=theta0_info["theta0_hash"], theta1_hash=theta1_hash,
         validation={"theta0": theta0_info["validation"], "theta1": val1, "majority_baseline": baseline},
-        collapsed=bool(val1["metric"] <= baseline + 1e-9), tracking=tracker_record(cfg.report_to, run),
+        collapsed=thresholds.collapsed(val1["metric"], baseline), tracking=tracker_record(cfg.report_to, run),
         train_loss=float(result.training_loss), train_steps=int(result.global_step),
         seconds={"train": train_seconds, "total": time.time() - t_start})
     atomic_write_json(out / layout.RUN_CONFIG, record)
