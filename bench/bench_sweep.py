@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["--max-train-samples", "48", "--num-epochs", "1", "--batch-size", "8", "--eval-size", "24",
+SMALL = ["--max-train-samples", "48", "--num-epochs", "1", "--train-batch-size", "8", "--eval-size", "24",
          "--max-length", "48", "--learning-rate", "3e-3", "--probe-epochs", "20", "--n-boot", "300", "--n-perm", "200"]
 
 

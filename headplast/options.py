@@ -15,16 +15,18 @@ from headplast.errors import HeadplastError
 
 def opt(help: str = "", *, flag: str | None = None, aliases: tuple[str, ...] = (), choices=None,
         sep: str | None = None, cli: bool = True, metavar: str | None = None, low=None, high=None,
-        low_open: bool = False, high_open: bool = False) -> dict:
+        low_open: bool = False, high_open: bool = False, deprecated: tuple[str, ...] = ()) -> dict:
     """Metadata for a dataclass field.
 
-    flag: the flag's name (default: --field-name); aliases: further names; sep: a tuple
+    flag: the flag's name (default: --field-name); aliases: further names; deprecated: old
+    names that still work, with a warning naming the flag; sep: a tuple
     field given as one separated string (e.g. "a,b") instead of several values; cli=False:
     not a flag (set by the program, e.g. a nested config); low/high: the valid range
     (closed unless low_open/high_open), checked by `validate` when the config is built.
     """
-    return {"help": help, "flag": flag, "aliases": tuple(aliases), "choices": choices, "sep": sep,
-            "cli": cli, "metavar": metavar, "low": low, "high": high, "low_open": low_open, "high_open": high_open}
+    return {"help": help, "flag": flag, "aliases": tuple(aliases), "deprecated": tuple(deprecated), "choices": choices,
+            "sep": sep, "cli": cli, "metavar": metavar, "low": low, "high": high, "low_open": low_open,
+            "high_open": high_open}
 
 
 def option(default, help: str = "", **kw):

@@ -24,7 +24,7 @@ from tiny import tiny_model_dir
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["--max-train-samples", "48", "--num-epochs", "1", "--batch-size", "8", "--eval-size", "24",
+SMALL = ["--max-train-samples", "48", "--num-epochs", "1", "--train-batch-size", "8", "--eval-size", "24",
          "--max-length", "48", "--learning-rate", "3e-3", "--probe-epochs", "20"]
 STATS = ["--n-boot", "300", "--n-perm", "200"]
 RUN_PANELS = {"fig_I_vs_U.png": 2, "fig_I_vs_G.png": 4, "fig_stats.png": 2, "fig_Ipre_vs_Ipost.png": 1,

@@ -15,7 +15,7 @@ NUMERIC = [
     (["train", "--lora-r", "-4"], "--lora-r must be a finite number > 0 (got -4)"),
     (["train", "--learning-rate", "nan"], "--learning-rate must be a finite number > 0 (got nan)"),
     (["train", "--learning-rate", "-1"], "--learning-rate must be a finite number > 0 (got -1.0)"),
-    (["train", "--batch-size", "0"], "--batch-size must be a finite number > 0 (got 0)"),
+    (["train", "--train-batch-size", "0"], "--train-batch-size must be a finite number > 0 (got 0)"),
     (["train", "--max-train-samples", "0"], "--max-train-samples must be a finite number > 0 (got 0)"),
     (["train", "--num-epochs", "0"], "--num-epochs must be a finite number > 0 (got 0.0)"),
     (["train", "--warmup-ratio", "1.5"], "--warmup-ratio must be a finite number >= 0 and < 1 (got 1.5)"),

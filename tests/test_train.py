@@ -138,7 +138,7 @@ def test_lora_training_is_reproducible_across_processes(model_dirs, tmp_path):
     import sys
 
     common = ["--model", str(model_dirs["bert"]), "--output-root", str(tmp_path), "--max-train-samples", "32",
-              "--num-epochs", "1", "--batch-size", "8", "--probe-epochs", "10", "--eval-size", "16",
+              "--num-epochs", "1", "--train-batch-size", "8", "--probe-epochs", "10", "--eval-size", "16",
               "--max-length", "48"]
     hashes = []
     for method, extra in (("fft", []), ("lora", []), ("lora", ["--force"])):

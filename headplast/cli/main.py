@@ -114,8 +114,9 @@ def _add_experiment_args(parser) -> None:
     add_config_args(parser, TrainConfig, exclude=("task", "method", "seed", "lora_r", "lora_alpha", "force",
                                                   "rank_by", "rank_from"),
                     title="training")
-    add_config_args(parser, MeasureConfig, exclude=("eval_size", "eval_source"), dest_prefix="m_",
-                    title="measurement")
+    # one --device for training and measuring (_measure_config); --batch-size is training's old name here
+    add_config_args(parser, MeasureConfig, exclude=("eval_size", "eval_source", "device"), dest_prefix="m_",
+                    title="measurement", without=("--batch-size",))
     add_config_args(parser, AnalysisConfig, dest_prefix="s_", title="statistics")
 
 

@@ -2,12 +2,15 @@
 
 `add_config_args(parser, Cls)` adds a flag per field of Cls (name, type, default, help,
 choices from the field and its `opt()` metadata); `config_from_args(Cls, args)` builds the
-config back from the parsed namespace.
+config back from the parsed namespace. A flag name one parser already has is an error when the
+parser is built (two configs declaring one name would otherwise set one field and silently
+not the other): rename one, or leave it out where it is added (`exclude`, `without`).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import typing
 from dataclasses import MISSING, fields
 
@@ -34,22 +37,46 @@ def _parse_number(kind):
     return parse
 
 
-def add_config_args(parser, cls, exclude=(), only=None, dest_prefix: str = "", title: str | None = None):
-    """Add a flag for every field of `cls` that has flag metadata (except `exclude`; only `only`)."""
+class FlagCollision(ValueError):
+    """Two options of one name in one parser (raised when the parser is built)."""
+
+
+class _Deprecated(argparse.Action):
+    """An old name of a flag: sets the same field, with a warning naming the flag to use."""
+
+    def __init__(self, option_strings, dest, new: str = "", what: str = "", **kw):
+        super().__init__(option_strings, dest, **kw)
+        self.new, self.what = new, what
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"headplast: warning: {option_string} is deprecated: pass {self.new} ({self.what})", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_config_args(parser, cls, exclude=(), only=None, dest_prefix: str = "", title: str | None = None,
+                    without=()):
+    """Add a flag for every field of `cls` that has flag metadata (except `exclude`; only `only`).
+
+    without: aliases or deprecated names of these fields not to add here (another config of the
+    same parser declares them). Any other name the parser already has raises FlagCollision."""
     from headplast.options import flag_name
 
     group = parser.add_argument_group(title) if title else parser
     hints = typing.get_type_hints(cls)
-    taken = set(parser._option_string_actions)
+    taken = dict.fromkeys(parser._option_string_actions, "an earlier option")
     for f in fields(cls):
         meta = f.metadata
         if f.name in exclude or (only is not None and f.name not in only) or not meta.get("cli", False):
             continue
         kind, is_tuple, _ = _base_type(hints[f.name])
-        names = [n for n in (flag_name(f), *meta.get("aliases", ())) if n not in taken]
-        if not names:
-            continue
-        taken.update(names)
+        names = [flag_name(f), *(n for n in meta.get("aliases", ()) if n not in without)]
+        old = [n for n in meta.get("deprecated", ()) if n not in without]
+        for n in names + old:
+            if n in taken:
+                raise FlagCollision(f"{n} ({cls.__name__}.{f.name}) is also {taken[n]} in parser '{parser.prog}': "
+                                    "rename one (opt(flag=...)) or leave one out where it is added (exclude=, "
+                                    "without=)")
+            taken[n] = f"{cls.__name__}.{f.name}"
         default = f.default if f.default is not MISSING else None
         kw = dict(dest=dest_prefix + f.name, default=default, help=meta.get("help", ""))
         if meta.get("choices"):
@@ -72,6 +99,11 @@ def add_config_args(parser, cls, exclude=(), only=None, dest_prefix: str = "", t
             shown = (meta.get("sep") or " ").join(map(str, default)) if is_tuple else str(default)
             kw["help"] += f" (default: {shown})".replace("%", "%%")
         group.add_argument(*names, **kw)
+        if old:
+            if "action" in kw:
+                raise TypeError(f"{cls.__name__}.{f.name}: deprecated names of a switch are not supported")
+            group.add_argument(*old, **{**kw, "default": argparse.SUPPRESS, "help": argparse.SUPPRESS},
+                               action=_Deprecated, new=names[0], what=meta.get("help", "").split(" (")[0])
     return group
 
 

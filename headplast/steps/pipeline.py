@@ -44,7 +44,8 @@ class PipelineConfig:
     seeds: tuple[int, ...] = option((1,), "seeds (several: aggregated across seeds)", aliases=("--seed",), **NONNEGATIVE)
     methods: tuple[str, ...] = option(METHODS, "fft and/or lora", choices=METHODS)
     ranks: tuple[int, ...] = option((8,), "LoRA ranks (several: compared across ranks)", aliases=("--lora-r",), **POSITIVE)
-    lora_alpha: float | None = option(None, "LoRA alpha (default: 2 * r, as the guide does)", **POSITIVE)
+    lora_alpha: float | None = option(None, "LoRA alpha of every rank (default: 2 * r each, as train's --lora-alpha)",
+                                      **POSITIVE)
     force: bool = option(False, "redo every step even if up to date")
 
     def __post_init__(self):
@@ -54,9 +55,7 @@ class PipelineConfig:
         base = replace(self.train, task=task, seed=seed, force=self.force)
         out = [replace(base, method="fft")] if "fft" in self.methods else []
         if "lora" in self.methods:
-            out += [replace(base, method="lora", lora_r=r,
-                            lora_alpha=self.lora_alpha if self.lora_alpha is not None else 2.0 * r)
-                    for r in self.ranks]
+            out += [replace(base, method="lora", lora_r=r, lora_alpha=self.lora_alpha) for r in self.ranks]
         return out
 
 

@@ -44,7 +44,8 @@ class TrainConfig:
     label_column: str = option("label", "custom files: the label column")
     # LoRA
     lora_r: int = option(8, "LoRA rank r", **POSITIVE)
-    lora_alpha: float = option(16.0, "LoRA scale alpha", **POSITIVE)
+    lora_alpha: float | None = option(None, "LoRA scale alpha (default: 2 * --lora-r, the guide's rule: 16 at r 8)",
+                                      **POSITIVE)
     lora_dropout: float = option(0.1, "dropout on LoRA's input", **FRACTION)
     lora_targets: str = option("attn", "attn (Q,K,V,O; default), attn,ffn, q,v, or full module names")
     rank_by: str = option("uniform", "LoRA ranks per module: uniform (--lora-r everywhere), or guided by a head score "
@@ -58,7 +59,8 @@ class TrainConfig:
     probe_lr: float = option(1e-3, "learning rate of the probe", **POSITIVE)
     # optimisation
     num_epochs: float | None = option(None, "training epochs (default: SST-2 1, other tasks 3)", **POSITIVE)
-    batch_size: int = option(32, "training batch size", **POSITIVE)
+    batch_size: int = option(32, "training batch size (the measurement's is --measure-batch-size)",
+                             flag="--train-batch-size", deprecated=("--batch-size",), **POSITIVE)
     learning_rate: float | None = option(None, "default: 2e-5 (FFT), 2e-3 (LoRA)", **POSITIVE)
     weight_decay: float = option(0.01, "AdamW weight decay", **NONNEGATIVE)
     warmup_ratio: float = option(0.06, "fraction of steps with linear warm-up", **FRACTION)

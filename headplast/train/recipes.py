@@ -18,6 +18,7 @@ from headplast.data.prepare import task_name
 # whole train split, eval subset from the validation split); learning rates as below
 GUIDE = {"num_epochs": 3.0, "max_train_samples": None, "eval_source": "validation", "eval_size": 1024}
 GUIDE_LR = {"fft": 2e-5, "lora": 2e-3}
+ALPHA_PER_RANK = 2.0  # LoRA alpha left unset: 2 * r (the guide's rule; 16 at the default r 8)
 GENERAL_WHY = ("no recipe for this task: the guide's setup (3 epochs, whole train split, eval subset from the "
                "validation split); learning rates FFT 2e-5 (the usual value for BERT-family encoders) and LoRA "
                "2e-3 (chosen for SST-2 on a tuning set of training examples, bench/tune_defaults.py; not tuned "
@@ -60,6 +61,8 @@ def resolve(cfg):
         else:
             value, sources[name] = guide, "general default"
         filled[name] = value[cfg.method] if isinstance(value, dict) else value
+    if cfg.lora_alpha is None:  # FFT too: its run_config.json recorded lora_alpha 16 (2 * the default r)
+        filled["lora_alpha"], sources["lora_alpha"] = ALPHA_PER_RANK * cfg.lora_r, "2 * --lora-r (the guide's rule)"
     return replace(cfg, **filled), sources
 
 
