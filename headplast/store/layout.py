@@ -49,15 +49,19 @@ def label_of(method: str, r: int | None = None) -> str:
     return "FFT" if method == "fft" else f"LoRA_r{r}"
 
 
-def parse_label(label: str) -> tuple[str, int | None]:
-    """'FFT' -> ('fft', None); 'LoRA_r8' / 'lora8' / 'LoRA-r8' -> ('lora', 8)."""
+def parse_label(label: str) -> tuple[str, int | None, str | None]:
+    """(method, rank, rank_by) of a run's label, the inverse of RunId.label: 'FFT' -> ('fft', None,
+    None); 'LoRA_r8' / 'lora8' / 'LoRA-r8' -> ('lora', 8, None); 'LoRA_r8_by_I_pre' -> ('lora', 8,
+    'I_pre'), LoRA ranks guided by that head score (its name kept as written)."""
     s = label.strip()
     if s.lower() == "fft":
-        return "fft", None
-    m = re.fullmatch(r"(?i)lora[_-]?r?(\d+)", s)
+        return "fft", None, None
+    m = re.fullmatch(r"(?i:lora[_-]?r?)(\d+)(?:_by_(\w+))?", s)
     if m:
-        return "lora", int(m.group(1))
-    raise HeadplastError(f"unknown method label '{label}'", "use FFT or LoRA_r<rank>, e.g. LoRA_r8")
+        by = m.group(2)
+        return "lora", int(m.group(1)), None if by in (None, "uniform") else by
+    raise HeadplastError(f"unknown method label '{label}'",
+                         "use FFT, LoRA_r<rank> or LoRA_r<rank>_by_<score>, e.g. LoRA_r8 or LoRA_r8_by_I_pre")
 
 
 @dataclass(frozen=True)
@@ -74,8 +78,8 @@ class RunId:
 
     @classmethod
     def from_label(cls, task: str, label: str, seed: int) -> "RunId":
-        method, r = parse_label(label)
-        return cls(task, method, seed, r)
+        method, r, rank_by = parse_label(label)
+        return cls(task, method, seed, r, rank_by)
 
 
 def run_dir(root: str | Path, run: RunId) -> Path:
