@@ -19,6 +19,7 @@ from headplast.data.prepare import prepare_from_config, task_name
 from headplast.errors import HeadplastError
 from headplast.options import as_flags
 from headplast.report.lines import train_line
+from headplast.steps import versions
 from headplast.steps.outcome import Outcome, recorded_step
 from headplast.steps.rank_source import guided_ranks, rank_source
 from headplast.steps.tracking import check_tracker, tracker_record, tracker_run_name
@@ -49,7 +50,7 @@ def train_key(cfg: TrainConfig, rank_source: dict | None = None) -> str:
     inputs = {"model": cfg.model or "default"}
     if rank_source:  # guided ranks: the scores they come from
         inputs["rank_source"] = rank_source["hashes"]
-    return records.step_key("train", cfg.run_fields(), inputs)
+    return versions.key("train", cfg.run_fields(), inputs)
 
 
 def train_command(config: dict) -> str:
@@ -78,10 +79,17 @@ def _refuse_other_run(out: Path, cfg: TrainConfig) -> None:
                              f"pass --force to overwrite it, or choose another --output-root{keep}")
 
 
+def theta0_key(cfg: TrainConfig) -> str:
+    fields = {"model": cfg.model or "default", **cfg.theta0_key_fields()}
+    if versions.version_of("theta0") != 1:
+        fields["version"] = versions.version_of("theta0")
+    return text_key(fields)
+
+
 def ensure_theta0(cfg: TrainConfig, model_path: str, tok, data, dest: Path) -> dict:
     """Build theta0 once per (model, task, seed, head-init, ...), shared between runs, and copy it
     to `dest`. The shared entry is locked while it is built or copied."""
-    key = text_key({"model": cfg.model or "default", **cfg.theta0_key_fields()})
+    key = theta0_key(cfg)
     store = layout.shared_dir(cfg.output_root, "theta0", data.task.name, key)
     with locks.hold(store, f"the shared theta0 {store}"):
         state = records.freshness(store, "theta0", key)
@@ -110,7 +118,7 @@ def _build_theta0(cfg: TrainConfig, model_path: str, tok, data, store: Path, key
         tok.save_pretrained(tmp)
         atomic_write_json(Path(tmp) / layout.THETA0_INFO, info)
         atomic_copytree(tmp, store)
-    records.write_record(store, "theta0", key, ["."], seconds=info["seconds"])
+    records.write_record(store, "theta0", key, ["."], seconds=info["seconds"], version=versions.version_of("theta0"))
     return info
 
 
