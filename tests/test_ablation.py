@@ -7,10 +7,11 @@ from headplast.data.loaders import Examples
 from headplast.data.tokenize import encode
 from headplast.measure.ablation import ablation_importance
 from headplast.measure.naive import naive_importance
+from tiers import slow_except
 from tiny import ALL_ARCHS, tiny_model
 
 
-@pytest.mark.parametrize("arch", ALL_ARCHS)
+@pytest.mark.parametrize("arch", slow_except(ALL_ARCHS, "bert"))
 @pytest.mark.parametrize("ablation", ["zero", "mean", "resample"])
 def test_engine_equals_naive_reference(arch, ablation, enc_small, tok, rte):
     task, _ = rte
