@@ -12,6 +12,7 @@ matplotlib.rcParams["figure.constrained_layout.use"] = True  # colour bars and l
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from headplast.analysis.stats import combined  # noqa: E402
 from headplast.measure import registry  # noqa: E402
 from headplast.store.io import atomic_path  # noqa: E402
 
@@ -19,11 +20,20 @@ LABELS = registry.labels()  # axis label of every heads.csv column that has one
 LOG_AXES = registry.log_columns()  # positive magnitudes, drawn on log axes
 
 
+def layer_aware_ci(s: dict) -> list[float]:
+    """The 95% interval the answer uses for a pairs entry of stats.json (layer-block and example
+    bootstraps' union: analysis.stats.combined); heads are not independent, so the figures never
+    show the heads-as-independent `ci95`."""
+    return combined(s)["ci95"]
+
+
 def fmt_rho(s: dict | None) -> str:
     if not s or not np.isfinite(s.get("spearman", math.nan)):
         return "ρ = n/a"
-    lo, hi = s["ci95"]
-    return f"ρ = {s['spearman']:.2f} [{lo:.2f}, {hi:.2f}]"
+    lo, hi = layer_aware_ci(s)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return f"ρ = {s['spearman']:.2f} [interval n/a]"
+    return f"ρ = {s['spearman']:.2f} [{lo:.2f}, {hi:.2f}] (95%, layer-aware)"
 
 
 def log_axes(ax, x: bool = True, y: bool = True) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 
 from headplast.analysis.names import PRIMARY_PAIR, display_name, pair_name
 from headplast.analysis.stats import spearman
-from headplast.plotting.common import log_axes, plt, save, scatter
+from headplast.plotting.common import layer_aware_ci, log_axes, plt, save, scatter
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
 
@@ -46,8 +46,8 @@ def compare_stats(metrics, stats, path):
                              (axes[1, 1], post, "(d) after fine-tuning")):
         _bars(ax, labels, [display_name(n) for n in names],
               {lab: [stats[lab]["pairs"][n]["spearman"] for n in names] for lab in labels},
-              {lab: [stats[lab]["pairs"][n]["ci95"] for n in names] for lab in labels},
-              "Spearman ρ over heads (95% CI)", title)
+              {lab: [layer_aware_ci(stats[lab]["pairs"][n]) for n in names] for lab in labels},
+              "Spearman ρ over heads (95% CI: layer blocks ∪ examples)", title)
     _bars(axes[0, 1], labels, [display_name(n) for n in pre],
           {lab: [stats[lab]["pairs"][n]["top_k"]["overlap"] for n in pre] for lab in labels},
           ylabel=f"top-{k} overlap (fraction)", title=f"(b) top-{k} overlap",
@@ -118,7 +118,7 @@ def compare_subspace(sub: dict, phi: np.ndarray, floors: dict, importance: np.nd
     if null.get("mean") is not None:
         ax.axhline(null["mean"], color="black", ls="-.", label="chance keeping each part's share (mean)")
     rho = sub["rho_I_pre_phi"]
-    ax.set_title(f"(b) φ vs importance: ρ = {rho['spearman']:+.2f} [{rho['ci95'][0]:+.2f}, {rho['ci95'][1]:+.2f}]"
+    ax.set_title(f"(b) φ vs importance: ρ = {rho['spearman']:+.2f} [{rho['ci95'][0]:+.2f}, {rho['ci95'][1]:+.2f}] (heads as independent; exploratory)"
                  + ("" if floors else " (no second seed: no noise floor)"), fontsize=10)
     ax.set_xlabel("I_pre (loss increase when ablated, nats)")
     ax.set_ylabel("φ = ||U_aᵀU_b||²_F / min(k, ranks)")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from headplast.analysis.names import display_name, pair_name
-from headplast.plotting.common import LABELS, plt, save, scatter
+from headplast.plotting.common import LABELS, layer_aware_ci, plt, save, scatter
 from headplast.store import layout
 
 
@@ -32,14 +32,14 @@ def fig_stats(stats, title, path):
     pairs = stats["pairs"]
     names = [p for p in pairs if np.isfinite(pairs[p].get("spearman", np.nan))]
     rho = np.array([pairs[p]["spearman"] for p in names])
-    lo = np.array([pairs[p]["ci95"][0] for p in names])
-    hi = np.array([pairs[p]["ci95"][1] for p in names])
+    lo = np.array([layer_aware_ci(pairs[p])[0] for p in names])
+    hi = np.array([layer_aware_ci(pairs[p])[1] for p in names])
     part = np.array([pairs[p]["partial_spearman_layer"] for p in names])
     topk = np.array([pairs[p]["top_k"]["overlap"] for p in names])
     chance = np.array([pairs[p]["top_k"]["chance"] for p in names])
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     x = np.arange(len(names))
-    axes[0].bar(x, rho, yerr=[rho - lo, hi - rho], capsize=3, color="tab:blue", label="Spearman ρ (95% CI)")
+    axes[0].bar(x, rho, yerr=[rho - lo, hi - rho], capsize=3, color="tab:blue", label="Spearman ρ (95% CI: layer blocks ∪ examples)")
     axes[0].scatter(x, part, color="tab:red", zorder=3, label="ρ controlled for layer")
     axes[0].axhline(0, color="k", lw=0.8)
     axes[0].set_ylabel("Spearman ρ over heads")
