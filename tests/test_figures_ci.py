@@ -35,3 +35,10 @@ def test_stats_figure_error_bars_are_the_layer_aware_interval(tmp_path, monkeypa
     run_plots.fig_stats(stats, "t", tmp_path / "f.png")
     lo, hi = bars["yerr"][0][0], bars["yerr"][1][0]
     assert abs((0.30 - lo) - (-0.10)) < 1e-12 and abs((0.30 + hi) - 0.60) < 1e-12
+
+
+def test_text_lines_and_report_titles_show_the_layer_aware_interval():
+    from headplast.report.lines import rho_line
+
+    line = rho_line({"pairs": {"I_pre~U": PAIR}})
+    assert "[-0.100, 0.600]" in line and "0.200, 0.400" not in line

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from headplast.analysis.stats import combined
 from headplast.analysis.names import pair_name
 from headplast.measure import registry
 
@@ -30,7 +31,8 @@ def side_by_side_scatter(dfs: dict[str, pd.DataFrame], x: str, y: str, stats: di
     titles = []
     for lab in dfs:
         p = stats[lab]["pairs"].get(pair_name(x, y))
-        titles.append(f"{lab}: ρ = {p['spearman']:+.2f} [{p['ci95'][0]:+.2f}, {p['ci95'][1]:+.2f}]" if p else lab)
+        lo, hi = combined(p)["ci95"] if p else (None, None)  # the answer's interval: layer blocks ∪ examples
+        titles.append(f"{lab}: ρ = {p['spearman']:+.2f} [{lo:+.2f}, {hi:+.2f}]" if p else lab)
     fig = make_subplots(rows=1, cols=len(dfs), subplot_titles=titles, horizontal_spacing=0.08)
     for i, (lab, df) in enumerate(dfs.items(), start=1):
         cols = [c for c in df.columns if c not in ("layer", "head")]

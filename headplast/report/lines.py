@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from headplast.analysis.stats import combined
 from headplast.analysis.names import PRIMARY_PAIR, display_name
 
 
@@ -16,9 +17,10 @@ def train_line(rc: dict) -> str:
 
 def rho_line(stats: dict, pair: str = PRIMARY_PAIR) -> str:
     p = stats["pairs"].get(pair, {})
-    lo, hi = p.get("ci95") or [math.nan, math.nan]
+    lo, hi = combined(p)["ci95"] if p else [math.nan, math.nan]  # layer blocks ∪ examples, as the answer
     note = f" ({p['note']})" if p.get("note") else ""
-    return f"{display_name(pair, 'rho')} = {p.get('spearman', math.nan):.3f}, 95% CI [{lo:.3f}, {hi:.3f}]{note}"
+    return (f"{display_name(pair, 'rho')} = {p.get('spearman', math.nan):.3f}, 95% CI [{lo:.3f}, {hi:.3f}] "
+            f"(layer-aware){note}")
 
 
 def report_line(path) -> str:
