@@ -45,6 +45,22 @@ def cmd_measure(a) -> int:
     return 0
 
 
+def cmd_check_overlap(a) -> int:
+    from headplast.steps.overlap_step import check_overlap
+
+    r = check_overlap(a.run_dir)
+    print(f"{r['run']}: {r['any']} of {r['examples']} measured examples ({r['eval_source']}, {r['split']} split) "
+          f"overlap the {r['training_examples']} training examples ({100 * r['fraction']:.1f}%)")
+    print(f"  rule: {r['rule']}")
+    print("  " + ", ".join(f"{k.replace('_', ' ')}: {r[k]}" for k in ("contained_in_training", "contains_training")
+                           + tuple(k for k in r if k.startswith("shares_"))))
+    for t in r["examples_overlapping"]:
+        print(f"  e.g. {t[:120]}")
+    if r["matches_record"] is False:
+        print("  note: differs from the overlap recorded in eval_subset.json (the data changed since it was measured)")
+    return 0 if r["any"] == 0 else 1
+
+
 def cmd_pipeline(a) -> int:
     from headplast.analysis.config import AnalysisConfig
     from headplast.report.headline import answer_block
@@ -136,12 +152,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(t, TrainConfig)
     t.set_defaults(func=cmd_train)
 
-    m = sub.add_parser("measure", help="importance (pre/post), gradient/Fisher, update magnitude")
+    m = sub.add_parser("measure", help="every per-head measurement of a run: importance before and after "
+                                       "(exact ablation), gradient/Fisher, update magnitude, update effect, "
+                                       "update geometry")
     m.add_argument("run_dir", nargs="?", default=None, help="a run directory (or give --task/--method/...)")
     add_config_args(m, TrainConfig, only=RUN_ID, title="which run (without RUN_DIR)")
     add_config_args(m, MeasureConfig, dest_prefix="m_", title="measurement")
     m.add_argument("--force", action="store_true", help="recompute even if up to date")
     m.set_defaults(func=cmd_measure)
+
+    co = sub.add_parser("check-overlap", help="how many of a run's measured examples share text with its "
+                                              "training examples (exit 1 if any)")
+    co.add_argument("run_dir", help="a measured run directory")
+    co.set_defaults(func=cmd_check_overlap)
 
     analysis_cmds.register(sub)
 
