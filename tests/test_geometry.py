@@ -122,3 +122,22 @@ def test_a_planted_new_direction_is_an_intruder():
     w1 = w0 + 5 * torch.outer(x, torch.randn(32, dtype=torch.float64))  # a nonzero value points there
     cos = max_cosines(w0, w1, 4)
     assert cos[0] < 0.5 and (cos[1:] > 0.9).all()
+
+
+def test_vectors_examined_counts_only_matrices_fine_tuning_changed(tmp_path):
+    """A matrix LoRA left alone (every max_cos 1, no intruders) is not among the vectors examined;
+    the code before counted every matrix's vectors (issue 29 item 9)."""
+    import json
+
+    import pandas as pd
+
+    from headplast.steps.compare_step import update_shape
+
+    rows = [{"layer": 0, "module": "q", "k": 3, "epsilon": 0.5, "max_cos": [0.9, 0.2, 0.4], "intruders": 1},
+            {"layer": 0, "module": "o", "k": 3, "epsilon": 0.5, "max_cos": [1.0, 1.0, 1.0], "intruders": 0},
+            {"layer": 1, "module": "v", "k": 3, "epsilon": 0.5, "max_cos": [1.0, 0.99, 1.0], "intruders": 0}]
+    (tmp_path / "intruders.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    df = pd.DataFrame({"srank": [1.0, 2.0], "r90": [1.0, 2.0], "top_share": [0.5, 0.6]})
+    shape = update_shape({"LoRA": tmp_path}, {"LoRA": df})["LoRA"]
+    assert shape["matrices"] == 3 and shape["matrices_adapted"] == 2
+    assert shape["vectors_examined"] == 6 and shape["intruders"] == 1
