@@ -38,3 +38,13 @@ def enc_small(tok, rte):
 def model_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     return {a: tiny_model_dir(a, root / a) for a in ARCHS}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--reverse-order", action="store_true",
+                     help="run the collected tests in reverse order (tests must not depend on their order)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--reverse-order"):
+        items.reverse()

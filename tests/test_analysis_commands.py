@@ -53,6 +53,7 @@ def test_plot_writes_tables_and_figures(runs, capsys):
         assert panels(d / name) == n, name
 
 
+@pytest.mark.slow
 def test_compare_writes_every_file(runs, capsys):
     assert main(["compare", "--seed", "2", "--lora-r", "4", "--output-root", str(runs), *FAST]) == 0
     d = runs / "COMPARE" / "RTE" / "seed2"
@@ -92,6 +93,7 @@ def test_compare_writes_every_file(runs, capsys):
     assert m["update_shape"]["LoRA_r4"]["matrices_adapted"] == sum(any(c != 1 for c in r["max_cos"]) for r in lora_rows)
 
 
+@pytest.mark.slow
 def test_compare_without_a_second_seed_says_so(tmp_path, capsys):
     make_run(tmp_path, "FFT", 1)
     make_run(tmp_path, "LoRA_r8", 1)
@@ -102,6 +104,7 @@ def test_compare_without_a_second_seed_says_so(tmp_path, capsys):
     assert "no measured runs FFT and LoRA_r8 of that seed" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_aggregate_and_ranks(runs, capsys):
     assert main(["aggregate", "--methods", "FFT", "LoRA_r4", "--seeds", "1", "2", "3", "--output-root", str(runs),
                  *FAST]) == 0
@@ -136,6 +139,7 @@ def test_missing_measurement_names_the_command(tmp_path, capsys):
     assert "update.jsonl is missing" in err and f"headplast measure {d}" in err
 
 
+@pytest.mark.slow
 def test_aggregate_when_every_run_of_a_method_collapsed(tmp_path, capsys):
     """np.stack of an empty list crashed here; now it writes what it can and says why."""
     for seed in (1, 2):
@@ -151,6 +155,7 @@ def test_aggregate_when_every_run_of_a_method_collapsed(tmp_path, capsys):
     assert "LoRA_r8: no run left to aggregate" in text and "excluded LoRA_r8 seed 1: collapsed" in text
 
 
+@pytest.mark.slow
 def test_compare_uncertainty_is_the_wider_of_heads_and_examples(runs, capsys):
     assert main(["compare", "--seed", "1", "--output-root", str(runs), *FAST]) == 0
     m = json.loads((runs / "COMPARE" / "RTE" / "seed1" / "compare_metrics.json").read_text())
@@ -168,6 +173,7 @@ def test_compare_uncertainty_is_the_wider_of_heads_and_examples(runs, capsys):
             assert -1 <= r["reliability"] <= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt,magic", [("svg", b"<?xml"), ("pdf", b"%PDF")])
 def test_vector_figures(runs, fmt, magic):
     assert main(["plot", str(runs / "FFT/RTE/seed1"), "--figure-format", fmt, *FAST]) == 0
@@ -182,6 +188,7 @@ def test_vector_figures(runs, fmt, magic):
     assert f"fig_stats.{fmt}" in rec["outputs"] and "fig_stats.png" not in rec["outputs"]
 
 
+@pytest.mark.slow
 def test_undefined_statistics_read_back_as_nan_in_plot_and_report(tmp_path, capsys):
     from headplast.measure import registry
     from headplast.store import records

@@ -17,6 +17,7 @@ def _run(args: list[str], **env) -> subprocess.CompletedProcess:
                           env={**os.environ, "TQDM_DISABLE": "1", **env})
 
 
+@pytest.mark.ray  # phase D starts a local Ray instance
 def test_gpu_check_on_cpu_runs_every_phase_that_applies(tmp_path):
     """CI's run of the GPU machine's check: phases A-D each passed or skipped with a reason, exit 0."""
     out = tmp_path / "gc.json"

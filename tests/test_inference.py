@@ -21,6 +21,7 @@ def _excludes_zero(ci) -> bool:
     return ci[0] > 0 or ci[1] < 0
 
 
+@pytest.mark.slow
 def test_layer_profiles_without_a_head_level_relation_are_not_called_a_relation():
     """Importance and update follow independent per-layer profiles, no head-level relation. The
     interval the answer uses (combined: layer-block bootstrap) excludes 0 in at most 10% of 200
@@ -71,6 +72,7 @@ def _rank(x):
     return np.argsort(np.argsort(x, axis=-1), axis=-1).astype(float)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rho_true,reliability", [(0.8, 0.5), (0.6, 0.6)])
 def test_example_interval_covers_the_expected_rho(rho_true, reliability):
     """Importance is a mean over N examples of per-example losses (true importance + noise at the

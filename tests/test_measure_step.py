@@ -17,16 +17,36 @@ QUIET = MeasureConfig(progress=False)
 
 
 @pytest.fixture(scope="module")
-def trained(model_dirs, tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
+def _unmeasured(model_dirs, tmp_path_factory):
+    """An FFT and a LoRA run of one θ0, trained and never measured (kept untouched: copied by `fresh`)."""
+    root = tmp_path_factory.mktemp("unmeasured")
     kw = tiny_run_kwargs(model_dirs["bert"], root)
     fft = run_train(TrainConfig(method="fft", **kw)).path
     lora = run_train(TrainConfig(method="lora", lora_r=4, lora_alpha=8, **kw)).path
     return root, fft, lora
 
 
-def test_measure_fills_run_dirs_and_shares_pre(trained):
-    root, fft, lora = trained
+def _copy_root(unmeasured, to):
+    root, fft, lora = unmeasured
+    shutil.copytree(root, to)
+    return to, to / fft.relative_to(root), to / lora.relative_to(root)
+
+
+@pytest.fixture(scope="module")
+def trained(_unmeasured, tmp_path_factory):
+    """The two runs, shared by the tests of this module, which measure them (and alter them) in any
+    order: a test asserting what a measurement does must not depend on which ran before it."""
+    return _copy_root(_unmeasured, tmp_path_factory.mktemp("runs") / "root")
+
+
+@pytest.fixture
+def fresh(_unmeasured, tmp_path):
+    """The two runs as trained, never measured: this test's own copy."""
+    return _copy_root(_unmeasured, tmp_path / "root")
+
+
+def test_measure_fills_run_dirs_and_shares_pre(fresh):
+    root, fft, lora = fresh
     t_lora = run_measure(lora, QUIET).timings
     t_fft = run_measure(fft, QUIET).timings
     assert isinstance(t_lora["importance_pre"], float)
@@ -123,8 +143,10 @@ def test_a_new_measurement_is_one_declaration(trained, monkeypatch):
 
     norm = Measurement("w0_norm", NormResult, lambda x: NormResult(head_norms(x.model("theta0", exact=True))),
                        needs=("theta0",), labels={"w0_norm": "||W0_head||"}, pairs=(("I_pre", "w0_norm"),))
-    monkeypatch.setattr(registry, "MEASUREMENTS", registry.MEASUREMENTS + (norm,))
     root, fft, lora = trained
+    for d in (lora, fft):  # the declared measurements first, whichever tests ran before
+        run_measure(d, QUIET)
+    monkeypatch.setattr(registry, "MEASUREMENTS", registry.MEASUREMENTS + (norm,))
     t_lora = run_measure(lora, QUIET).timings
     t_fft = run_measure(fft, QUIET).timings
     assert isinstance(t_lora["w0_norm"], float) and t_fft["w0_norm"] == "shared"  # theta0 only: shared

@@ -59,6 +59,7 @@ def _launch(args: list[str], launcher: str = "torchrun") -> subprocess.Completed
 
 
 @pytest.mark.slow
+@pytest.mark.launch
 def test_split_across_two_gloo_processes_equals_one_process(tmp_path):
     """Importance (zero, mean) and update effect of every architecture, 2 processes vs 1, bit for bit
     (one thread per process in both: torchrun's default)."""
@@ -78,6 +79,7 @@ def test_split_across_two_gloo_processes_equals_one_process(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.launch
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_launched_measure_writes_what_one_process_writes(launcher, tmp_path, model_dirs):
     """`torchrun --nproc-per-node 2 -m headplast measure RUN` and `accelerate launch --multi_gpu
@@ -118,6 +120,7 @@ def trained_bert(model_dirs, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.launch
 @pytest.mark.parametrize("rank,where", [(0, "ablation"), (1, "ablation"), (0, "gradfisher")])
 def test_a_rank_that_fails_stops_every_rank_with_its_error(rank, where, trained_bert, tmp_path):
     """`headplast measure` in 2 gloo processes (no torchrun: it would stop the survivor itself), one

@@ -40,6 +40,7 @@ def test_monotone_function_gives_rho_one_and_full_overlap():
     assert s["top_k"]["overlap"] == 1.0 and s["top_k"]["chance"] == pytest.approx(20 / 144)
 
 
+@pytest.mark.slow
 def test_independent_values_give_ci_covering_zero_in_most_seeds():
     covered = 0
     for seed in range(40):

@@ -1,5 +1,6 @@
-"""`headplast sweep` on the real engines: local, Ray (a local Ray instance), SLURM (the one-node
-cluster of deploy/slurm/local-cluster.sh, started here when we are root).
+"""`headplast sweep` on the real engines: local, Ray (a local Ray instance), SLURM (a SLURM that is
+up, or the one-node cluster of deploy/slurm/local-cluster.sh, which these tests start only when
+HEADPLAST_TEST_START_SLURM=1 is set and we are root: it installs packages with apt).
 
 Each engine's results are compared bit for bit with the local engine's. A tiny model, 2 seeds x
 (FFT + LoRA r4): 4 run jobs and one cross-run job.
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -128,6 +130,7 @@ def _kill_running_job(root: Path, proc, deadline: float) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_ray_sweep_survives_kill_9_and_matches_local(local_ref, tiny, tmp_path):
     pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
     root = tmp_path / "out"
@@ -148,10 +151,19 @@ def test_ray_sweep_survives_kill_9_and_matches_local(local_ref, tiny, tmp_path):
     assert not list(root.rglob(".*.lock"))
 
 
+START_SLURM = "HEADPLAST_TEST_START_SLURM"
+
+
+@cache
 def _slurm_reason() -> str | None:
-    """Why SLURM cannot be used here (None: it is up, started by us if needed)."""
+    """Why SLURM cannot be used here (None: it is up, started by us if asked to). Starting the local
+    one installs packages with apt and starts daemons: never a side effect of running the tests,
+    only with HEADPLAST_TEST_START_SLURM=1 (CI sets it)."""
     if shutil.which("sinfo") and subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0:
         return None
+    if os.environ.get(START_SLURM) != "1":
+        return (f"no SLURM is up; set {START_SLURM}=1 to let the tests start the local one as root "
+                "(deploy/slurm/local-cluster.sh start: apt-get install + daemons), or start it yourself")
     if os.geteuid() != 0:
         return "not root, so the local SLURM (deploy/slurm/local-cluster.sh start) cannot be started"
     r = subprocess.run(["bash", str(REPO / "deploy" / "slurm" / "local-cluster.sh"), "start"],
@@ -159,13 +171,20 @@ def _slurm_reason() -> str | None:
     return None if r.returncode == 0 else f"the local SLURM did not start: {(r.stderr or r.stdout)[-500:]}"
 
 
-@pytest.mark.slow
-def test_slurm_sweep_resubmits_only_the_cancelled_job(local_ref, tiny, tmp_path, capsys):
+@pytest.fixture(scope="session")
+def slurm_up():
+    """A SLURM to submit to, or the test skips saying why (session-scoped: before any module
+    fixture, so a skipped test computes nothing first)."""
     pytest.importorskip("submitit", reason="submitit is not installed: pip install -e '.[slurm]'")
     reason = _slurm_reason()
     if reason:
         print(f"SKIPPED SLURM test: {reason}")
         pytest.skip(reason)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_slurm_sweep_resubmits_only_the_cancelled_job(slurm_up, local_ref, tiny, tmp_path, capsys):
     from headplast.sweep.slurm_engine import queue
 
     root = tmp_path / "out"
@@ -192,15 +211,21 @@ def test_slurm_sweep_resubmits_only_the_cancelled_job(local_ref, tiny, tmp_path,
 
 
 @pytest.mark.parametrize("args, env, problem", [
-    (["--engine", "slurm", "--slurm-option", "qos"], {}, "--slurm-option 'qos' is not NAME=VALUE"),
-    (["--engine", "ray", "--ray-address", "127.0.0.1:1"], {}, "nothing answers at --ray-address 127.0.0.1:1"),
+    pytest.param(["--engine", "slurm", "--slurm-option", "qos"], {}, "--slurm-option 'qos' is not NAME=VALUE",
+                 marks=pytest.mark.slurm),
+    pytest.param(["--engine", "ray", "--ray-address", "127.0.0.1:1"], {},
+                 "nothing answers at --ray-address 127.0.0.1:1", marks=pytest.mark.ray),
     (["--cpus-per-job", "0"], {}, "--cpus-per-job must be a finite number > 0"),
     ([], {"WORLD_SIZE": "2"}, "started as one of 2 processes"),
     (["--gpus-per-job", "1.5"], {}, "--gpus-per-job 1.5: Ray shares a GPU only below 1 GPU per job"),
-    (["--engine", "slurm", "--slurm-option", "gres=gpu:a100:2"], {}, "--slurm-option 'gres=gpu:a100:2' asks for GPUs"),
-    (["--engine", "slurm", "--slurm-option", "gpus-per-node=2"], {}, "--slurm-option 'gpus-per-node=2' asks for GPUs"),
-    (["--engine", "ray", "--gpus-per-job", "2"], {}, "--gpus-per-job 2: this machine has 1 GPU(s)"),
-    (["--engine", "ray", "--cpus-per-job", "9"], {}, "--cpus-per-job 9: this machine has 8 CPU(s)"),
+    pytest.param(["--engine", "slurm", "--slurm-option", "gres=gpu:a100:2"], {},
+                 "--slurm-option 'gres=gpu:a100:2' asks for GPUs", marks=pytest.mark.slurm),
+    pytest.param(["--engine", "slurm", "--slurm-option", "gpus-per-node=2"], {},
+                 "--slurm-option 'gpus-per-node=2' asks for GPUs", marks=pytest.mark.slurm),
+    pytest.param(["--engine", "ray", "--gpus-per-job", "2"], {}, "--gpus-per-job 2: this machine has 1 GPU(s)",
+                 marks=pytest.mark.ray),
+    pytest.param(["--engine", "ray", "--cpus-per-job", "9"], {}, "--cpus-per-job 9: this machine has 8 CPU(s)",
+                 marks=pytest.mark.ray),
 ])
 def test_sweep_refuses_bad_settings_before_any_job(args, env, problem, tmp_path, capsys, monkeypatch):
     if "ray" in args:
@@ -218,6 +243,7 @@ def test_sweep_refuses_bad_settings_before_any_job(args, env, problem, tmp_path,
 # ---- GPUs: the defaults, and what a job given GPUs (or none) sees. No GPU is needed: Ray is
 # started with GPUs it only counts, and SLURM's parameters are checked as submitit renders them.
 
+@pytest.mark.ray
 def test_ray_gpu_defaults_one_gpu_per_job_and_the_cpus_split(monkeypatch, capsys):
     ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
     from headplast.sweep import ray_engine
@@ -245,6 +271,8 @@ def test_ray_gpu_defaults_one_gpu_per_job_and_the_cpus_split(monkeypatch, capsys
     assert "defaults for" not in capsys.readouterr().out
 
 
+@pytest.mark.slow
+@pytest.mark.ray
 def test_sweep_records_the_resolved_gpu_defaults(tiny, tmp_path, monkeypatch, capsys):
     pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
     from headplast.sweep import ray_engine
@@ -274,6 +302,7 @@ def test_worker_hides_the_gpus_of_a_job_given_none(monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_ray_task_sees_its_gpus_and_a_task_given_none_sees_none(tmp_path, monkeypatch):
     """A local Ray started by the engine with 2 (counted, not real) GPUs: each run job's task sees
     exactly one GPU id, the cross-run job's task (num_gpus=0) sees CUDA_VISIBLE_DEVICES="" from Ray
@@ -317,6 +346,7 @@ def test_ray_task_sees_its_gpus_and_a_task_given_none_sees_none(tmp_path, monkey
     assert not ray.is_initialized()
 
 
+@pytest.mark.slurm
 def test_slurm_parameters_give_gpus_per_task_and_hide_them_otherwise(tmp_path):
     pytest.importorskip("submitit", reason="submitit is not installed: pip install -e '.[slurm]'")
     from submitit.slurm.slurm import _make_sbatch_string
@@ -339,13 +369,10 @@ def test_slurm_parameters_give_gpus_per_task_and_hide_them_otherwise(tmp_path):
 
 
 @pytest.mark.slow
-def test_slurm_job_given_no_gpu_sees_none(tmp_path, monkeypatch):
+@pytest.mark.slurm
+def test_slurm_job_given_no_gpu_sees_none(slurm_up, tmp_path, monkeypatch):
     """On the real SLURM: a job submitted with the parameters of a job given no GPU sees
     CUDA_VISIBLE_DEVICES empty even when the submitting shell had GPUs visible."""
-    pytest.importorskip("submitit", reason="submitit is not installed: pip install -e '.[slurm]'")
-    reason = _slurm_reason()
-    if reason:
-        pytest.skip(reason)
     from headplast.sweep.config import SweepConfig
     from headplast.sweep.slurm_engine import _executor
 

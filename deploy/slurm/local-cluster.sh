@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # A real one-node SLURM on this machine, from the distribution's packages (Debian/Ubuntu),
-# for trying `headplast sweep --engine slurm` and for its tests. Run as root.
+# for trying `headplast sweep --engine slurm` and for its tests. Run as root. The tests use a SLURM
+# that is up; they run this script themselves only with HEADPLAST_TEST_START_SLURM=1 (as .ci/run
+# sets), never unasked, and otherwise skip saying so.
 #
 #   deploy/slurm/local-cluster.sh start    install if needed, write the config, start munge + slurmctld + slurmd
 #   deploy/slurm/local-cluster.sh status   is it up? (sinfo)

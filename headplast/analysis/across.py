@@ -99,8 +99,8 @@ def paired_tests(a, b, correlation: bool = False) -> dict:
         out["scale"] = "Fisher z"
         a, b = np.arctanh(np.clip(a, -0.999999, 0.999999)), np.arctanh(np.clip(b, -0.999999, 0.999999))
     if len(a) >= 2 and np.any(b - a != 0):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings():  # scipy's "precision loss" on nearly identical pairs: numeric only
+            warnings.simplefilter("ignore", RuntimeWarning)
             t = st.ttest_rel(b, a)
             out.update(t=float(t.statistic), t_p=float(t.pvalue))
             w = st.wilcoxon(b, a)

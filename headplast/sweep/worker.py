@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import warnings
 
 
 def quiet_libraries() -> None:
-    """The libraries' own chatter off: our steps print what matters."""
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    """The libraries' own chatter off: our steps print what matters. Their deprecation and future
+    warnings stay visible: they are the first notice of the private APIs the speed tricks use
+    breaking."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # e.g. the "classifier MISSING" load report of every θ0
