@@ -15,9 +15,12 @@ from headplast.analysis.stats import (bootstrap_p, centred, combined, example_bo
                                       example_bootstrap_within, example_weights, holm, layer_bootstrap_spearman,
                                       layer_resamples, partial_spearman_layer, percentile_ci, resample_rows, spearman,
                                       top_k_overlap, union_ci)
+from headplast.store import schema
 
-RHO_KEYS = (("I_pre", "U"), ("I_pre", "Urel"), ("I_post", "U"), ("I_post", "Urel"), ("I_pre", "I_post"),
-            ("I_pre", "effect_fwd"), ("U", "effect_fwd"), ("I_post", "effect_rev"), ("U", "effect_rev"))
+
+def rho_keys(dfs: dict) -> tuple[tuple[str, str], ...]:
+    """The pairs whose ρ a comparison reports (each schema's `compare`) that both runs have."""
+    return tuple((x, y) for x, y in schema.compare_pairs() if all({x, y} <= set(d.columns) for d in dfs.values()))
 
 
 def _boot_topk(a, b, idx, k):
@@ -66,7 +69,7 @@ def key_statistics(dfs: dict, k: int, top_q: float, bottom_q: float, n_boot: int
         out[name] = {la: va, lb: vb, "difference": vb - va, "ci95": ci, "ci95_heads": ci_heads,
                      "ci95_examples": ci_ex, "p_value": p, "exceeds_uncertainty": exceeds, "resampled": "layers"}
 
-    for x, y in RHO_KEYS:
+    for x, y in rho_keys(dfs):
         (ba, wa), (bb, wb) = (layer_bootstrap_spearman(d[x].to_numpy(float), d[y].to_numpy(float), blocks)
                               for d in (da, db))
         ex = exw = None

@@ -6,9 +6,9 @@ from dataclasses import dataclass, replace
 
 from headplast.errors import HeadplastError, did_you_mean
 from headplast.options import OPEN_FRACTION, POSITIVE, option, validate
+from headplast.store.schema import ABLATIONS  # noqa: F401  (declared with the importance schemas)
 
 DTYPES = ("float32", "float16", "bfloat16")
-ABLATIONS = ("zero", "mean", "resample")
 
 # max_tokens and batch_size when not given, per device type (MeasureConfig.for_device). The CPU's
 # were measured on 2 cores (4096 tokens: 1.2-1.4x faster than 16384). The GPU's are not measured

@@ -28,16 +28,13 @@ from headplast.arch.adapters import KINDS, ArchAdapter, get_adapter
 from headplast.measure.declare import Inputs, Measurement
 from headplast.measure.results import HeadTable, not_per_head
 from headplast.measure.update import qkvo_weights
+from headplast.store import schema
 
-PARTS = (*KINDS, "all")
-STATS = ("fro", "srank", "r90", "top_share")
+PARTS = schema.GEOMETRY_PARTS
+STATS = schema.GEOMETRY_STATS
 BASES_K = 16  # left singular vectors kept per head for subspace overlaps (compare's --subspace-k <= this)
-BASES_FILE = "update_bases.npy"
-INTRUDERS_FILE = "intruders.jsonl"
-
-
-def field_name(stat: str, part: str) -> str:
-    return stat if part == "all" else f"{stat}_{part}"
+BASES_FILE, INTRUDERS_FILE = schema.BASES_FILE, schema.INTRUDERS_FILE
+field_name = schema.geometry_field
 
 
 def _extra_files(self) -> dict:
@@ -132,11 +129,5 @@ def _compute(x: Inputs):
                            x.cfg.intruder_epsilon)
 
 
-UPDATE_GEOMETRY = Measurement(
-    "update_geometry", GeometryResult, _compute, needs=("theta0", "theta1"),
-    labels={"srank": "stable rank of the head's update ||ΔW||²_F / ||ΔW||²_2",
-            "r90": "effective rank r90 of the head's update",
-            "top_share": "top singular value's share of the head's update energy"},
-    pairs=(("I_pre", "srank"),), settings=("intruder_k", "intruder_epsilon"),
-    extra_files=(BASES_FILE, INTRUDERS_FILE),
-    version=2)  # 2: bases keep directions above the relative rank threshold only (issue 29 item 8)
+UPDATE_GEOMETRY = Measurement.of(schema.UPDATE_GEOMETRY, GeometryResult, _compute)
+

@@ -25,6 +25,7 @@ from headplast.measure.ablation import example_losses
 from headplast.measure.gating import head_gates
 from headplast.measure.declare import Inputs, Measurement
 from headplast.measure.results import GradFisherResult
+from headplast.store import schema
 
 
 def _head_sq(G: torch.Tensor, kind: str, H: int) -> torch.Tensor:
@@ -170,11 +171,5 @@ def _compute(x: Inputs) -> GradFisherResult:
     return grad_fisher(model, get_adapter(model), x.enc, x.task, x.pad_id, x.cfg.grad_batch_size, x.cfg.progress)
 
 
-GRADFISHER = Measurement(
-    "gradfisher_pre", GradFisherResult, _compute, needs=("theta0", "eval"),
-    labels={"grad_norm": "gradient norm ||∂L/∂θ_head||", "fisher": "empirical Fisher (sum over head params)",
-            "gate_grad": "gate gradient mean |∂L_x/∂g|", "gate_fisher": "gate Fisher mean (∂L_x/∂g)^2",
-            "taylor": "Taylor estimate −mean ∂L_x/∂g (nats)"},
-    log_columns=("grad_norm", "fisher", "gate_grad", "gate_fisher"),
-    pairs=(("I_pre", "grad_norm"), ("I_pre", "fisher"), ("I_pre", "gate_grad"), ("I_pre", "taylor")),
-    settings=("dtype",))
+GRADFISHER = Measurement.of(schema.GRADFISHER, GradFisherResult, _compute)
+

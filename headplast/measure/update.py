@@ -13,6 +13,7 @@ from headplast.arch.adapters import KINDS, ArchAdapter, get_adapter
 from headplast.arch.loading import load_model
 from headplast.measure.declare import Inputs, Measurement
 from headplast.measure.results import UpdateResult
+from headplast.store import schema
 
 
 def qkvo_weights(model, adapter: ArchAdapter) -> dict:
@@ -55,8 +56,4 @@ def _compute(x: Inputs) -> UpdateResult:
     return update_magnitude(qkvo_weights(m0, ad), qkvo_weights(m1, ad), ad, m0.config)
 
 
-UPDATE = Measurement(
-    "update", UpdateResult, _compute, needs=("theta0", "theta1"),
-    labels={"U": "update magnitude U = ||ΔW_head||_F", "Urel": "relative update Urel = U / ||W0_head||"},
-    log_columns=("U", "Urel"),
-    pairs=(("I_pre", "U"), ("I_pre", "Urel"), ("I_post", "U"), ("I_post", "Urel")))
+UPDATE = Measurement.of(schema.UPDATE, UpdateResult, _compute)

@@ -13,11 +13,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from headplast.analysis.stats import combined  # noqa: E402
-from headplast.measure import registry  # noqa: E402
+from headplast.store import schema  # noqa: E402
 from headplast.store.io import atomic_path  # noqa: E402
 
-LABELS = registry.labels()  # axis label of every heads.csv column that has one
-LOG_AXES = registry.log_columns()  # positive magnitudes, drawn on log axes
+LABELS = schema.labels()  # axis label of every heads.csv column that has one (as imported)
 
 
 def layer_aware_ci(s: dict) -> list[float]:
@@ -55,10 +54,11 @@ def scatter(ax, df, x: str, y: str, s: dict | None = None, title: str | None = N
     xs, ys = df[x].to_numpy(float), df[y].to_numpy(float)
     sc = ax.scatter(xs, ys, c=df[colour], cmap="viridis", s=22, edgecolors="k", linewidths=0.3)
     for axis, name, vals in (("x", x, xs), ("y", y, ys)):
-        if name in LOG_AXES and np.all(vals[np.isfinite(vals)] > 0):
+        if name in schema.log_columns() and np.all(vals[np.isfinite(vals)] > 0):
             log_axes(ax, x=axis == "x", y=axis == "y")
-    ax.set_xlabel(LABELS.get(x, x), fontsize=8)
-    ax.set_ylabel(LABELS.get(y, y), fontsize=8)
+    labels = schema.labels()  # read now: a measurement declared after import has its labels too
+    ax.set_xlabel(labels.get(x, x), fontsize=8)
+    ax.set_ylabel(labels.get(y, y), fontsize=8)
     ax.set_title(title or f"{y} vs {x}", fontsize=9)
     ax.text(0.02, 0.97, fmt_rho(s), transform=ax.transAxes, va="top", fontsize=8,
             bbox=dict(boxstyle="round", fc="white", alpha=0.8))

@@ -3,11 +3,25 @@ main findings (written from the numbers)."""
 
 from __future__ import annotations
 
-from headplast.analysis.names import PRIMARY, WITHIN, display_name, pair_name
+from headplast.analysis.names import PRIMARY, PRIMARY_PAIR, WITHIN, display_name, pair_name
 from headplast.report.findings import comparison_table, count_text, difference_verdict, stat_text, table_text
 from headplast.report.headline import effect_lines
+from headplast.store import schema
 
 RULE = "=" * 60
+# counter-examples of a measurement's section (analysis.cases: each names the `effect` column it is of)
+CASE_TITLES = {"moved_but_inert": "moved-but-inert (top U, effect near 0)",
+               "small_but_decisive": "small-but-decisive (bottom U, top effect)"}
+
+
+def sections() -> dict[str, list[schema.Schema]]:
+    """compare_summary.txt's sections of correlations, by title, in the schemas' order; the
+    primary one (importance vs update) first."""
+    out = {schema.PRIMARY_SECTION: []}
+    for s in schema.SCHEMAS:
+        if s.summary_pairs:
+            out.setdefault(s.section_title, []).append(s)
+    return out
 
 
 def compare_summary(m: dict) -> str:
@@ -35,12 +49,13 @@ def compare_summary(m: dict) -> str:
             lines.append(f"    (CI = union of resampling heads [{hl:+.4f}, {hh:+.4f}] and eval examples "
                          f"[{el:+.4f}, {eh:+.4f}])")
         return lines
-    out.append("## 1. Spearman correlation (importance vs update)")
+    (_, primary), *further = sections().items()
+    out.append(f"## 1. {schema.PRIMARY_SECTION}")
     out += block(PRIMARY)
     if WITHIN in keys:
         out += block(WITHIN)
-    for x, y in (("I_pre", "Urel"), ("I_post", "U"), ("I_pre", "I_post")):
-        out += block(pair_name(x, y, "rho"))
+    for name in _rho_names(primary, keys):
+        out += block(name)
     out += ["", f"## 2. Top-{k} overlap"]
     out += block(pair_name("I_pre", "U", f"top{k}_overlap"), f"top-{k} overlap (I_pre, U)")
     out += [f"    chance level: {m['topk_chance']:.4f}"]
@@ -48,19 +63,19 @@ def compare_summary(m: dict) -> str:
     out += block("n_important_but_static", "important-but-static")
     out += block("n_plastic_but_unimportant", "plastic-but-unimportant")
     out += [f"    expected if independent: {m['expected_cases']:.1f} each"]
-    if pair_name("U", "effect_fwd", "rho") in keys:
-        out += ["", "## 4. Update effect: does a head's own update matter? (effect_fwd: loss gain from applying "
-                "only this head's update to θ0; effect_rev: loss from reverting only this head in θ1)"]
-        for x, y in (("U", "effect_fwd"), ("I_pre", "effect_fwd"), ("U", "effect_rev"), ("I_post", "effect_rev")):
-            out += block(pair_name(x, y, "rho"))
-        for kind, title in (("moved_but_inert", "moved-but-inert (top U, effect near 0)"),
-                            ("small_but_decisive", "small-but-decisive (bottom U, top effect)")):
-            c = {lab: m["cases"][lab].get(kind, {}) for lab in (la, lb)}
-            counts = [count_text(c[lab]["count"]) if "count" in c[lab] else "-" for lab in (la, lb)]
-            out.append(f"  {title}: {la} {counts[0]}, {lb} {counts[1]}"
-                       + f" (expected if independent: {c[la].get('expected_if_independent', float('nan')):.1f})")
-    out += shape_lines(m)
-    out += ["", "## 6. Main findings"]
+    n = 4
+    for title, members in further:
+        names = _rho_names(members, keys)
+        if not names:  # compared before it existed
+            continue
+        out += ["", f"## {n}. {title}"]
+        for name in names:
+            out += block(name)
+        out += case_lines(m, members)
+        n += 1
+    shape = shape_lines(m, n)
+    out += shape
+    out += ["", f"## {n + bool(shape)}. Main findings"]
     if "secondary" in m:  # compared before the table existed: its findings hold the per-statistic sentences
         out += ["  Every statistic (intervals resample layers and eval examples; verdicts exploratory, Holm-adjusted "
                 "over the comparison's secondary tests):"] + [f"    {line}" for line in table_text(comparison_table(m))]
@@ -68,13 +83,35 @@ def compare_summary(m: dict) -> str:
     return "\n".join(out)
 
 
-def shape_lines(m: dict) -> list[str]:
-    """Section 5: the shape of the updates, intruder dimensions and the FFT vs LoRA subspace overlap."""
+def _rho_names(members: list[schema.Schema], keys: dict) -> list[str]:
+    """The key statistics (ρ) of a section's pairs that the comparison has; the primary endpoint
+    has its own block."""
+    names = (pair_name(x, y, "rho") for s in members for x, y in s.summary_pairs if pair_name(x, y) != PRIMARY_PAIR)
+    return [name for name in dict.fromkeys(names) if name in keys]
+
+
+def case_lines(m: dict, members: list[schema.Schema]) -> list[str]:
+    """Counts of the counter-examples of an effect column of the section's measurements, per run."""
+    la, lb = m["labels"]
+    columns = {c for s in members for c in s.head_columns}
+    out = []
+    for kind, title in CASE_TITLES.items():
+        c = {lab: m["cases"][lab].get(kind, {}) for lab in (la, lb)}
+        if not {c[lab].get("effect") for lab in (la, lb)} & columns:
+            continue
+        counts = [count_text(c[lab]["count"]) if "count" in c[lab] else "-" for lab in (la, lb)]
+        out.append(f"  {title}: {la} {counts[0]}, {lb} {counts[1]}"
+                   + f" (expected if independent: {c[la].get('expected_if_independent', float('nan')):.1f})")
+    return out
+
+
+def shape_lines(m: dict, n: int = 5) -> list[str]:
+    """Section n: the shape of the updates, intruder dimensions and the FFT vs LoRA subspace overlap."""
     if "subspace" not in m:  # compared before update geometry existed
         return []
     la, lb = m["labels"]
     sh, sub = m["update_shape"], m["subspace"]
-    out = ["", "## 5. Shape of the updates"]
+    out = ["", f"## {n}. Shape of the updates"]
     for lab in (la, lb):
         s = sh[lab]
         out.append(f"  {lab}: median over heads: stable rank {s['median_srank']:.2f}, r90 {s['median_r90']:.0f}, "

@@ -21,6 +21,7 @@ from headplast.report.findings import comparison_table
 from headplast.report.headline import aggregate_lines, answer_lines, overlap_caution
 from headplast.report.html_figures import heatmaps, side_by_side_scatter
 from headplast.report.lines import rho_line
+from headplast.store import schema
 
 CASE_NAMES = {"important_but_static": "important-but-static", "plastic_but_unimportant": "plastic-but-unimportant",
               "moved_but_inert": "moved-but-inert", "small_but_decisive": "small-but-decisive"}
@@ -61,13 +62,14 @@ def cautions(compare: dict, runs: dict) -> list[str]:
 
 
 def heads_table(dfs: dict, compare: dict, runs: dict) -> dict:
-    """One row per head: I_pre, then per run ({label: heads table}) its update, importance after,
-    effect, shape; the counter-examples each head is, per run."""
+    """One row per head: the table columns of the measurements of theta0 (the same for both runs:
+    I_pre), then per run ({label: heads table}) those of the others (update, importance after,
+    effect, shape); the counter-examples each head is, per run."""
     labels = list(dfs)
     first = dfs[labels[0]]
-    cols = ["layer", "head", "I_pre"]
+    cols = ["layer", "head", *(c for c in schema.table_columns(shared=True) if c in first.columns)]
     table = first[cols].copy()
-    per_run = [c for c in ("U", "Urel", "I_post", "effect_fwd", "effect_rev", "srank") if c in first.columns]
+    per_run = [c for c in schema.table_columns(shared=False) if c in first.columns]
     for lab in labels:
         for c in per_run:
             if c in dfs[lab].columns:
@@ -93,7 +95,7 @@ def compare_view(compare: dict, runs: dict, n: int) -> dict:
     figures = [side_by_side_scatter(dfs, "I_pre", "U", stats, f"scatter-u-{n}")]
     if all("effect_fwd" in df.columns for df in dfs.values()):
         figures.append(side_by_side_scatter(dfs, "I_pre", "effect_fwd", stats, f"scatter-effect-{n}"))
-    maps = [c for c in ("I_pre", "U", "I_post", "effect_fwd") if all(c in df.columns for df in dfs.values())]
+    maps = [c for c in schema.heatmap_columns() if all(c in df.columns for df in dfs.values())]
     figures.append(heatmaps(dfs, maps, f"heatmaps-{n}"))
     return {"id": f"cmp-{n}", "task": m["task"], "seed": m["seed"], "labels": labels,
             "answer": answer_lines(m), "cautions": cautions(compare, runs),

@@ -9,10 +9,8 @@ import pandas as pd
 
 from headplast.analysis.stats import combined
 from headplast.analysis.names import pair_name
-from headplast.measure import registry
+from headplast.store import schema
 
-LABELS = registry.labels()
-LOG_COLUMNS = registry.log_columns()
 CONFIG = {"displaylogo": False, "responsive": True}
 
 
@@ -43,9 +41,9 @@ def side_by_side_scatter(dfs: dict[str, pd.DataFrame], x: str, y: str, stats: di
                                                                colorbar=dict(title="layer"))), row=1, col=i)
         for axis, col in (("x", x), ("y", y)):
             vals = df[col].to_numpy(float)
-            log = col in LOG_COLUMNS and bool((vals[np.isfinite(vals)] > 0).all())
+            log = col in schema.log_columns() and bool((vals[np.isfinite(vals)] > 0).all())
             update = fig.update_xaxes if axis == "x" else fig.update_yaxes
-            update(title_text=LABELS.get(col, col), type="log" if log else "linear", row=1, col=i)
+            update(title_text=schema.labels().get(col, col), type="log" if log else "linear", row=1, col=i)
     fig.update_layout(height=420, showlegend=False, margin=dict(t=50, b=40, l=50, r=20))
     return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=CONFIG)
 

@@ -7,11 +7,13 @@ pooler), so we always pass full module names resolved through the architecture a
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import numpy as np
 
 from headplast.arch.adapters import KINDS, ArchAdapter
 from headplast.errors import HeadplastError
+from headplast.store import schema
 
 
 def resolve_targets(adapter: ArchAdapter, model, spec: str = "attn") -> list[str]:
@@ -105,7 +107,24 @@ def _group(name: str, adapter: ArchAdapter, attn_suffixes) -> str:
 
 
 # --- importance-guided ranks -------------------------------------------------------------------
-RANK_BY = ("uniform", "I_pre", "U", "effect_fwd")
+class _RankBy(Sequence):
+    """uniform, then every schema's `rank_by` columns (I_pre, U, effect_fwd), read when used (the
+    parser is built per call), so a measurement declared after import is a choice too."""
+
+    def _all(self) -> tuple[str, ...]:
+        return ("uniform", *schema.rank_columns())
+
+    def __getitem__(self, i):
+        return self._all()[i]
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __repr__(self) -> str:
+        return repr(self._all())
+
+
+RANK_BY = _RankBy()
 ROUNDING = ("rank_m = 1 + a share proportional to the module's score (at most min(in, out); a module at that cap "
             "passes its excess on), by water-filling, then rounded down and the remaining rank units given to the largest remainders "
             "(ties: module order); modules of different shapes are allocated within their shape group, each "
