@@ -15,6 +15,7 @@ import torch
 from headplast.arch.adapters import ArchAdapter, get_adapter
 from headplast.train.config import TrainConfig
 from headplast.train.lora import adapted_modules, make_lora_model, resolve_targets
+from headplast.train.recipes import ALPHA_PER_RANK
 from headplast.train.speed import (clip_in_step, embedding_rows_in_use, frozen_linears_in, last_layer_token0,
                                    numpy_dropout, resolve_speed, steady_steps, torch_optimizer, training_device,
                                    tune_allocator)
@@ -44,7 +45,9 @@ def trainable_model(model, adapter: ArchAdapter, cfg: TrainConfig, ranks: dict[s
         # LoRA's A matrices are drawn at random: seed them from the run (this torch seeds every
         # process differently, and Trainer only seeds when it is built, after this)
         set_seed(cfg.seed)
-        model = make_lora_model(model, adapter, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets, ranks)
+        # unset alpha: the recipe's rule (the train step fills it in and records it; direct callers get the same)
+        alpha = ALPHA_PER_RANK * cfg.lora_r if cfg.lora_alpha is None else cfg.lora_alpha
+        model = make_lora_model(model, adapter, cfg.lora_r, alpha, cfg.lora_dropout, targets, ranks)
         return model, adapted_modules(model)
     for p in model.parameters():
         p.requires_grad_(True)
