@@ -213,9 +213,9 @@ def test_undefined_statistics_read_back_as_nan_in_plot_and_report(tmp_path, caps
     assert st["run"]["r"] is None  # a null that is not a number stays None
     capsys.readouterr()
     assert main(plot) == 0  # skipped: its summary line is read back from stats.json
-    assert "ρ(I_pre, U) = nan, 95% CI [nan, nan] (constant or too few values)" in capsys.readouterr().out
+    assert "ρ(I_pre, U) = nan, 95% CI [nan, nan] (layer-aware) (constant or too few values)" in capsys.readouterr().out
     assert main(["report", "--output-root", str(tmp_path)]) == 0
-    assert "ρ(I_pre, U) = nan, 95% CI [nan, nan] (constant or too few values)" in (tmp_path / "report.html").read_text()
+    assert "ρ(I_pre, U) = nan, 95% CI [nan, nan] (layer-aware) (constant or too few values)" in (tmp_path / "report.html").read_text()
 
 
 @pytest.mark.slow
