@@ -216,3 +216,21 @@ def test_label_spellings(label, parsed):
 def test_unknown_labels_are_refused(label):
     with pytest.raises(HeadplastError):
         layout.parse_label(label)
+
+
+def test_the_cli_shows_library_deprecation_warnings(tmp_path):
+    """Python hides DeprecationWarning raised outside __main__; the CLI shows them (a library's
+    deprecation is the first notice of a private API changing)."""
+    import subprocess
+    import sys
+
+    code = ("import warnings\n"
+            "from headplast.sweep.worker import show_deprecations\n"
+            "show_deprecations()\n"
+            "import importlib; mod = type(warnings)('fake_lib')\n"
+            "exec(\"import warnings\\ndef f():\\n    warnings.warn('old api', DeprecationWarning, stacklevel=1)\", mod.__dict__)\n"
+            "mod.f()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "DeprecationWarning: old api" in r.stderr
+    plain = subprocess.run([sys.executable, "-c", code.replace("show_deprecations()\n", "")], capture_output=True, text=True)
+    assert "old api" not in plain.stderr  # Python's default: hidden (what the CLI did before)

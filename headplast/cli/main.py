@@ -183,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from headplast.sweep.worker import show_deprecations
+
+    show_deprecations()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if not args.verbose:
         from headplast.sweep.worker import quiet_libraries

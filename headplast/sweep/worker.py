@@ -5,12 +5,22 @@ from __future__ import annotations
 import os
 
 
+def show_deprecations() -> None:
+    """Python hides DeprecationWarning outside __main__; the libraries' own deprecations (the
+    first notice of a private API the speed tricks use changing) are shown once per place."""
+    import warnings
+
+    warnings.filterwarnings("default", category=DeprecationWarning)
+    warnings.filterwarnings("default", category=FutureWarning)
+
+
 def quiet_libraries() -> None:
     """The libraries' own chatter off: our steps print what matters. Their deprecation and future
     warnings stay visible: they are the first notice of the private APIs the speed tricks use
     breaking."""
     from transformers.utils import logging as hf_logging
 
+    show_deprecations()
     hf_logging.set_verbosity_error()  # e.g. the "classifier MISSING" load report of every θ0
     hf_logging.disable_progress_bar()  # per-file loading bars; our steps have their own
 
