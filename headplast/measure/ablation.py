@@ -6,7 +6,9 @@ Per batch (length-sorted, padded to its own longest example, no autograd, eval m
   2. for each layer l, the ablations of several heads of l run together as one
      batch of k copies, starting from the recorded input of layer l, so the layers
      below l are never recomputed.
-The result is exactly what a full forward pass with the head gated would give.
+The result is exactly what a full forward pass with the head gated would give. The loop over
+batches and heads is headplast.measure.headloop's (shared with the update effect); this module
+says what a unit changes (gates on O) and what is recorded (loss, logits, KL).
 """
 
 from __future__ import annotations
@@ -14,20 +16,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from headplast.arch.adapters import ArchAdapter, get_adapter
 from headplast.data.metrics import metric_value, predictions
 from headplast.data.tokenize import Encoded, sorted_batches
-from headplast.errors import HeadplastError
 from headplast.measure.config import ABLATIONS
 from headplast.measure.declare import Inputs, Measurement
 from headplast.measure.fastpath import FAST_PATHS
 from headplast.measure.gating import capture_o_inputs, head_gates
+from headplast.measure.headloop import mean_se, sweep
 from headplast.measure.replay import Replay
 from headplast.measure.resample import derangement, replacements
 from headplast.measure.results import ImportanceResult
-from headplast.measure.shard import current, gather, mine, units
 
 
 def example_losses(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
@@ -67,10 +67,6 @@ def head_means(model, adapter: ArchAdapter, enc: Encoded, pad_id: int, batch_siz
     return total / count
 
 
-def _chunk_size(H: int, B: int, T: int, max_tokens: int) -> int:
-    return int(max(1, min(H, max_tokens // max(B * T, 1))))
-
-
 @torch.no_grad()
 def ablation_importance(model, adapter: ArchAdapter, enc: Encoded, task, pad_id: int,
                         batch_size: int = 32, ablation: str = "zero", max_tokens: int = 1 << 14,
@@ -81,68 +77,44 @@ def ablation_importance(model, adapter: ArchAdapter, enc: Encoded, task, pad_id:
     L, H = adapter.num_layers(model.config), adapter.num_heads(model.config)
     means = head_means(model, adapter, enc, pad_id, batch_size) if ablation == "mean" else None
     donors = derangement(len(enc)) if ablation == "resample" else None
-    fast = FAST_PATHS.get(adapter.model_type) if use_fast_path else None
-    N, C = len(enc), task.num_labels
-    losses = np.zeros((N, 1 + L * H), dtype=np.float64)
-    logits_all = np.zeros((N, 1 + L * H, C), dtype=np.float32)
-    kl = np.zeros((N, L * H), dtype=np.float64)
-    shard = current()  # other processes compute other heads (headplast.measure.shard)
-    owned = np.zeros((N, 1 + L * H), dtype=bool)
-    bar = tqdm(total=N * L * H // shard.world, desc=f"ablation ({ablation})", unit="head-ex", disable=not progress)
-    for idx, batch in sorted_batches(enc, batch_size, pad_id):
-        batch = _to(batch, device)
-        labels = batch.pop("labels")
-        B, T = batch["input_ids"].shape
-        rp = Replay(model, adapter, batch)
-        if donors is not None:  # per batch: the donors' outputs on these examples' positions
-            means = replacements(model, adapter, enc, donors[idx], T, pad_id)
-        base = rp.logits
-        # the batch's results stay on the device and are copied to the host once per batch: no
-        # synchronisation per head (the same values as copying each head's, bit for bit)
-        b_losses = torch.zeros(B, 1 + L * H, dtype=torch.float64, device=device)
-        b_logits = torch.zeros(B, 1 + L * H, C, dtype=torch.float32, device=device)
-        b_kl = torch.zeros(B, L * H, dtype=torch.float64, device=device)
-        b_losses[:, 0] = example_losses(base, labels, task.is_regression).double()
-        b_logits[:, 0] = base.float()
-        owned[idx, 0] = shard.leader  # every process computes the unablated pass; rank 0's is kept
-        for l, heads in mine(units(L, H, _chunk_size(H, B, T, max_tokens)), L, shard):
-            k = len(heads)
-            gates = torch.ones(k * B, H, device=device)
+    regression = task.is_regression
+
+    def per_batch(rp: Replay, idx, labels):
+        B, T = rp.mask.shape
+        # resample: per batch, the donors' outputs on these examples' positions
+        targets = means if donors is None else replacements(model, adapter, enc, donors[idx], T, pad_id)
+
+        def score(lg):  # [B, C] -> loss [B], logits [B, C], KL from the unablated model [B]
+            row = (example_losses(lg, labels, regression).double(), lg.float())
+            return row if regression else (*row, kl_base_to(rp.logits, lg).double())
+
+        def hooks(l, heads):  # copy j: head heads[j] of layer l gated
+            gates = torch.ones(len(heads) * B, H, device=device)  # [k*B, H]
             for j, h in enumerate(heads):
                 gates[j * B:(j + 1) * B, h] = 0.0
-            with head_gates(model, adapter, {l: gates}, means):
-                out = rp.run_from(l, rp.input_of(l, k), k) if fast is None else rp.from_o_input(fast, l, k)
-            for j, h in enumerate(heads):
-                lg = out[j * B:(j + 1) * B]
-                col = 1 + l * H + h
-                b_losses[:, col] = example_losses(lg, labels, task.is_regression).double()
-                b_logits[:, col] = lg.float()
-                owned[idx, col] = True
-                if not task.is_regression:
-                    b_kl[:, col - 1] = kl_base_to(base, lg).double()
-            bar.update(B * k)
-        losses[idx], logits_all[idx], kl[idx] = b_losses.cpu().numpy(), b_logits.cpu().numpy(), b_kl.cpu().numpy()
-    bar.close()
-    losses, logits_all, kl = gather(owned, [losses, logits_all, kl], [0, 0, 1])
+            return head_gates(model, adapter, {l: gates}, targets)
+        return score, hooks
+
+    fast = FAST_PATHS.get(adapter.model_type) if use_fast_path else None
+    losses, logits_all, *kl = sweep(model, adapter, enc, pad_id, batch_size, max_tokens, per_batch, fast,
+                                    f"ablation ({ablation})", progress, "during ablation")
+    # column 0 of KL is the unablated model's own (0); regression has none
+    kl = np.ascontiguousarray(kl[0][:, 1:]) if kl else np.zeros((len(enc), L * H))
     return summarize(losses, logits_all, kl, enc.labels, task, ablation, L, H)
 
 
 def summarize(losses, logits_all, kl, labels, task, ablation, L, H) -> ImportanceResult:
-    """Per-head means, paired standard errors and metric changes from per-example results."""
-    if not np.isfinite(losses).all():
-        raise HeadplastError("non-finite losses during ablation (NaN/inf in the model's outputs)",
-                             "check the checkpoint (was training stable?) or use --dtype float32")
-    N = losses.shape[0]
-    diff = losses[:, 1:] - losses[:, :1]  # [N, L*H] paired differences
-    se = diff.std(0, ddof=1) / np.sqrt(N) if N > 1 else np.full(L * H, np.nan)
+    """Per-head means, paired standard errors and metric changes from per-example results
+    (losses [N, 1+L*H], logits [N, 1+L*H, C], kl [N, L*H]; column 0 the unablated model)."""
+    importance, se = mean_se(losses[:, 1:] - losses[:, :1], L, H)  # paired differences
     base_metric = metric_value(task.metric, predictions(task, logits_all[:, 0]), labels)
     mdelta = np.array([metric_value(task.metric, predictions(task, logits_all[:, c]), labels)
                        for c in range(1, 1 + L * H)]) - base_metric
     kl_mean = np.full(L * H, np.nan) if task.is_regression else kl.mean(0)
     shape = (L, H)
-    return ImportanceResult(diff.mean(0).reshape(shape), se.reshape(shape), mdelta.reshape(shape),
-                            kl_mean.reshape(shape), losses.astype(np.float32), float(losses[:, 0].mean()),
-                            float(base_metric), task.metric, ablation)
+    return ImportanceResult(importance, se, mdelta.reshape(shape), kl_mean.reshape(shape),
+                            losses.astype(np.float32), float(losses[:, 0].mean()), float(base_metric),
+                            task.metric, ablation)
 
 
 def _importance(x: Inputs, which: str, ablation: str | None = None) -> ImportanceResult:

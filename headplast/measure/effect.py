@@ -10,7 +10,8 @@ Exact and fast, on the ablation engine (headplast.measure.replay): heads do not 
 so one pass of layer l with *every* head's Q/K/V taken from the other model gives each head's
 patched context at once (slice h is what patching head h alone gives). Head h patched is then
 "O input slice h replaced by that context, plus (W_O_other - W_O)[:, h] times it added to O's
-output", which hooks on O apply to k stacked copies, replayed from O of layer l upwards.
+output", which hooks on O apply to k stacked copies, replayed from O of layer l upwards (the loop
+over batches and heads: headplast.measure.headloop, shared with ablation importance).
 """
 
 from __future__ import annotations
@@ -19,18 +20,16 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from headplast.arch.adapters import ArchAdapter, get_adapter
-from headplast.data.tokenize import Encoded, sorted_batches
-from headplast.errors import HeadplastError
-from headplast.measure.ablation import _chunk_size, example_losses
+from headplast.data.tokenize import Encoded
+from headplast.measure.ablation import example_losses
 from headplast.measure.declare import Inputs, Measurement
 from headplast.measure.fastpath import FAST_PATHS
 from headplast.measure.gating import capture_o_inputs
+from headplast.measure.headloop import mean_se, sweep
 from headplast.measure.replay import Replay
 from headplast.measure.results import UpdateEffectResult
-from headplast.measure.shard import current, gather, mine, units
 
 
 @contextmanager
@@ -90,56 +89,31 @@ def _patch_hooks(o_module, ctx1: torch.Tensor, d_o: torch.Tensor, heads: list[in
             hd.remove()
 
 
-@torch.no_grad()
 def patch_losses(model, other, adapter: ArchAdapter, enc: Encoded, task, pad_id: int, batch_size: int = 32,
                  max_tokens: int = 1 << 14, progress: bool = True, desc: str = "update effect") -> np.ndarray:
     """Per-example losses [N, 1 + L*H]: column 0 `model`'s own, column 1 + l*H + h with head (l, h)'s
     parameters taken from `other` (same architecture and shapes)."""
     model.eval(), other.eval()
-    device = next(model.parameters()).device
-    L, H, d = adapter.num_layers(model.config), adapter.num_heads(model.config), adapter.head_dim(model.config)
-    fast = FAST_PATHS.get(adapter.model_type)
-    losses = np.zeros((len(enc), 1 + L * H), dtype=np.float64)
-    shard = current()  # other processes compute other heads (headplast.measure.shard)
-    owned = np.zeros(losses.shape, dtype=bool)
-    bar = tqdm(total=len(enc) * L * H // shard.world, desc=desc, unit="head-ex", disable=not progress)
-    for idx, batch in sorted_batches(enc, batch_size, pad_id):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        labels = batch.pop("labels")
-        B, T = batch["input_ids"].shape
-        rp = Replay(model, adapter, batch)
-        # the batch's losses stay on the device, copied to the host once per batch (no wait per head)
-        b_losses = torch.zeros(B, 1 + L * H, dtype=torch.float64, device=device)
-        b_losses[:, 0] = example_losses(rp.logits, labels, task.is_regression).double()
-        owned[idx, 0] = shard.leader
+    d = adapter.head_dim(model.config)
+
+    def per_batch(rp: Replay, idx, labels):
         patch = {}  # layer -> (O, patched context, O's weight difference), once for all its units here
-        for l, heads in mine(units(L, H, _chunk_size(H, B, T, max_tokens)), L, shard):
+
+        def hooks(l, heads):  # copy j: head heads[j] of layer l patched
             if l not in patch:
                 o_mod = adapter.linear(model, l, "o")
                 d_o = adapter.linear(other, l, "o").weight.data - o_mod.weight.data  # [D, H*d]
-                patch = {l: (o_mod, _patched_context(rp, other, l), d_o)}
-            o_mod, ctx1, d_o = patch[l]
-            k = len(heads)
-            with _patch_hooks(o_mod, ctx1, d_o, heads, d):
-                out = rp.run_from(l, rp.input_of(l, k), k) if fast is None else rp.from_o_input(fast, l, k)
-            for j, h in enumerate(heads):
-                lg = out[j * B:(j + 1) * B]
-                b_losses[:, 1 + l * H + h] = example_losses(lg, labels, task.is_regression).double()
-                owned[idx, 1 + l * H + h] = True
-            bar.update(B * k)
-        losses[idx] = b_losses.cpu().numpy()
-    bar.close()
-    losses, = gather(owned, [losses], [0])
-    if not np.isfinite(losses).all():
-        raise HeadplastError("non-finite losses while patching heads (NaN/inf in the model's outputs)",
-                             "check the checkpoints (was training stable?) or use --dtype float32")
+                patch.clear()  # units come layer by layer: only the current layer's is kept
+                patch[l] = (o_mod, _patched_context(rp, other, l), d_o)
+            return _patch_hooks(*patch[l], heads, d)
+
+        def score(lg):  # [B, C] -> loss [B]
+            return (example_losses(lg, labels, task.is_regression).double(),)
+        return score, hooks
+
+    losses, = sweep(model, adapter, enc, pad_id, batch_size, max_tokens, per_batch,
+                    FAST_PATHS.get(adapter.model_type), desc, progress, "while patching heads")
     return losses
-
-
-def _mean_se(diff: np.ndarray, L: int, H: int) -> tuple[np.ndarray, np.ndarray]:
-    N = diff.shape[0]
-    se = diff.std(0, ddof=1) / np.sqrt(N) if N > 1 else np.full(L * H, np.nan)
-    return diff.mean(0).reshape(L, H), se.reshape(L, H)
 
 
 def update_effect(theta0, theta1, adapter: ArchAdapter, enc: Encoded, task, pad_id: int, batch_size: int = 32,
@@ -150,8 +124,8 @@ def update_effect(theta0, theta1, adapter: ArchAdapter, enc: Encoded, task, pad_
     rev = patch_losses(theta1, theta0, adapter, enc, task, pad_id, batch_size, max_tokens, progress,
                        "update effect (reverse)")
     # per-example values are kept so that value = m[:, 1:] - m[:, :1], as for importance
-    f, f_se = _mean_se(fwd[:, :1] - fwd[:, 1:], L, H)
-    r, r_se = _mean_se(rev[:, 1:] - rev[:, :1], L, H)
+    f, f_se = mean_se(fwd[:, :1] - fwd[:, 1:], L, H)
+    r, r_se = mean_se(rev[:, 1:] - rev[:, :1], L, H)
     return UpdateEffectResult(f, f_se, r, r_se, -fwd.astype(np.float32), rev.astype(np.float32))
 
 

@@ -1,9 +1,14 @@
-"""The naive reference: one full forward pass per head (the original guide's way).
+"""The naive references: one full forward pass per head (the original guide's way).
 
-Used by the tests (correctness of the fast engine) and the benchmark (its speed).
+naive_importance gates heads with the engine's own hook on O; weight_edit_importance uses no
+hook at all (a head removed by editing a copy's weights), so it does not share the engine's
+assumption that slice h of O's input is head h. Used by the tests (correctness of the fast
+engine) and the benchmark (its speed).
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import torch
@@ -12,7 +17,9 @@ from tqdm.auto import tqdm
 from headplast.data.tokenize import collate, padded_batches, sorted_batches
 from headplast.measure.ablation import example_losses, head_means, kl_base_to, summarize
 from headplast.measure.gating import capture_o_inputs, head_gates
+from headplast.measure.headloop import check_finite
 from headplast.measure.resample import align, derangement
+from headplast.measure.results import ImportanceResult
 
 
 @torch.no_grad()
@@ -54,6 +61,7 @@ def naive_importance(model, adapter, enc, task, pad_id, batch_size=128, pad_to=N
                 logits_all[idx, c] = lg.cpu().numpy()
                 if not task.is_regression:
                     kl[idx, c - 1] = kl_base_to(base[b], lg).cpu().numpy()
+    check_finite(losses, "during ablation")
     return summarize(losses, logits_all, kl, enc.labels, task, ablation, L, H)
 
 
@@ -67,3 +75,66 @@ def _donor_outputs(model, adapter, enc, donors, T: int, pad_id: int) -> dict:
             model(**{k: v.to(next(model.parameters()).device) for k, v in batch.items()})
         rows.append({l: align(ctx[0], len(enc.features[j]["input_ids"]), T) for l, ctx in store.items()})
     return {l: torch.stack([r[l] for r in rows]) for l in rows[0]}
+
+
+EDITS = ("o_columns", "v_rows")
+
+
+def remove_head(model, adapter, l: int, h: int, edit: str, mean: torch.Tensor | None = None) -> None:
+    """Head h of layer l removed from `model` in place by a weight edit, no hook.
+
+    o_columns: W_O[:, slice h] = 0, so O reads nothing of head h. v_rows: W_V[slice h] and
+    b_V[slice h] = 0, so head h's values, hence its context (attention weights times 0), are 0:
+    this ties slice h of O's input to head h's own value projection. mean [d] (mean ablation):
+    O's bias += W_O[:, slice h] @ mean, what O adds for a head whose context is its mean."""
+    s = adapter.head_slice(model.config, h)
+    o = adapter.linear(model, l, "o")
+    if mean is not None:  # before the columns are zeroed; the engine's gate casts the mean the same way
+        o.bias += o.weight[:, s] @ mean.to(o.weight.dtype)  # [D]
+    if edit == "o_columns":
+        o.weight[:, s] = 0
+    elif edit == "v_rows":
+        v = adapter.linear(model, l, "v")
+        v.weight[s] = 0
+        if v.bias is not None:
+            v.bias[s] = 0
+    else:
+        raise ValueError(f"edit {edit!r}: one of {EDITS}")
+
+
+@torch.no_grad()
+def weight_edit_importance(model, adapter, enc, task, pad_id, batch_size=128, ablation="zero",
+                           edit="o_columns") -> ImportanceResult:
+    """Importance with every head removed by `remove_head` on a deep copy of the model, one full
+    forward pass per head. zero and mean ablation only: resample replaces a head's output by one
+    that varies by example and position, which no bias (or other weight) edit reproduces."""
+    if ablation not in ("zero", "mean"):
+        raise ValueError(f"ablation {ablation!r}: a weight edit is exact for zero and mean ablation only")
+    model.eval()
+    L, H = adapter.num_layers(model.config), adapter.num_heads(model.config)
+    means = head_means(model, adapter, enc, pad_id, batch_size) if ablation == "mean" else None  # [L, H*d]
+    N, C = len(enc), task.num_labels
+    losses = np.zeros((N, 1 + L * H))
+    logits_all = np.zeros((N, 1 + L * H, C), dtype=np.float32)
+    kl = np.zeros((N, L * H))
+    batches = [(idx, {k: v.to(next(model.parameters()).device) for k, v in b.items()})
+               for idx, b in sorted_batches(enc, batch_size, pad_id)]
+    labels = [b.pop("labels") for _, b in batches]
+    base = [model(**b).logits for _, b in batches]  # [B, C] per batch
+    for (idx, _), y, lg in zip(batches, labels, base):
+        losses[idx, 0] = example_losses(lg, y, task.is_regression).cpu().numpy()
+        logits_all[idx, 0] = lg.cpu().numpy()
+    for l in range(L):
+        for h in range(H):
+            m = copy.deepcopy(model)
+            s = adapter.head_slice(model.config, h)
+            remove_head(m, adapter, l, h, edit, None if means is None else means[l, s])
+            c = 1 + l * H + h
+            for (idx, b), y, b0 in zip(batches, labels, base):
+                lg = m(**b).logits
+                losses[idx, c] = example_losses(lg, y, task.is_regression).cpu().numpy()
+                logits_all[idx, c] = lg.cpu().numpy()
+                if not task.is_regression:
+                    kl[idx, c - 1] = kl_base_to(b0, lg).cpu().numpy()
+    check_finite(losses, "during ablation")
+    return summarize(losses, logits_all, kl, enc.labels, task, ablation, L, H)
