@@ -20,7 +20,6 @@ from torch.nn import functional as F
 from headplast.arch.adapters import ArchAdapter, get_adapter
 from headplast.data.metrics import metric_value, predictions
 from headplast.data.tokenize import Encoded, sorted_batches
-from headplast.measure.config import ABLATIONS
 from headplast.measure.declare import Inputs, Measurement
 from headplast.measure.fastpath import FAST_PATHS
 from headplast.measure.gating import capture_o_inputs, head_gates
@@ -28,6 +27,7 @@ from headplast.measure.headloop import mean_se, sweep
 from headplast.measure.replay import Replay
 from headplast.measure.resample import derangement, replacements
 from headplast.measure.results import ImportanceResult
+from headplast.store import schema
 
 
 def example_losses(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
@@ -123,36 +123,9 @@ def _importance(x: Inputs, which: str, ablation: str | None = None) -> Importanc
                                ablation or c.ablation[0], c.max_tokens, c.progress)
 
 
-def _columns(col: str) -> dict:
-    return {"importance": col, "importance_se": f"{col}_se", "metric_delta": f"{col}_metric_delta", "kl": f"{col}_kl"}
-
-
-def _declare(tag: str, which: str, when: str) -> Measurement:
-    col = f"I_{tag}"
-    return Measurement(
-        f"importance_{tag}", ImportanceResult, lambda x: _importance(x, which), needs=(which, "eval"),
-        columns=_columns(col), labels={col: f"importance {when} fine-tuning, {col} (Δ loss, nats)"},
-        pairs=(("I_pre", "I_post"),) if tag == "post" else (),
-        settings=("ablation", "dtype"), per_example=f"losses_{tag}.npy", split=True)
-
-
-def _declare_variant(tag: str, which: str, when: str, ablation: str) -> Measurement:
-    """Importance under a further ablation of --ablation (computed only when asked for): its rank
-    agreement with the main importance and the other variants, and the main correlations under it."""
-    col, main = f"I_{tag}_{ablation}", f"I_{tag}"
-    others = [f"I_{tag}_{a}" for a in ABLATIONS[ABLATIONS.index(ablation) + 1:]]
-    pairs = ((main, col), *((col, o) for o in others), (col, "U"))
-    if tag == "post":
-        pairs += (("I_pre_" + ablation, col),)
-    return Measurement(
-        f"importance_{tag}_{ablation}", ImportanceResult, lambda x: _importance(x, which, ablation),
-        needs=(which, "eval"), columns=_columns(col),
-        labels={col: f"importance {when} fine-tuning, {ablation} ablation, {col} (Δ loss, nats)"},
-        pairs=pairs, settings=("dtype",), per_example=f"losses_{tag}_{ablation}.npy", split=True,
-        enabled=lambda cfg: ablation in cfg.ablation[1:])
-
-
-IMPORTANCE_PRE = _declare("pre", "theta0", "before")
-IMPORTANCE_POST = _declare("post", "theta1", "after")
-VARIANTS = tuple(_declare_variant(tag, which, when, a) for a in ABLATIONS
-                 for tag, which, when in (("pre", "theta0", "before"), ("post", "theta1", "after")))
+# what each measures is declared in headplast.store.schema; here only how it is computed
+IMPORTANCE_PRE = Measurement.of(schema.IMPORTANCE_PRE, ImportanceResult, lambda x: _importance(x, "theta0"))
+IMPORTANCE_POST = Measurement.of(schema.IMPORTANCE_POST, ImportanceResult, lambda x: _importance(x, "theta1"))
+VARIANTS = tuple(Measurement.of(s, ImportanceResult,
+                                lambda x, s=s: _importance(x, s.needs[0], s.name.rsplit("_", 1)[1]))
+                 for s in schema.VARIANTS)

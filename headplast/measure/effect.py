@@ -30,6 +30,7 @@ from headplast.measure.gating import capture_o_inputs
 from headplast.measure.headloop import mean_se, sweep
 from headplast.measure.replay import Replay
 from headplast.measure.results import UpdateEffectResult
+from headplast.store import schema
 
 
 @contextmanager
@@ -134,10 +135,4 @@ def _compute(x: Inputs) -> UpdateEffectResult:
     return update_effect(m0, m1, get_adapter(m0), x.enc, x.task, x.pad_id, c.batch_size, c.max_tokens, c.progress)
 
 
-UPDATE_EFFECT = Measurement(
-    "update_effect", UpdateEffectResult, _compute, needs=("theta0", "theta1", "eval"),
-    labels={"effect_fwd": "update effect (forward): loss gain from this head's update alone (nats)",
-            "effect_rev": "update effect (reverse): loss when only this head is reverted to θ0 (nats)"},
-    pairs=(("I_pre", "effect_fwd"), ("U", "effect_fwd"), ("I_post", "effect_rev"), ("U", "effect_rev")),
-    settings=("dtype",), per_example={"effect_fwd": "losses_effect_fwd.npy", "effect_rev": "losses_effect_rev.npy"},
-    split=True)
+UPDATE_EFFECT = Measurement.of(schema.UPDATE_EFFECT, UpdateEffectResult, _compute)

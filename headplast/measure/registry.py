@@ -12,22 +12,11 @@ from headplast.measure.gradfisher import GRADFISHER
 from headplast.measure.update import UPDATE
 from headplast.store import schema
 
-
-
-def _with_schema(m: Measurement) -> Measurement:
-    """A measurement declared with its schema inline, given the declared schema of its name (all
-    that downstream reads); what both declare must agree."""
-    s = schema.get(m.name)
-    inline = [f for f in ("fields", "needs", "columns", "labels", "log_columns", "pairs", "settings", "per_example",
-                          "extra_files", "split", "version") if getattr(m, f) != getattr(s, f)]
-    if inline or m.optional != s.optional:
-        raise ValueError(f"{m.name}: its inline declaration differs from store.schema in {inline}")
-    return Measurement.of(s, m.result, m.compute)
-
-
 # optional ones (importance under further ablations) last: computed only when --ablation asks for them
-MEASUREMENTS: tuple[Measurement, ...] = tuple(_with_schema(m) for m in (
-    IMPORTANCE_PRE, UPDATE, GRADFISHER, IMPORTANCE_POST, UPDATE_EFFECT, UPDATE_GEOMETRY, *VARIANTS))
+MEASUREMENTS: tuple[Measurement, ...] = (IMPORTANCE_PRE, UPDATE, GRADFISHER, IMPORTANCE_POST, UPDATE_EFFECT,
+                                         UPDATE_GEOMETRY, *VARIANTS)
+if tuple(m.name for m in MEASUREMENTS) != tuple(s.name for s in schema.SCHEMAS):  # one order: heads.csv's
+    raise ImportError("headplast.measure.registry and headplast.store.schema.SCHEMAS list different measurements")
 
 
 def enabled(cfg) -> tuple[Measurement, ...]:
