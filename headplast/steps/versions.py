@@ -16,14 +16,18 @@ STEPS = {
     "theta0": 1,
     "train": 1,
     # 2: layer-block intervals, within-layer ρ, TOST, Holm (issue 29)
-    "analyse": 2,
+    # 3: figures and the ρ line show the layer-aware interval; one display name per statistic
+    "analyse": 3,
     # 2: one verdict function, comparison table, centred example interval (issue 29)
-    "compare": 2,
+    # 3: figures' layer-aware intervals, display names, sections from the schemas
+    "compare": 3,
     # 2: aggregate-first answer, raw disattenuated mean, tie-corrected Kendall's W, Fisher-z tests (issue 29)
-    "aggregate": 2,
+    # 3: one display name per statistic, one reliability bar
+    "aggregate": 3,
     "ranks": 1,
     # 2: the answer's new wording and the comparison table (issue 29)
-    "report": 2,
+    # 3: layer-aware intervals in the scatter titles; heads table and maps from the schemas
+    "report": 3,
 }
 
 
