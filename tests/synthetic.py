@@ -39,6 +39,11 @@ def extra_file(name: str, rng, L: int, H: int):
         return [{"layer": l, "module": k, "name": f"layer.{l}.{k}", "k": 10, "epsilon": 0.5,
                  "intruders": int(n), "max_cos": [0.3] * int(n) + [0.9] * (10 - int(n))}
                 for l in range(L) for k in "qkvo" for n in [rng.integers(0, 4)]]
+    if name == "amplification.jsonl":
+        amp = np.random.default_rng(int(rng.integers(1 << 30))).lognormal(1.5, 0.5, size=(L, 4))
+        return [{"layer": l, "module": k, "name": f"layer.{l}.{k}", "r_setting": 8, "r": 8, "dw_fro": 1.0,
+                 "w0_fro": 20.0, "proj_fro": 1 / amp[l, i], "proj_random_fro": 1 / 40, "amplification": amp[l, i],
+                 "amplification_random": 40.0} for l in range(L) for i, k in enumerate("qkvo")]
     raise ValueError(f"synthetic runs do not know how to write {name}")
 
 

@@ -38,9 +38,11 @@ def test_every_measurement_is_its_schema_with_a_compute_part():
 # what the schemas give, as the hand-written lists before them said
 @pytest.mark.parametrize("derived, expected", [
     (schema.compare_pairs, (("I_pre", "U"), ("I_pre", "Urel"), ("I_post", "U"), ("I_post", "Urel"), ("I_pre", "I_post"),
-                            ("I_pre", "effect_fwd"), ("U", "effect_fwd"), ("I_post", "effect_rev"), ("U", "effect_rev"))),
+                            ("I_pre", "effect_fwd"), ("U", "effect_fwd"), ("I_post", "effect_rev"), ("U", "effect_rev"),
+                            ("I_pre", "qk_rel"), ("I_pre", "ov_rel"), ("I_post", "qk_rel"), ("I_post", "ov_rel"))),
     (lambda: schema.table_columns(shared=True), ("I_pre",)),
-    (lambda: schema.table_columns(shared=False), ("U", "Urel", "I_post", "effect_fwd", "effect_rev", "srank")),
+    (lambda: schema.table_columns(shared=False), ("U", "Urel", "I_post", "effect_fwd", "effect_rev", "srank",
+                                                  "qk_rel", "ov_rel")),
     (schema.heatmap_columns, ("I_pre", "U", "I_post", "effect_fwd")),
     (lambda: tuple(__import__("headplast.train.lora", fromlist=["RANK_BY"]).RANK_BY),
      ("uniform", "I_pre", "U", "effect_fwd")),
@@ -110,8 +112,8 @@ def _heads_header(page: str) -> str:
     ("compare_metrics.json", lambda o: {"FFT", "LoRA_r8", "difference", "ci95"}
      <= set(o["metrics"]["key_statistics"]["rho(I_pre,w0_norm)"])),
     ("compare_metrics.json stats", lambda o: "I_pre~w0_norm" in o["metrics"]["stats"]["FFT"]["pairs"]),
-    ("compare_summary.txt", lambda o: "## 5. Spearman correlation (w0_norm)\n  ρ(I_pre, w0_norm):" in o["summary"]
-     and "## 6. Shape of the updates" in o["summary"] and "## 7. Main findings" in o["summary"]),
+    ("compare_summary.txt", lambda o: "## 6. Spearman correlation (w0_norm)\n  ρ(I_pre, w0_norm):" in o["summary"]
+     and "## 7. Shape of the updates" in o["summary"] and "## 8. Main findings" in o["summary"]),
     ("report heads table", lambda o: ">w0_norm<" in _heads_header(o["report"])),
     ("report heatmaps", lambda o: "FFT: w0_norm" in o["report"]),
     ("--rank-by choices", lambda o: "w0_norm" in _rank_choices(o["parser"])),

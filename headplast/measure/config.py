@@ -44,6 +44,9 @@ class MeasureConfig:
                              **POSITIVE)
     intruder_epsilon: float = option(0.5, "intruder dimensions: a vector whose largest |cosine| with theta0's "
                                      "singular vectors is below this is an intruder", **OPEN_FRACTION)
+    amplification_r: int = option(8, "amplification factor (Hu et al. 2021, LoRA §7.3): top singular directions "
+                                  "of each matrix's update it projects W0 on; at most the update's rank (a LoRA "
+                                  "run of rank r < this uses r); set it to the LoRA rank compared", **POSITIVE)
     progress: bool = option(True, "progress bars")
 
     def __post_init__(self):

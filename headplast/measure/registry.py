@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from headplast.errors import HeadplastError, did_you_mean
 from headplast.measure.ablation import IMPORTANCE_POST, IMPORTANCE_PRE, VARIANTS
+from headplast.measure.circuit import CIRCUIT_UPDATE
 from headplast.measure.declare import Measurement
 from headplast.measure.effect import UPDATE_EFFECT
 from headplast.measure.geometry import UPDATE_GEOMETRY
@@ -14,7 +15,7 @@ from headplast.store import schema
 
 # optional ones (importance under further ablations) last: computed only when --ablation asks for them
 MEASUREMENTS: tuple[Measurement, ...] = (IMPORTANCE_PRE, UPDATE, GRADFISHER, IMPORTANCE_POST, UPDATE_EFFECT,
-                                         UPDATE_GEOMETRY, *VARIANTS)
+                                         UPDATE_GEOMETRY, CIRCUIT_UPDATE, *VARIANTS)
 if tuple(m.name for m in MEASUREMENTS) != tuple(s.name for s in schema.SCHEMAS):  # one order: heads.csv's
     raise ImportError("headplast.measure.registry and headplast.store.schema.SCHEMAS list different measurements")
 

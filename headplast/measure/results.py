@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from headplast.store.schema import AMPLIFICATION_FILE
+
 
 def not_per_head(default=None):
     return field(default=default, metadata={"per_head": False})
@@ -94,3 +96,15 @@ class UpdateEffectResult(HeadTable):
 
     def per_example(self) -> dict:
         return {"effect_fwd": self.fwd_values, "effect_rev": self.rev_values}
+
+
+@dataclass(frozen=True)
+class CircuitResult(HeadTable):
+    qk_rel: np.ndarray  # [L, H] ||ΔQK||_F / ||QK(theta0)||_F (headplast.measure.circuit)
+    ov_rel: np.ndarray  # [L, H] ||ΔOV||_F / ||OV(theta0)||_F
+    qk_srank: np.ndarray  # [L, H] stable rank of ΔQK (NaN where QK did not change)
+    ov_srank: np.ndarray  # [L, H] stable rank of ΔOV
+    amplification: list = not_per_head()  # one row per adapted matrix (layer x Q/K/V/O): amplification.jsonl
+
+    def extra_files(self) -> dict:
+        return {AMPLIFICATION_FILE: self.amplification}

@@ -120,6 +120,13 @@ def shape_lines(m: dict, n: int = 5) -> list[str]:
                    + (f"of the {s['matrices_adapted']} adapted matrices " if "matrices_adapted" in s else "") +
                    f"({', '.join(f'{k.upper()} {n}' for k, n in s['intruders_per_module'].items())}; "
                    f"top-{s['intruder_k']}, |cos| < {s['intruder_epsilon']})")
+    amp = {lab: sh[lab].get("amplification") for lab in (la, lb)}
+    if all(a and a["median"] is not None for a in amp.values()):
+        r = sorted({x for a in amp.values() for x in a["r"]})
+        out.append("  amplification ||ΔW||_F / ||UᵀW0V||_F on ΔW's top-r singular directions (Hu et al. 2021 "
+                   f"§7.3; r {', '.join(map(str, r))}), median over adapted matrices: "
+                   + "; ".join(f"{lab} {a['median']:.2f} (random directions {a['median_random']:.2f})"
+                               for lab, a in amp.items()))
     p, rho = sub["phi"], sub["rho_I_pre_phi"]
     out.append(f"  subspace overlap φ of {la} and {lb} (top-{sub['k']} left singular vectors per head): mean "
                f"{p['mean']:.3f}, median {p['median']:.3f} (random subspaces: {sub['random_subspaces']:.3f})")

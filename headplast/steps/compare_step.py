@@ -14,6 +14,7 @@ from headplast.analysis.subspace import overlap, random_within_parts, subspace_s
 from headplast.arch.adapters import KINDS
 from headplast.errors import HeadplastError
 from headplast.measure.geometry import BASES_FILE, BASES_K, INTRUDERS_FILE, UPDATE_GEOMETRY
+from headplast.store.schema import AMPLIFICATION_FILE
 from headplast.options import NONNEGATIVE, opt, option, validate
 from headplast.plotting import compare_plots as cp
 from headplast.report.compare_summary import compare_summary
@@ -167,4 +168,20 @@ def update_shape(dirs: dict, dfs: dict) -> dict:
                     "vectors_examined": sum(len(r["max_cos"]) for r in rows if _adapted(r)),
                     "matrices_adapted": sum(map(_adapted, rows)), "matrices": len(rows),
                     "intruder_k": rows[0]["k"], "intruder_epsilon": rows[0]["epsilon"]}
+        amp = d / AMPLIFICATION_FILE
+        if amp.exists():  # measured before the amplification factor existed: none
+            out[lab]["amplification"] = amplification_summary(
+                [json.loads(line) for line in amp.read_text().splitlines()])
     return out
+
+
+def amplification_summary(rows: list[dict]) -> dict:
+    """Median over the matrices fine-tuning changed of the amplification factor ||ΔW||_F / ||UᵀW0V||_F
+    on ΔW's top-r singular directions, and of the same on random directions (measure.circuit)."""
+    done = [r for r in rows if r["amplification"] is not None]
+    med = lambda k: _num(np.median([r[k] for r in done])) if done else None  # noqa: E731
+    return {"median": med("amplification"), "median_random": med("amplification_random"),
+            "per_module": {k: _num(np.median(v)) for k in KINDS
+                           if (v := [r["amplification"] for r in done if r["module"] == k])},
+            "matrices": len(done), "r": sorted({r["r"] for r in done}),
+            "r_setting": rows[0]["r_setting"] if rows else None}

@@ -211,10 +211,24 @@ UPDATE_GEOMETRY = Schema(
     extra_files=(BASES_FILE, INTRUDERS_FILE), table=("srank",),
     version=2)  # 2: bases keep directions above the relative rank threshold only (issue 29 item 8)
 
+AMPLIFICATION_FILE = "amplification.jsonl"
+_CIRCUIT_PAIRS = (("I_pre", "qk_rel"), ("I_pre", "ov_rel"), ("I_post", "qk_rel"), ("I_post", "ov_rel"))
+CIRCUIT_UPDATE = Schema(
+    "circuit_update", ("qk_rel", "ov_rel", "qk_srank", "ov_srank"), needs=("theta0", "theta1"),
+    labels={"qk_rel": "relative QK-circuit update ||ΔQK||_F / ||QK(θ0)||_F",
+            "ov_rel": "relative OV-circuit update ||ΔOV||_F / ||OV(θ0)||_F",
+            "qk_srank": "stable rank of the QK-circuit update ΔQK",
+            "ov_srank": "stable rank of the OV-circuit update ΔOV"},
+    log_columns=("qk_rel", "ov_rel"), pairs=_CIRCUIT_PAIRS, settings=("amplification_r",),
+    extra_files=(AMPLIFICATION_FILE,), compare=_CIRCUIT_PAIRS,
+    section="Circuit updates: did the head's maps change? (ΔQK, ΔOV in residual-stream space, Elhage et al. "
+            "2021; unchanged by a reparametrisation of the head that U counts as an update)",
+    table=("qk_rel", "ov_rel"))
+
 # in the order of heads.csv's columns and of the measure step; the optional ones (importance
 # under further ablations) last: computed only when --ablation asks for them
 SCHEMAS: tuple[Schema, ...] = (IMPORTANCE_PRE, UPDATE, GRADFISHER, IMPORTANCE_POST, UPDATE_EFFECT, UPDATE_GEOMETRY,
-                               *VARIANTS)
+                               CIRCUIT_UPDATE, *VARIANTS)
 
 
 def get(name: str) -> Schema:
