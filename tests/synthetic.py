@@ -48,8 +48,10 @@ def extra_file(name: str, rng, L: int, H: int):
 
 
 def make_run(root: Path, label: str, seed: int, L: int = 4, H: int = 6, N: int = 40, coupling: float = 0.5,
-             subset: str = "fp-A", model: str = "synthetic-model", val_metric: float = 0.7, collapsed=False) -> Path:
-    """One measured run whose update U is `coupling`-correlated with importance."""
+             subset: str = "fp-A", model: str = "synthetic-model", val_metric: float = 0.7, collapsed=False,
+             without: tuple[str, ...] = ()) -> Path:
+    """One measured run whose update U is `coupling`-correlated with importance; `without`:
+    measurements it lacks (a run measured before they existed)."""
     run = layout.RunId.from_label("RTE", label, seed)
     d = layout.run_dir(root, run)
     d.mkdir(parents=True, exist_ok=True)
@@ -64,7 +66,8 @@ def make_run(root: Path, label: str, seed: int, L: int = 4, H: int = 6, N: int =
     g = true_imp + 0.01 * rng.normal(size=n)
     cols = {"U": U, "Urel": U / 3, **{f"U_{k}": U / 2 for k in "qkvo"}, "grad_norm": np.abs(g), "fisher": g ** 2,
             "gate_grad": np.abs(g), "gate_fisher": g ** 2, "taylor": g}
-    for m in registry.required():
+    measured = [m for m in registry.MEASUREMENTS if not m.optional and m.name not in without]
+    for m in measured:
         for col, file in m.per_example_files.items():
             mat = per_example.get(col)
             if mat is None:

@@ -36,7 +36,7 @@ def test_plot_writes_tables_and_figures(runs, capsys):
     heads = pd.read_csv(d / "heads.csv")
     assert len(heads) == 24 and {"I_pre", "I_post", "U", "Urel", "fisher", "taylor", "I_pre_se"} <= set(heads)
     st = json.loads((d / "stats.json").read_text())
-    assert len(st["pairs"]) == 14 and st["n_boot"] == 300 and "I_pre" in st["reliability"]
+    assert len(st["pairs"]) == 18 and st["n_boot"] == 300 and "I_pre" in st["reliability"]
     assert {"U~effect_fwd", "I_pre~effect_fwd", "I_post~effect_rev", "U~effect_rev"} <= set(st["pairs"])
     assert {"effect_fwd", "effect_rev"} <= set(st["reliability"])
     cases = json.loads((d / "cases.json").read_text())

@@ -23,18 +23,20 @@ def test_scatter_text_shows_the_layer_aware_interval():
 
 def test_stats_figure_error_bars_are_the_layer_aware_interval(tmp_path, monkeypatch):
     bars = {}
-    real = common.plt.Axes.bar
+    real = common.plt.Axes.errorbar
 
-    def spy(ax, x, h, *a, yerr=None, **kw):
-        if yerr is not None:
-            bars["yerr"] = [list(map(float, e)) for e in yerr]
-        return real(ax, x, h, *a, yerr=yerr, **kw)
+    def spy(ax, x, y, *a, yerr=None, **kw):
+        bars["lo"], bars["hi"] = float(y[0] - yerr[0]), float(y[0] + yerr[0])
+        return real(ax, x, y, *a, yerr=yerr, **kw)
 
-    monkeypatch.setattr(common.plt.Axes, "bar", spy)
+    monkeypatch.setattr(common.plt.Axes, "errorbar", spy)
     stats = {"pairs": {"I_pre~U": PAIR}, "k": 7, "n_heads": 72}
     run_plots.fig_stats(stats, "t", tmp_path / "f.png")
-    lo, hi = bars["yerr"][0][0], bars["yerr"][1][0]
-    assert abs((0.30 - lo) - (-0.10)) < 1e-12 and abs((0.30 + hi) - 0.60) < 1e-12
+    assert abs(bars["lo"] - (-0.10)) < 1e-12 and abs(bars["hi"] - 0.60) < 1e-12
+    # an interval that does not hold the estimate is drawn as it is (a negative yerr raised before)
+    off = {**PAIR, "ci95_layers": [0.35, 0.5], "ci95_examples": None}
+    run_plots.fig_stats({**stats, "pairs": {"I_pre~U": off}}, "t", tmp_path / "g.png")
+    assert abs(bars["lo"] - 0.35) < 1e-12 and abs(bars["hi"] - 0.5) < 1e-12
 
 
 def test_text_lines_and_report_titles_show_the_layer_aware_interval():
@@ -42,3 +44,23 @@ def test_text_lines_and_report_titles_show_the_layer_aware_interval():
 
     line = rho_line({"pairs": {"I_pre~U": PAIR}})
     assert "[-0.100, 0.600]" in line and "0.200, 0.400" not in line
+
+
+def test_a_run_measured_before_a_later_measurement_still_reads(tmp_path):
+    """circuit_update was added after runs were measured: runs without it still analyse, compare
+    and report (it is computed by default, not required to read)."""
+    from headplast.cli.main import main
+    from headplast.measure import registry
+    from headplast.steps.runs import is_measured
+    from synthetic import make_run
+
+    assert "circuit_update" not in {m.name for m in registry.required()}
+    dirs = [make_run(tmp_path, lab, 1, without=("circuit_update",)) for lab in ("FFT", "LoRA_r8")]
+    assert all(is_measured(d) and not (d / "circuit_update.jsonl").exists() for d in dirs)
+    assert main(["plot", str(dirs[0]), "--n-boot", "50", "--n-perm", "20"]) == 0
+    assert main(["compare", "--output-root", str(tmp_path), "--task", "RTE", "--seed", "1", "--labels", "FFT",
+                 "LoRA_r8", "--n-boot", "50", "--n-perm", "20"]) == 0
+    assert main(["report", "--output-root", str(tmp_path), "--out", str(tmp_path / "mine.html")]) == 0
+    assert main(["report", "--output-root", str(tmp_path), "--out", str(tmp_path / "mine.html")]) == 0  # skipped
+    summary = next(tmp_path.glob("COMPARE/*/seed1/compare_summary.txt")).read_text()
+    assert "Circuit updates" not in summary

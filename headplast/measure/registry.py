@@ -27,7 +27,7 @@ def enabled(cfg) -> tuple[Measurement, ...]:
 
 def required() -> tuple[Measurement, ...]:
     """The measurements every measured run has."""
-    return tuple(m for m in MEASUREMENTS if not m.optional)
+    return tuple(m for m in MEASUREMENTS if not m.optional and m.required)
 
 
 def get(name: str) -> Measurement:

@@ -39,7 +39,10 @@ def fig_stats(stats, title, path):
     chance = np.array([pairs[p]["top_k"]["chance"] for p in names])
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     x = np.arange(len(names))
-    axes[0].bar(x, rho, yerr=[rho - lo, hi - rho], capsize=3, color="tab:blue", label="Spearman ρ (95% CI: layer blocks ∪ examples)")
+    axes[0].bar(x, rho, color="tab:blue", label="Spearman ρ")
+    # the interval as it is: a percentile interval need not hold the estimate (yerr would be negative)
+    axes[0].errorbar(x, (lo + hi) / 2, yerr=(hi - lo) / 2, fmt="none", ecolor="k", capsize=3,
+                     label="95% CI: layer blocks ∪ examples")
     axes[0].scatter(x, part, color="tab:red", zorder=3, label="ρ controlled for layer")
     axes[0].axhline(0, color="k", lw=0.8)
     axes[0].set_ylabel("Spearman ρ over heads")

@@ -57,6 +57,7 @@ def _runs_key(step: str, cfg, labels, seeds) -> str:
     hashes = {f"{lab}/seed{s}": input_hashes(measured_run(cfg.output_root, cfg.task, lab, s))
               for lab in labels for s in seeds}
     conf = {k: v for k, v in asdict(cfg).items() if k not in ("output_root", "out_dir", "force")}
+    conf["analysis_version"] = versions.version_of("analyse")  # the runs' statistics are recomputed here
     return versions.key(step, conf, hashes)
 
 

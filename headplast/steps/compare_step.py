@@ -65,6 +65,7 @@ def run_compare(cfg: CompareConfig) -> Outcome:
     inputs = {lab: input_hashes(d) for lab, d in dirs.items()}
     inputs["noise_floor"] = {str(d): records.read_record(d, UPDATE_GEOMETRY.name)["outputs"] for d in floor_dirs.values()}
     key = versions.key("compare", {"labels": list(cfg.labels), "analysis": asdict(cfg.analysis),
+                                   "analysis_version": versions.version_of("analyse"),
                                        "subspace_k": cfg.subspace_k}, inputs)
     return recorded_step(out, "compare", key, outputs(cfg), lambda: _write_compare(cfg, dirs, floor_dirs, out),
                          cfg.force, lambda: str(out))

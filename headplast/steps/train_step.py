@@ -75,6 +75,9 @@ def _refuse_other_run(out: Path, cfg: TrainConfig) -> None:
         flags = as_flags(TrainConfig(**legacy))  # e.g. --train-dtype float32 --dropout-masks torch
         keep = f"; it was trained before {'/'.join(flags[::2])} existed: to keep it, pass {' '.join(flags)}" \
             if legacy else ""
+        if "lora_alpha" in diff and diff["lora_alpha"][0] == 16.0 and cfg.lora_alpha is None:
+            keep += ("; --lora-alpha now defaults to 2 * --lora-r (it was 16 for every rank): to keep this run, "
+                     "pass --lora-alpha 16")
         raise HeadplastError(f"{out} already holds a different run (differs in {diff})",
                              f"pass --force to overwrite it, or choose another --output-root{keep}")
 

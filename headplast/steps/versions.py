@@ -24,7 +24,8 @@ STEPS = {
     # 2: aggregate-first answer, raw disattenuated mean, tie-corrected Kendall's W, Fisher-z tests (issue 29)
     # 3: one display name per statistic, one reliability bar
     "aggregate": 3,
-    "ranks": 1,
+    # 2: statistics recomputed by the code of issue 29 (raw disattenuated mean, layer-aware run stats)
+    "ranks": 2,
     # 2: the answer's new wording and the comparison table (issue 29)
     # 3: layer-aware intervals in the scatter titles; heads table and maps from the schemas
     "report": 3,
@@ -35,6 +36,8 @@ def version_of(step: str) -> int:
     """A step's version: a measurement's from its declaration, the others' from STEPS."""
     if step in STEPS:
         return STEPS[step]
+    if step.startswith("report_"):  # a report written to another file (report --out) is a report
+        return STEPS["report"]
     from headplast.measure import registry  # measurement names are steps too
 
     return registry.get(step).version

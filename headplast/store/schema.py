@@ -55,6 +55,9 @@ class Schema:
     table: tuple[str, ...] = ()  # columns in the report's heads table (once if shared, else per run)
     heatmap: tuple[str, ...] = ()  # columns drawn as layer x head maps in the report
     rank_by: tuple[str, ...] = ()  # columns that can guide LoRA ranks (train --rank-by)
+    # False for a measurement added after runs were measured: computed by default, but a run
+    # measured before it existed still reads (analysis, comparison, report skip what it lacks)
+    required: bool = True
 
     def __post_init__(self):
         bad = set(self.needs) - set(NEEDS)
@@ -223,7 +226,7 @@ CIRCUIT_UPDATE = Schema(
     extra_files=(AMPLIFICATION_FILE,), compare=_CIRCUIT_PAIRS,
     section="Circuit updates: did the head's maps change? (ΔQK, ΔOV in residual-stream space, Elhage et al. "
             "2021; unchanged by a reparametrisation of the head that U counts as an update)",
-    table=("qk_rel", "ov_rel"))
+    table=("qk_rel", "ov_rel"), required=False)
 
 # in the order of heads.csv's columns and of the measure step; the optional ones (importance
 # under further ablations) last: computed only when --ablation asks for them
