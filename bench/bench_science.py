@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from headplast.analysis.compare import union_ci  # noqa: E402
+from headplast.analysis.stats import combined  # noqa: E402
 from headplast.report.headline import headline  # noqa: E402
 BARS = {"theta0_above_majority": 0.10, "tuned_above_theta0": 0.05, "reliability": 0.8, "eval_size": 800,
         "seconds": 25 * 60}
@@ -51,7 +51,10 @@ def row(root: Path, seed: int, seconds: float) -> dict:
         st = m["stats"][lab]
         p = st["pairs"]["I_pre~U"]
         r[f"rel_I_pre_{lab}"], r[f"rel_I_post_{lab}"] = _rel(st, "I_pre"), _rel(st, "I_post")
-        r[f"rho_{lab}"], r[f"ci_{lab}"] = p["spearman"], union_ci(p["ci95"], p.get("ci95_examples"))
+        # the intervals the answer uses: layer blocks ∪ eval examples, across heads and within layers
+        r[f"rho_{lab}"], r[f"ci_{lab}"] = p["spearman"], combined(p)["ci95"]
+        w = combined(p, within=True)
+        r[f"rho_within_{lab}"], r[f"ci_within_{lab}"] = w["estimate"], w["ci95"]
         r[f"collapsed_{lab}"] = m["runs"][lab]["collapsed"]
     r["headline"] = headline(m)  # as the current code words it
     r["bars"] = bars(r)
@@ -73,14 +76,15 @@ def bars(r: dict) -> dict:
 def table(rows: list[dict]) -> list[str]:
     fft, lora = rows[0]["labels"]
     out = [f"| seed | majority | θ0 | {fft} | {lora} | rel. I_pre | rel. I_post {fft} | rel. I_post {lora} | "
-           f"ρ(I_pre,U) {fft} [95% CI] | ρ(I_pre,U) {lora} [95% CI] | eval N | wall min | bars met |",
-           "|---|" + "---:|" * 11 + "---|"]
+           f"ρ(I_pre,U) {fft} [95% CI] | within layers | ρ(I_pre,U) {lora} [95% CI] | within layers | eval N | "
+           "wall min | bars met |",
+           "|---|" + "---:|" * 13 + "---|"]
     for r in rows:
         ok = [k for k, v in r["bars"].items() if not v]
         out.append(f"| {r['seed']} | {r['majority']:.3f} | {r['theta0']:.3f} | {r[fft]:.3f} | {r[lora]:.3f} | "
                    f"{r[f'rel_I_pre_{fft}']:.2f} | {r[f'rel_I_post_{fft}']:.2f} | {r[f'rel_I_post_{lora}']:.2f} | "
-                   f"{r[f'rho_{fft}']:+.2f} [{r[f'ci_{fft}'][0]:+.2f}, {r[f'ci_{fft}'][1]:+.2f}] | "
-                   f"{r[f'rho_{lora}']:+.2f} [{r[f'ci_{lora}'][0]:+.2f}, {r[f'ci_{lora}'][1]:+.2f}] | "
+                   + "".join(f"{r[f'rho{w}_{lab}']:+.2f} [{r[f'ci{w}_{lab}'][0]:+.2f}, {r[f'ci{w}_{lab}'][1]:+.2f}] | "
+                             for lab in (fft, lora) for w in ("", "_within")) +
                    f"{r['eval_size']} | {r['seconds'] / 60:.1f} | {'all' if not ok else 'NOT: ' + ', '.join(ok)} |")
     return out
 
