@@ -46,7 +46,7 @@ def compare_summary(m: dict) -> str:
                  f"  ({difference_verdict(m, name)})"]
         if d.get("ci95_examples"):
             (hl, hh), (el, eh) = d["ci95_heads"], d["ci95_examples"]
-            lines.append(f"    (CI = union of resampling heads [{hl:+.4f}, {hh:+.4f}] and eval examples "
+            lines.append(f"    (CI = union of resampling layers [{hl:+.4f}, {hh:+.4f}] and eval examples "
                          f"[{el:+.4f}, {eh:+.4f}])")
         return lines
     (_, primary), *further = sections().items()

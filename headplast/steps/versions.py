@@ -20,7 +20,8 @@ STEPS = {
     "analyse": 3,
     # 2: one verdict function, comparison table, centred example interval (issue 29)
     # 3: figures' layer-aware intervals, display names, sections from the schemas
-    "compare": 3,
+    # 4: the summary says its difference intervals resample layers (they did; the text said heads)
+    "compare": 4,
     # 2: aggregate-first answer, raw disattenuated mean, tie-corrected Kendall's W, Fisher-z tests (issue 29)
     # 3: one display name per statistic, one reliability bar
     "aggregate": 3,
