@@ -191,7 +191,8 @@ def test_the_cli_builds_and_batch_sizes_have_distinct_names(capsys):
         assert "--batch-size is deprecated: pass --train-batch-size" in capsys.readouterr().err
     assert p.parse_args(["train", "--batch-size", "7"]).batch_size == 7
     assert "deprecated" in capsys.readouterr().err
-    assert p.parse_args(["measure", "--batch-size", "5"]).m_batch_size == 5
+    assert p.parse_args(["measure", "--batch-size", "5"]).m_batch_size == 5  # the old name: measuring's here
+    assert "--batch-size is deprecated: pass --measure-batch-size" in capsys.readouterr().err
 
 
 # --- labels round-trip -----------------------------------------------------------------------

@@ -29,7 +29,7 @@ class MeasureConfig:
                                        "and columns, e.g. zero,mean,resample", sep=",", metavar="ABLATIONS")
     batch_size: int | None = option(None, "examples per ablation batch (default: from the device: 32 on a CPU, 64 "
                                     "on a GPU, not yet measured on one)", flag="--measure-batch-size",
-                                    aliases=("--batch-size",), **POSITIVE)
+                                    deprecated=("--batch-size",), **POSITIVE)
     grad_batch_size: int = option(16, "examples per batch of the gradient/Fisher pass", **POSITIVE)
     dtype: str = option("float32", "dtype of the forward passes (fp32 is what the tests prove exact)",
                         choices=DTYPES)
