@@ -3,7 +3,6 @@ schema of headplast.store.schema.SCHEMAS with the code that computes it."""
 
 from __future__ import annotations
 
-from headplast.errors import HeadplastError, did_you_mean
 from headplast.measure.ablation import IMPORTANCE_POST, IMPORTANCE_PRE, VARIANTS
 from headplast.measure.circuit import CIRCUIT_UPDATE
 from headplast.measure.declare import Measurement
@@ -31,11 +30,7 @@ def required() -> tuple[Measurement, ...]:
 
 
 def get(name: str) -> Measurement:
-    by_name = {m.name: m for m in MEASUREMENTS}
-    if name not in by_name:
-        raise HeadplastError(f"unknown measurement '{name}'.{did_you_mean(name, by_name)}",
-                             f"use one of {', '.join(by_name)}")
-    return by_name[name]
+    return schema.named(MEASUREMENTS, name)
 
 
 def stat_pairs() -> tuple[tuple[str, str], ...]:

@@ -234,12 +234,18 @@ SCHEMAS: tuple[Schema, ...] = (IMPORTANCE_PRE, UPDATE, GRADFISHER, IMPORTANCE_PO
                                CIRCUIT_UPDATE, *VARIANTS)
 
 
-def get(name: str) -> Schema:
-    by_name = {s.name: s for s in SCHEMAS}
+def named(items, name: str):
+    """The one of `items` (schemas, or measurements: anything with a name) called `name`; an unknown
+    name is an error listing the known ones."""
+    by_name = {s.name: s for s in items}
     if name not in by_name:
         raise HeadplastError(f"unknown measurement '{name}'.{did_you_mean(name, by_name)}",
                              f"use one of {', '.join(by_name)}")
     return by_name[name]
+
+
+def get(name: str) -> Schema:
+    return named(SCHEMAS, name)
 
 
 def stat_pairs() -> tuple[Pair, ...]:
