@@ -22,47 +22,62 @@ from headplast.measure.resample import align, derangement
 from headplast.measure.results import ImportanceResult
 
 
+def _one_pass_per_head(model, adapter, enc, task, batches, removed, ablation, progress=False) -> ImportanceResult:
+    """What both references share (called under no_grad): the unchanged model's pass, then for
+    every head one full pass of every batch through `removed(l, h)`, a function (batch number,
+    batch) -> logits [B, C] of the model without head h of layer l; per-example losses, logits and
+    KL, summarised."""
+    model.eval()
+    device = next(model.parameters()).device
+    L, H = adapter.num_layers(model.config), adapter.num_heads(model.config)
+    N, C = len(enc), task.num_labels
+    losses = np.zeros((N, 1 + L * H))
+    logits_all = np.zeros((N, 1 + L * H, C), dtype=np.float32)
+    kl = np.zeros((N, L * H))
+    batches = [(idx, {k: v.to(device) for k, v in b.items()}) for idx, b in batches]
+    labels = [b.pop("labels") for _, b in batches]
+    base = [model(**b).logits for _, b in batches]  # [B, C] per batch
+    for (idx, _), y, lg in zip(batches, labels, base):
+        losses[idx, 0] = example_losses(lg, y, task.is_regression).cpu().numpy()
+        logits_all[idx, 0] = lg.cpu().numpy()
+    for l in tqdm(range(L), desc="naive ablation", disable=not progress):
+        for h in range(H):
+            run, c = removed(l, h), 1 + l * H + h
+            for b, ((idx, batch), y, b0) in enumerate(zip(batches, labels, base)):
+                lg = run(b, batch)
+                losses[idx, c] = example_losses(lg, y, task.is_regression).cpu().numpy()
+                logits_all[idx, c] = lg.cpu().numpy()
+                if not task.is_regression:
+                    kl[idx, c - 1] = kl_base_to(b0, lg).cpu().numpy()
+    check_finite(losses, "during ablation")
+    return summarize(losses, logits_all, kl, enc.labels, task, ablation, L, H)
+
+
 @torch.no_grad()
 def naive_importance(model, adapter, enc, task, pad_id, batch_size=128, pad_to=None, ablation="zero",
                      progress=False):
     """pad_to=None pads each batch to its longest example; an int pads every batch to it."""
     model.eval()
     device = next(model.parameters()).device
-    L, H = adapter.num_layers(model.config), adapter.num_heads(model.config)
+    H = adapter.num_heads(model.config)
     means = head_means(model, adapter, enc, pad_id) if ablation == "mean" else None
-    N, C = len(enc), task.num_labels
-    losses = np.zeros((N, 1 + L * H))
-    logits_all = np.zeros((N, 1 + L * H, C), dtype=np.float32)
-    kl = np.zeros((N, L * H))
     batches = list(padded_batches(enc, batch_size, pad_id, pad_to) if pad_to
                    else sorted_batches(enc, batch_size, pad_id))
     if ablation == "resample":  # per batch {layer: [B, T, H*d]}, each donor run on its own
         donors = derangement(len(enc))
         means = [_donor_outputs(model, adapter, enc, donors[idx], batch["input_ids"].shape[1], pad_id)
                  for idx, batch in batches]
-    base = {}
-    for b, (idx, batch) in enumerate(batches):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        labels = batch.pop("labels")
-        base[b] = model(**batch).logits
-        losses[idx, 0] = example_losses(base[b], labels, task.is_regression).cpu().numpy()
-        logits_all[idx, 0] = base[b].cpu().numpy()
-    for l in tqdm(range(L), desc="naive ablation", disable=not progress):
-        for h in range(H):
-            gate = torch.ones(H, device=device)
-            gate[h] = 0
-            for b, (idx, batch) in enumerate(batches):
-                batch = {k: v.to(device) for k, v in batch.items()}
-                labels = batch.pop("labels")
-                with head_gates(model, adapter, {l: gate}, means[b] if ablation == "resample" else means):
-                    lg = model(**batch).logits
-                c = 1 + l * H + h
-                losses[idx, c] = example_losses(lg, labels, task.is_regression).cpu().numpy()
-                logits_all[idx, c] = lg.cpu().numpy()
-                if not task.is_regression:
-                    kl[idx, c - 1] = kl_base_to(base[b], lg).cpu().numpy()
-    check_finite(losses, "during ablation")
-    return summarize(losses, logits_all, kl, enc.labels, task, ablation, L, H)
+
+    def gated(l, h):  # the engine's own gate hook on O
+        gate = torch.ones(H, device=device)
+        gate[h] = 0
+
+        def run(b, batch):
+            with head_gates(model, adapter, {l: gate}, means[b] if ablation == "resample" else means):
+                return model(**batch).logits
+        return run
+
+    return _one_pass_per_head(model, adapter, enc, task, batches, gated, ablation, progress)
 
 
 def _donor_outputs(model, adapter, enc, donors, T: int, pad_id: int) -> dict:
@@ -111,30 +126,12 @@ def weight_edit_importance(model, adapter, enc, task, pad_id, batch_size=128, ab
     if ablation not in ("zero", "mean"):
         raise ValueError(f"ablation {ablation!r}: a weight edit is exact for zero and mean ablation only")
     model.eval()
-    L, H = adapter.num_layers(model.config), adapter.num_heads(model.config)
     means = head_means(model, adapter, enc, pad_id, batch_size) if ablation == "mean" else None  # [L, H*d]
-    N, C = len(enc), task.num_labels
-    losses = np.zeros((N, 1 + L * H))
-    logits_all = np.zeros((N, 1 + L * H, C), dtype=np.float32)
-    kl = np.zeros((N, L * H))
-    batches = [(idx, {k: v.to(next(model.parameters()).device) for k, v in b.items()})
-               for idx, b in sorted_batches(enc, batch_size, pad_id)]
-    labels = [b.pop("labels") for _, b in batches]
-    base = [model(**b).logits for _, b in batches]  # [B, C] per batch
-    for (idx, _), y, lg in zip(batches, labels, base):
-        losses[idx, 0] = example_losses(lg, y, task.is_regression).cpu().numpy()
-        logits_all[idx, 0] = lg.cpu().numpy()
-    for l in range(L):
-        for h in range(H):
-            m = copy.deepcopy(model)
-            s = adapter.head_slice(model.config, h)
-            remove_head(m, adapter, l, h, edit, None if means is None else means[l, s])
-            c = 1 + l * H + h
-            for (idx, b), y, b0 in zip(batches, labels, base):
-                lg = m(**b).logits
-                losses[idx, c] = example_losses(lg, y, task.is_regression).cpu().numpy()
-                logits_all[idx, c] = lg.cpu().numpy()
-                if not task.is_regression:
-                    kl[idx, c - 1] = kl_base_to(b0, lg).cpu().numpy()
-    check_finite(losses, "during ablation")
-    return summarize(losses, logits_all, kl, enc.labels, task, ablation, L, H)
+
+    def edited(l, h):  # no hook: a copy of the model with the head's weights edited
+        m = copy.deepcopy(model)
+        s = adapter.head_slice(model.config, h)
+        remove_head(m, adapter, l, h, edit, None if means is None else means[l, s])
+        return lambda b, batch: m(**batch).logits
+
+    return _one_pass_per_head(model, adapter, enc, task, sorted_batches(enc, batch_size, pad_id), edited, ablation)
