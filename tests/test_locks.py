@@ -121,3 +121,40 @@ def test_a_read_only_folder_names_the_fix(tmp_path, monkeypatch):
         with locks.hold(tmp_path / "run", timeout=0):
             pass
     assert "writable --output-root" in e.value.fix
+
+
+WRITE = """
+import sys, time
+from pathlib import Path
+from headplast.store.io import atomic_path
+with atomic_path(Path(sys.argv[1]) / "pipeline_log.json") as tmp:
+    tmp.write_text("{}")
+    print(tmp, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_cleaning_a_folder_keeps_what_a_live_process_is_writing_there(tmp_path):
+    """A step cleans its folder of what killed processes left; another process writing beside it
+    (the pipeline's log next to the report, the lock of a subfolder) is not killed (CI saw a
+    second pipeline fail when the first one's report step removed its log's temporary)."""
+    from headplast.store.io import clean_temporaries
+
+    p = subprocess.Popen([sys.executable, "-c", WRITE, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        live = tmp_path.joinpath(p.stdout.readline().strip())
+        assert live.exists() and f"~{p.pid}@{socket.gethostname()}~" in live.name
+        old = tmp_path / ".stats.json.x8k2m1.tmp"  # untagged: left by an older version
+        gone = tmp_path / f".cases.json.~{2 ** 22 + 7}@{socket.gethostname()}~ab12.tmp"  # no such pid
+        far = tmp_path / ".heads.csv.~12@elsewhere~cd34.tmp"  # another host's, still being written
+        stale = tmp_path / ".heads.csv.~12@elsewhere~ef56.tmp"  # another host's, untouched for long
+        for f in (old, gone, far, stale):
+            f.write_text("")
+        os.utime(stale, (time.time() - locks.STALE_AFTER - 5,) * 2)
+        with locks.hold(tmp_path / "child"):  # this process's own lock temporaries are gone already
+            removed = clean_temporaries(tmp_path)
+        assert sorted(removed) == sorted([old, gone, stale]) and live.exists() and far.exists()
+    finally:
+        p.kill()
+        p.wait()
+    assert live in clean_temporaries(tmp_path) and not live.exists()  # its writer was killed

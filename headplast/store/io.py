@@ -3,8 +3,9 @@ was written, and a file that changed after it was written is noticed.
 
 Every write goes through `atomic_path`: the content is written to a hidden temporary file in
 the target's folder and renamed over the target, so a reader sees the old file or the new
-one, never half of one. Temporary names start with "." and end with ".tmp", so that
-`clean_temporaries` can remove what a killed process left.
+one, never half of one. Temporary names start with ".", carry their writer (`~pid@host~`)
+and end with ".tmp", so that `clean_temporaries` can remove what a killed process left and
+nothing a live one is writing.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from headplast.errors import HeadplastError
+from headplast.store.locks import tmp_tag, writer_gone
 
 TMP_SUFFIX = ".tmp"
 _UMASK = os.umask(0o022)
@@ -33,16 +35,18 @@ def atomic_path(path: str | Path, directory: bool = False):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if directory:
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX))
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{tmp_tag()}",
+                                    suffix=TMP_SUFFIX))
     else:
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{tmp_tag()}", suffix=TMP_SUFFIX)
         os.close(fd)
         tmp = Path(name)
     try:
         yield tmp
         os.chmod(tmp, (0o777 if directory else 0o666) & ~_UMASK)
         if directory and path.exists():
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old.", suffix=TMP_SUFFIX))
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old.{tmp_tag()}",
+                                        suffix=TMP_SUFFIX))
             os.replace(path, old / path.name)  # move the old folder aside, then swap in the new one
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
@@ -56,11 +60,14 @@ def atomic_path(path: str | Path, directory: bool = False):
 
 
 def clean_temporaries(folder: str | Path) -> list[Path]:
-    """Remove temporary files and folders a killed process left in `folder` (not recursive)."""
+    """Remove temporary files and folders a killed process left in `folder` (not recursive);
+    those of live processes (another pipeline writing beside this step) are kept."""
     folder = Path(folder)
     removed = []
     if folder.is_dir():
         for p in folder.glob(f".*{TMP_SUFFIX}"):
+            if not writer_gone(p):
+                continue
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             removed.append(p)
     return removed

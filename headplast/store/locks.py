@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import socket
 import sys
 import threading
@@ -77,22 +78,50 @@ def _read(path: Path) -> dict | None:
         return {}  # unreadable: judged by its age alone
 
 
+def pid_alive(pid: int, start: str | None = None) -> bool:
+    """Whether process `pid` of this host still runs (a zombie does not; with `start`, a later
+    process that reused the pid does not either)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    st = _proc_stat(pid)
+    if st and st[0] in ("Z", "X"):  # killed, not yet reaped by its parent
+        return False
+    now = st[19] if len(st) > 19 else None
+    return not (now and start and now != start)
+
+
 def _alive(owner: dict, path: Path) -> bool:
     if owner.get("host") == socket.gethostname() and owner.get("pid"):
-        pid = int(owner["pid"])
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-        st = _proc_stat(pid)
-        if st and st[0] in ("Z", "X"):  # killed, not yet reaped by its parent
-            return False
-        start = st[19] if len(st) > 19 else None
-        return not (start and owner.get("start") and start != owner["start"])
+        return pid_alive(int(owner["pid"]), owner.get("start"))
     try:
         return time.time() - path.stat().st_mtime < STALE_AFTER
+    except FileNotFoundError:
+        return False
+
+
+def tmp_tag() -> str:
+    """The writer's mark in a temporary file's name (`~pid@host~`): a folder's temporaries are
+    removed only when their writer is gone, since processes that do not hold the folder's lock
+    write there too (the locks of its subfolders, the pipeline's log beside the report)."""
+    return f"~{os.getpid()}@{socket.gethostname()}~"
+
+
+_TAG = re.compile(r"~(\d+)@([^~/]+)~")
+
+
+def writer_gone(tmp: Path) -> bool:
+    """Whether the process that wrote temporary `tmp` is gone (untagged: left by an older version)."""
+    m = _TAG.search(tmp.name)
+    if m is None:
+        return True
+    if m[2] == socket.gethostname():
+        return int(m[1]) != os.getpid() and not pid_alive(int(m[1]))
+    try:  # another host's process: gone when the file has not changed for STALE_AFTER
+        return time.time() - tmp.stat().st_mtime > STALE_AFTER
     except FileNotFoundError:
         return False
 
@@ -103,7 +132,7 @@ def describe(owner: dict) -> str:
 
 
 def _try_create(path: Path, owner: dict) -> bool:
-    tmp = path.parent / f".{path.name}.{owner['token']}.tmp"
+    tmp = path.parent / f".{path.name}.{tmp_tag()}{owner['token']}.tmp"
     try:
         tmp.write_text(json.dumps(owner))
     except OSError as e:
@@ -119,7 +148,7 @@ def _try_create(path: Path, owner: dict) -> bool:
 
 def _break_stale(path: Path, seen: dict) -> None:
     """Move a stale lock aside; if another process replaced it meanwhile, put that one back."""
-    aside = path.parent / f".{path.name}.stale-{uuid.uuid4().hex}.tmp"
+    aside = path.parent / f".{path.name}.stale{tmp_tag()}{uuid.uuid4().hex}.tmp"
     try:
         os.rename(path, aside)
     except FileNotFoundError:
