@@ -66,7 +66,7 @@ def test_compare_writes_every_file(runs, capsys):
     assert k["difference"] == pytest.approx(k["LoRA_r4"] - k["FFT"]) and isinstance(k["exceeds_uncertainty"], bool)
     assert k["ci95"][0] <= k["difference"] <= k["ci95"][1]
     text = (d / "compare_summary.txt").read_text()
-    assert "## 7. Main findings" in text and f"{k['FFT']:.4f}" in text
+    assert "## 6. What importance adds beyond" in text and "## 8. Main findings" in text and f"{k['FFT']:.4f}" in text
     sub = m["subspace"]  # phi recomputed here head by head; the noise floor is seed 1 (lowest other seed)
     b = {(lab, s): np.load(runs / sub_dir / "update_bases.npy")[..., :8] for lab, s, sub_dir in
          (("FFT", 2, "FFT/RTE/seed2"), ("LoRA", 2, "LoRA/RTE/seed2_r4"), ("FFT", 1, "FFT/RTE/seed1"))}

@@ -105,8 +105,9 @@ def test_guide_workflow_with_scripts(tmp_path, capsys):
     assert m["labels"] == ["FFT", "LoRA_r8"]
     assert m["key_statistics"]["rho(I_pre,U)"]["FFT"] == pytest.approx(fft_stats["pairs"]["I_pre~U"]["spearman"])
     summary = (cmp_dir / "compare_summary.txt").read_text()
-    for section in ("## 1. Spearman", "## 2. Top-20 overlap", "## 3. Counter-example counts", "## 4. Update effect", "## 5. Circuit updates",
-                    "## 6. Shape of the updates", "## 7. Main findings"):
+    for section in ("## 1. Spearman", "## 2. Top-20 overlap", "## 3. Counter-example counts", "## 4. Update effect",
+                    "## 5. Circuit updates", "## 6. What importance adds beyond the gradient", "## 7. Shape of the updates",
+                    "## 8. Main findings"):
         assert section in summary
     for f, n in COMPARE_PANELS.items():
         assert panels(cmp_dir / f) == n, f

@@ -113,7 +113,8 @@ def _heads_header(page: str) -> str:
      <= set(o["metrics"]["key_statistics"]["rho(I_pre,w0_norm)"])),
     ("compare_metrics.json stats", lambda o: "I_pre~w0_norm" in o["metrics"]["stats"]["FFT"]["pairs"]),
     ("compare_summary.txt", lambda o: "## 6. Spearman correlation (w0_norm)\n  ρ(I_pre, w0_norm):" in o["summary"]
-     and "## 7. Shape of the updates" in o["summary"] and "## 8. Main findings" in o["summary"]),
+     and "## 8. Shape of the updates" in o["summary"] and "## 9. Main findings" in o["summary"]
+     and "## 7. What importance adds beyond the gradient" in o["summary"]),
     ("report heads table", lambda o: ">w0_norm<" in _heads_header(o["report"])),
     ("report heatmaps", lambda o: "FFT: w0_norm" in o["report"]),
     ("--rank-by choices", lambda o: "w0_norm" in _rank_choices(o["parser"])),

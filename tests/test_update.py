@@ -27,6 +27,12 @@ def test_changing_one_head_changes_only_its_u(arch, kind):
     np.testing.assert_allclose(res.U, expected, atol=1e-6)
     np.testing.assert_allclose(getattr(res, f"U_{kind}"), expected, atol=1e-6)
     assert res.Urel[1, 2] > 0 and res.Urel[0].max() == 0
+    # W0 (Urel's denominator, a covariate of the statistics): rows of Q/K/V and columns of O, sliced here
+    W0 = np.array([[np.sqrt(sum(float(w0[(l, k)][ad.head_slice(m0.config, h), :].pow(2).sum()) for k in "qkv")
+                            + float(w0[(l, "o")][:, ad.head_slice(m0.config, h)].pow(2).sum())) for h in range(4)]
+                   for l in range(2)])
+    np.testing.assert_allclose(res.W0, W0, rtol=1e-6)
+    np.testing.assert_allclose(res.Urel[1, 2], res.U[1, 2] / W0[1, 2], rtol=1e-6)
 
 
 @pytest.mark.parametrize("arch", ALL_ARCHS)

@@ -31,6 +31,8 @@ def flat_stats(stats: dict, cases: dict, info: dict) -> dict:
         if not (d is not None and np.isfinite(d)):  # aggregate the raw value (dropping it biases the mean to 0)
             d = p.get("disattenuated_raw", d)
         out[pair_name(x, y, "disattenuated_rho")] = d
+        if "beyond" in p:
+            out[pair_name(x, y, "rho_beyond")] = p["beyond"].get("spearman", math.nan)
     for v, r in stats["reliability"].items():
         out[f"reliability({v})"] = r["reliability"]
     out["n_important_but_static"] = cases["important_but_static"]["count"]
@@ -40,7 +42,7 @@ def flat_stats(stats: dict, cases: dict, info: dict) -> dict:
     return out
 
 
-CORRELATIONS = ("rho(", "partial_rho(", "kendall_tau(", "reliability(")
+CORRELATIONS = ("rho(", "partial_rho(", "rho_beyond(", "kendall_tau(", "reliability(")
 
 
 def is_correlation(statistic: str) -> bool:

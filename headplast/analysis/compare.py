@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from headplast.analysis.cases import counter_examples
-from headplast.analysis.names import WITHIN, pair_name, run_test_name, split_name
-from headplast.analysis.stats import (bootstrap_p, centred, combined, example_bootstrap_spearman,
+from headplast.analysis.names import (BEYOND, PRIMARY_PAIR, WITHIN, pair_name, run_test_name,
+                                      split_name)
+from headplast.analysis.stats import (bootstrap_p, layer_bootstrap_partial, partial_spearman, centred, combined, example_bootstrap_spearman,
                                       example_bootstrap_within, example_weights, holm, layer_bootstrap_spearman,
                                       layer_resamples, partial_spearman_layer, percentile_ci, resample_rows, spearman,
                                       top_k_overlap, union_ci)
@@ -21,6 +22,12 @@ from headplast.store import schema
 def rho_keys(dfs: dict) -> tuple[tuple[str, str], ...]:
     """The pairs whose ρ a comparison reports (each schema's `compare`) that both runs have."""
     return tuple((x, y) for x, y in schema.compare_pairs() if all({x, y} <= set(d.columns) for d in dfs.values()))
+
+
+def beyond_keys(dfs: dict) -> tuple[str, ...]:
+    """The plasticity columns whose ρ(I_pre, · | BEYOND_GIVEN, layer) a comparison reports."""
+    need = {"I_pre", *schema.BEYOND_GIVEN}
+    return tuple(y for y in schema.plasticity_columns() if all(need | {y} <= set(d.columns) for d in dfs.values()))
 
 
 def _boot_topk(a, b, idx, k):
@@ -83,6 +90,11 @@ def key_statistics(dfs: dict, k: int, top_q: float, bottom_q: float, n_boot: int
         add(pair_name(x, y, "rho"), spearman(da[x], da[y]), spearman(db[x], db[y]), bb - ba, ex)
         if (x, y) == ("I_pre", "U"):
             add(WITHIN, *(partial_spearman_layer(d[x], d[y], layers) for d in (da, db)), wb - wa, exw)
+    given = list(schema.BEYOND_GIVEN)
+    for y in beyond_keys(dfs):  # what importance predicts beyond the gradient, ||W0|| and the layer
+        (ra, ba), (rb, bb) = ((partial_spearman(d["I_pre"], d[y], d[given], layers),
+                               layer_bootstrap_partial(d["I_pre"], d[y], d[given], blocks)) for d in (da, db))
+        add(pair_name("I_pre", y, "rho_beyond"), ra, rb, bb - ba)
     rows = resample_rows(blocks)
     for y in ("U", "Urel"):
         a_i, a_u = da["I_pre"].to_numpy(float), da[y].to_numpy(float)
@@ -105,15 +117,17 @@ SECONDARY_PAIRS = (pair_name("U", "effect_fwd"), pair_name("I_pre", "effect_fwd"
 def secondary_family(keys: dict, stats: dict, alpha: float = 0.05) -> dict:
     """Everything a comparison tests besides the primary endpoint (each method's rho(I_pre, U),
     across heads and within layers): every difference between the two runs and each run's
-    correlations of the update effect that the answer states. Their p-values, Holm-adjusted as
-    one family: {'method', 'alpha', 'tests': {name: {'p', 'p_holm'}}}; the name of a run's
-    correlation is '<label>: rho(x,y)'."""
+    correlations of the update effect and of importance beyond the gradient that the answer
+    states. Their p-values, Holm-adjusted as one family: {'method', 'alpha', 'tests': {name:
+    {'p', 'p_holm'}}}; the name of a run's correlation is '<label>: rho(x,y)'."""
     ps = {name: d.get("p_value", np.nan) for name, d in keys.items()}
     for lab, st in stats.items():
         for pair in SECONDARY_PAIRS:
             if pair in st["pairs"]:
                 _, x, y = split_name(pair)
                 ps[run_test_name(lab, pair_name(x, y, "rho"))] = combined(st["pairs"][pair])["p"]
+        if "beyond" in st["pairs"].get(PRIMARY_PAIR, {}):
+            ps[run_test_name(lab, BEYOND)] = combined(st["pairs"][PRIMARY_PAIR], part="beyond")["p"]
     adj = holm(ps)
     return {"method": "Holm", "alpha": alpha, "exploratory": True,
             "tests": {name: {"p": ps[name], "p_holm": adj[name]} for name in ps}}

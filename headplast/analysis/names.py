@@ -18,9 +18,13 @@ from __future__ import annotations
 
 import re
 
+from headplast.store.schema import BEYOND_GIVEN
+
 SEP = "~"
 GREEK = {"rho": "ρ", "partial_rho": "partial ρ", "disattenuated_rho": "disattenuated ρ",
-         "rho_within_layer": "within-layer ρ", "kendall_tau": "Kendall's τ"}
+         "rho_within_layer": "within-layer ρ", "kendall_tau": "Kendall's τ", "rho_beyond": "ρ"}
+# what a statistic is conditioned on, shown inside its parentheses: ρ(I_pre, U | grad_norm, W0, layer)
+GIVEN = {"rho_beyond": ", ".join((*BEYOND_GIVEN, "layer"))}
 
 
 def pair_name(x: str, y: str, stat: str | None = None) -> str:
@@ -61,7 +65,8 @@ def display_name(name: str, stat: str | None = None) -> str:
     s = s or stat
     if s is None:
         return f"{x} vs {y}"
-    return f"{GREEK.get(s, s)}({x}, {y})"
+    given = f" | {GIVEN[s]}" if s in GIVEN else ""
+    return f"{GREEK.get(s, s)}({x}, {y}{given})"
 
 
 def run_test_name(label: str, name: str) -> str:
@@ -72,3 +77,4 @@ def run_test_name(label: str, name: str) -> str:
 PRIMARY_PAIR = pair_name("I_pre", "U")  # the question: importance before fine-tuning vs the update
 PRIMARY = pair_name("I_pre", "U", "rho")  # its primary endpoint, across heads
 WITHIN = pair_name("I_pre", "U", "rho_within_layer")  # and within layers
+BEYOND = pair_name("I_pre", "U", "rho_beyond")  # beyond the gradient at θ0, ||W0|| and the layer

@@ -151,6 +151,51 @@ def layer_bootstrap_spearman(a, b, blocks) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(across), np.concatenate(within)
 
 
+def _residualised(R: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """Rows of R [k, n] minus their least-squares fit on X [k, n, p] (row by row, batched)."""
+    beta = np.einsum("kpn,kn->kp", np.linalg.pinv(X), R)
+    return R - np.einsum("knp,kp->kn", X, beta)
+
+
+def _partial_rows(A: np.ndarray, B: np.ndarray, C: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Partial Spearman of each row of A and B [k, n] given the columns of C [k, n, c] and a group
+    per label (labels [n], the same for every row): ranks (each row's, each covariate's) regressed
+    on the covariates' ranks and one indicator per group (the intercept), Pearson of the residuals."""
+    _, inv = np.unique(labels, return_inverse=True)
+    G = np.broadcast_to(np.eye(inv.max() + 1)[inv], (len(A), len(inv), inv.max() + 1))
+    X = np.concatenate([stats.rankdata(C, axis=1), G], axis=2)
+    return _rowwise_pearson(_residualised(_rank_rows(A), X), _residualised(_rank_rows(B), X))
+
+
+def partial_spearman(a, b, covariates, layers) -> float:
+    """Spearman correlation of a and b given covariates [n, c] and layer: does a predict b beyond
+    what the covariates and the layer predict? (partial correlation of ranks)"""
+    a, b = np.asarray(a, float)[None], np.asarray(b, float)[None]
+    C = np.asarray(covariates, float).reshape(a.shape[1], -1)[None]
+    return float(_partial_rows(a, b, C, np.asarray(layers))[0])
+
+
+def layer_bootstrap_partial(a, b, covariates, blocks) -> np.ndarray:
+    """partial_spearman of every layer-block resample (each slot its own layer)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    C = np.asarray(covariates, float).reshape(len(a), -1)
+    return np.concatenate([_partial_rows(a[idx], b[idx], C[idx], labels) for idx, labels in blocks])
+
+
+def beyond_stats(a, b, covariates, layers, n_boot: int, seed: int, margin: float | None = None) -> dict:
+    """partial_spearman with its layer-block interval (the same resamples as pair_stats')."""
+    a, b, C = np.asarray(a, float), np.asarray(b, float), np.asarray(covariates, float).reshape(len(a), -1)
+    ok = np.isfinite(a) & np.isfinite(b) & np.isfinite(C).all(1)
+    a, b, C, layers = a[ok], b[ok], C[ok], np.asarray(layers)[ok]
+    nan = math.nan
+    if len(a) < C.shape[1] + len(np.unique(layers)) + 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return {"spearman": nan, "ci95_layers": [nan, nan], "ci90_layers": [nan, nan], "p_layers": nan,
+                "tost_p_layers": nan, "note": "constant or too few values"}
+    est = partial_spearman(a, b, C, layers)
+    boots = layer_bootstrap_partial(a, b, C, layer_resamples(layers, n_boot, seed))
+    return {"spearman": est, **_suffixed(interval_summary(boots, est, margin=margin), "layers")}
+
+
 def holm(p_values: dict) -> dict:
     """Holm's step-down adjustment of a family of p-values ({name: p}; NaN stays NaN, outside the
     family): adjusted p_(i) = max over j <= i of min(1, (m - j + 1) p_(j))."""
@@ -316,14 +361,27 @@ def centred(samples: np.ndarray, estimate: float, correlation: bool = True) -> n
     return s - np.nanmedian(s) + estimate
 
 
-def bootstrap_p(samples, null: float = 0.0) -> float:
+def bootstrap_p(samples, null: float = 0.0, correlation: bool = False) -> float:
     """Two-sided bootstrap p-value of `null` (the percentile interval at level 1 - p just reaches
-    it): 2 min(share of samples <= null, share >= null), each counted with the observed one."""
+    it): 2 min(share of samples <= null, share >= null), each counted with the observed one.
+
+    Where no sample reaches the null, that count only bounds p by 2 / (B + 1) (0.002 for 1000
+    resamples: times a Holm family of 25 tests, above 0.05, so nothing could ever be claimed); the
+    tail beyond the samples is then extrapolated with a normal fit to them (on Fisher's z scale
+    for a correlation), never above the bound."""
     s = np.asarray(samples, float)
     s = s[np.isfinite(s)]
     if len(s) == 0:
         return math.nan
-    return float(min(1.0, 2 * (1 + min(np.sum(s <= null), np.sum(s >= null))) / (len(s) + 1)))
+    reach = min(np.sum(s <= null), np.sum(s >= null))
+    bound = float(min(1.0, 2 * (1 + reach) / (len(s) + 1)))
+    if reach > 0 or len(s) < 3:
+        return bound
+    z, z0 = (np.arctanh(np.clip(s, -0.999999, 0.999999)), math.atanh(null)) if correlation else (s, null)
+    sd = float(z.std(ddof=1))
+    if not sd > 0:
+        return bound
+    return float(min(bound, 2 * stats.norm.sf(abs(float(z.mean()) - z0) / sd)))
 
 
 def equivalence_p(samples, margin: float) -> float:
@@ -338,8 +396,10 @@ def equivalence_p(samples, margin: float) -> float:
 
 
 def interval_summary(samples, estimate: float, level: float = 0.95, margin: float | None = None) -> dict:
-    """ci95, ci90 (TOST's interval), p (of 0) and, with a margin, TOST's p of bootstrap samples."""
-    out = {"ci95": percentile_ci(samples, level), "ci90": percentile_ci(samples, 0.90), "p": bootstrap_p(samples)}
+    """ci95, ci90 (TOST's interval), p (of 0) and, with a margin, TOST's p of bootstrap samples of
+    a correlation."""
+    out = {"ci95": percentile_ci(samples, level), "ci90": percentile_ci(samples, 0.90),
+           "p": bootstrap_p(samples, correlation=True)}
     if margin is not None:
         out["tost_p"] = equivalence_p(samples, margin)
     return out
@@ -386,13 +446,16 @@ def pair_stats(a, b, layers, k: int, n_boot: int, n_perm: int, seed: int, margin
 
 
 def run_stats(table, pairs, per_example: dict | None = None, k: int = 20, n_boot: int = 2000,
-              n_perm: int = 1000, seed: int = 0, n_boot_examples: int = 1000, margin: float = 0.2) -> dict:
+              n_perm: int = 1000, seed: int = 0, n_boot_examples: int = 1000, margin: float = 0.2,
+              beyond: dict | None = None, given: tuple[str, ...] = ()) -> dict:
     """stats.json for one run: each (x, y) of `pairs` present in the table, with bootstrap CIs
     over heads ('ci95', heads as independent), over layers ('ci95_layers') and, where a column has
     per-example values, over eval examples ('ci95_examples': deflated resamples, centred on the
     estimate); the same for the within-layer rho ('within_layer'); TOST p-values of |rho| >= margin;
     the split-half reliability of every column with per-example values (`per_example`: column ->
-    [N, 1 + heads]); correlations disattenuated by those reliabilities."""
+    [N, 1 + heads]); correlations disattenuated by those reliabilities. `beyond`: {x: (y, ...)},
+    pairs whose partial ρ given the columns `given` and the layer is added ('beyond')."""
+    beyond_of = beyond or {}
     per_example = {c: m for c, m in (per_example or {}).items() if m is not None}
     rel = {name: split_half_reliability(m, seed=seed) for name, m in per_example.items()}
     counts = None if not per_example else example_weights(len(next(iter(per_example.values()))),
@@ -414,6 +477,10 @@ def run_stats(table, pairs, per_example: dict | None = None, k: int = 20, n_boot
                 ew = centred(example_bootstrap_within(table, per_example, x, y, counts, layers), w["spearman"])
                 w.update(_suffixed(interval_summary(ew, w["spearman"], margin=margin), "examples"))
         s.update(disattenuated(s["spearman"], {v: rel[v]["reliability"] for v in (x, y) if v in rel}))
+        if x in beyond_of and y in beyond_of[x] and set(given) <= set(table.columns):
+            s["beyond"] = {"given": [*given, "layer"],
+                           **beyond_stats(table[x].to_numpy(), table[y].to_numpy(), table[list(given)].to_numpy(),
+                                          layers, n_boot, seed, margin)}
         out[pair_name(x, y)] = s
     return {"n_heads": int(len(table)), "k": k, "n_boot": n_boot, "n_perm": n_perm, "seed": seed,
             "n_boot_examples": n_boot_examples, "equivalence_margin": margin, "head_resampling": "layers",
@@ -424,12 +491,14 @@ def _finite_ci(ci) -> bool:
     return ci is not None and len(ci) == 2 and all(v is not None and np.isfinite(v) for v in ci)
 
 
-def combined(p: dict, within: bool = False) -> dict:
-    """The inference the answer uses for a correlation of stats.json (its `pairs` entry p): the
-    estimate; the union of the layer-block and the example bootstrap intervals (95%, and 90% for
-    TOST); p the larger of their p-values (0 lies outside the union iff outside both). Keys that
-    a file lacks (written before layer-aware intervals) are undefined: NaN."""
-    q = (p.get("within_layer") or {}) if within else p
+def combined(p: dict, within: bool = False, part: str | None = None) -> dict:
+    """The inference the answer uses for a correlation of stats.json (its `pairs` entry p, or its
+    `part`: 'within_layer' (also `within`), 'beyond'): the estimate; the union of the layer-block
+    and the example bootstrap intervals (95%, and 90% for TOST); p the larger of their p-values (0
+    lies outside the union iff outside both). Keys that a file lacks (written before layer-aware
+    intervals) are undefined: NaN."""
+    part = "within_layer" if within else part
+    q = (p.get(part) or {}) if part else p
     est = q.get("spearman", p.get("partial_spearman_layer", math.nan) if within else math.nan)
     nan2 = [math.nan, math.nan]
     ci95, ci90 = q.get("ci95_layers") or nan2, q.get("ci90_layers") or nan2

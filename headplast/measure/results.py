@@ -83,6 +83,7 @@ class UpdateResult(HeadTable):
     U_k: np.ndarray
     U_v: np.ndarray
     U_o: np.ndarray
+    W0: np.ndarray  # [L, H] ||head's theta0 params|| (Urel's denominator; a covariate of the statistics)
 
 
 @dataclass(frozen=True)

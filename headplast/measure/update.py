@@ -25,18 +25,16 @@ def qkvo_weights(model, adapter: ArchAdapter) -> dict:
 
 def update_magnitude(w0: dict, w1: dict, adapter: ArchAdapter, config) -> UpdateResult:
     L, H = adapter.num_layers(config), adapter.num_heads(config)
-    parts = {k: np.zeros((L, H)) for k in KINDS}
-    base = np.zeros((L, H))
-    for l in range(L):
-        for k in KINDS:
-            dw = w1[(l, k)] - w0[(l, k)]
-            for h in range(H):
-                parts[k][l, h] = adapter.head_weight(dw, config, k, h).pow(2).sum().item()
-                base[l, h] += adapter.head_weight(w0[(l, k)], config, k, h).pow(2).sum().item()
-    U = np.sqrt(sum(parts.values()))
+
+    def per_head(w, k):  # [H] squared norms of the heads' slices, one host transfer per matrix
+        return torch.stack([adapter.head_weight(w, config, k, h).pow(2).sum() for h in range(H)]).double().numpy()
+
+    parts = {k: np.stack([per_head(w1[(l, k)] - w0[(l, k)], k) for l in range(L)]) for k in KINDS}
+    base = sum(np.stack([per_head(w0[(l, k)], k) for l in range(L)]) for k in KINDS)
+    U, W0 = np.sqrt(sum(parts.values())), np.sqrt(base)
     with np.errstate(divide="ignore", invalid="ignore"):
-        Urel = U / np.sqrt(base)
-    return UpdateResult(U, Urel, *(np.sqrt(parts[k]) for k in KINDS))
+        Urel = U / W0
+    return UpdateResult(U, Urel, *(np.sqrt(parts[k]) for k in KINDS), W0)
 
 
 @torch.no_grad()

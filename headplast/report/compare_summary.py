@@ -3,9 +3,9 @@ main findings (written from the numbers)."""
 
 from __future__ import annotations
 
-from headplast.analysis.names import PRIMARY, PRIMARY_PAIR, WITHIN, display_name, pair_name
+from headplast.analysis.names import PRIMARY, PRIMARY_PAIR, WITHIN, display_name, pair_name, stat_of
 from headplast.report.findings import comparison_table, count_text, difference_verdict, stat_text, table_text
-from headplast.report.headline import effect_lines
+from headplast.report.headline import beyond_lines, effect_lines
 from headplast.store import schema
 
 RULE = "=" * 60
@@ -33,7 +33,7 @@ def compare_summary(m: dict) -> str:
         out += [f"## Answer: does importance before fine-tuning predict the update? (primary endpoint {display_name(PRIMARY)}, "
                 "across heads and within layers; the rest exploratory, Holm-adjusted)"]
         out += [f"  {line}" for line in m["headline"]]
-        out += [f"  {line}" for line in effect_lines(m)] + [""]
+        out += [f"  {line}" for line in effect_lines(m) + beyond_lines(m)] + [""]
 
     def block(name, title=None):
         title = title or display_name(name)
@@ -72,6 +72,13 @@ def compare_summary(m: dict) -> str:
         for name in names:
             out += block(name)
         out += case_lines(m, members)
+        n += 1
+    beyond = [name for name in keys if stat_of(name) == "rho_beyond"]
+    if beyond:
+        out += ["", f"## {n}. What importance adds beyond the gradient at θ0, ||W0|| and the layer (partial ρ; "
+                    "intervals resample layers)"]
+        for name in beyond:
+            out += block(name)
         n += 1
     shape = shape_lines(m, n)
     out += shape

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from headplast.analysis.names import PRIMARY, PRIMARY_PAIR, display_name, pair_name, run_test_name
+from headplast.analysis.names import BEYOND, PRIMARY, PRIMARY_PAIR, display_name, pair_name, run_test_name
 from headplast.analysis.stats import combined
 from headplast.analysis.thresholds import unreliable
 from headplast.report.verdict import sentence
@@ -117,6 +117,22 @@ def effect_lines(m: dict) -> list[str]:
     return out
 
 
+def beyond_lines(m: dict) -> list[str]:
+    """Per method (secondary): does importance predict the update beyond what the gradient at θ0,
+    the head's pretrained weight norm and its layer predict (partial ρ, layer-block interval)?"""
+    out = []
+    for lab in m["labels"]:
+        p = m["stats"][lab]["pairs"].get(PRIMARY_PAIR, {})
+        if "beyond" not in p:  # analysed before it existed
+            continue
+        inf = {**combined(p, part="beyond"), "p_holm": holm_p(m, run_test_name(lab, BEYOND))}
+        out.append(f"{lab}: beyond the gradient at θ0, ||W0|| and the layer, "
+                   + sentence(inf, display_name(BEYOND), "importance predicts more change",
+                              "importance predicts less change", none="importance adds no detectable prediction",
+                              undefined=f"{display_name(BEYOND)} undefined"))
+    return out
+
+
 def aggregate_lines(agg: dict) -> list[str]:
     """The answer over seeds: each method's mean ρ(I_pre, U) over seeds (Fisher z, t-interval over
     seeds), across heads and within layers; the methods' paired differences (secondary, Holm)."""
@@ -166,7 +182,7 @@ def answer_block(compares: list[dict], aggregates: list[dict]) -> list[str]:
 
 def answer_lines(m: dict) -> list[str]:
     """Everything the answer says for one comparison: the headline, the update effect, the subspaces."""
-    return m.get("headline", []) + effect_lines(m) + subspace_line(m)
+    return m.get("headline", []) + effect_lines(m) + beyond_lines(m) + subspace_line(m)
 
 
 def subspace_line(m: dict) -> list[str]:

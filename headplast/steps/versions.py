@@ -17,19 +17,23 @@ STEPS = {
     "train": 1,
     # 2: layer-block intervals, within-layer ρ, TOST, Holm (issue 29)
     # 3: figures and the ρ line show the layer-aware interval; one display name per statistic
-    "analyse": 3,
+    # 4: ρ(I_pre, · | grad_norm, W0, layer) (issue 30 item 4); bootstrap p beyond every resample
+    "analyse": 4,
     # 2: one verdict function, comparison table, centred example interval (issue 29)
     # 3: figures' layer-aware intervals, display names, sections from the schemas
     # 4: the summary says its difference intervals resample layers (they did; the text said heads)
-    "compare": 4,
+    # 5: the partial ρ beyond the gradient; bootstrap p beyond every resample not floored by their number
+    "compare": 5,
     # 2: aggregate-first answer, raw disattenuated mean, tie-corrected Kendall's W, Fisher-z tests (issue 29)
     # 3: one display name per statistic, one reliability bar
-    "aggregate": 3,
+    # 4: ρ beyond the gradient aggregated over seeds
+    "aggregate": 4,
     # 2: statistics recomputed by the code of issue 29 (raw disattenuated mean, layer-aware run stats)
     "ranks": 2,
     # 2: the answer's new wording and the comparison table (issue 29)
     # 3: layer-aware intervals in the scatter titles; heads table and maps from the schemas
-    "report": 3,
+    # 4: the answer's line on what importance adds beyond the gradient
+    "report": 4,
 }
 
 

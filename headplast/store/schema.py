@@ -58,13 +58,16 @@ class Schema:
     # False for a measurement added after runs were measured: computed by default, but a run
     # measured before it existed still reads (analysis, comparison, report skip what it lacks)
     required: bool = True
+    # columns that measure how much fine-tuning changed a head: ρ(I_pre, column) is also given
+    # beyond what BEYOND_GIVEN predicts (stats.json's pairs[...]["beyond"], the comparison, the answer)
+    plasticity: tuple[str, ...] = ()
 
     def __post_init__(self):
         bad = set(self.needs) - set(NEEDS)
         if bad:
             raise ValueError(f"{self.name}: unknown needs {bad}; use {NEEDS}")
         cols = set(self.head_columns)
-        for what in ("table", "heatmap", "rank_by", "log_columns"):
+        for what in ("table", "heatmap", "rank_by", "log_columns", "plasticity"):
             if set(getattr(self, what)) - cols:
                 raise ValueError(f"{self.name}: {what} {set(getattr(self, what)) - cols} are not its columns")
 
@@ -164,13 +167,15 @@ IMPORTANCE_POST = importance("post")
 VARIANTS = tuple(importance_variant(tag, a) for a in ABLATIONS for tag in ("pre", "post"))
 
 UPDATE = Schema(
-    "update", ("U", "Urel", "U_q", "U_k", "U_v", "U_o"), needs=("theta0", "theta1"),
-    labels={"U": "update magnitude U = ||ΔW_head||_F", "Urel": "relative update Urel = U / ||W0_head||"},
-    log_columns=("U", "Urel"),
+    "update", ("U", "Urel", "U_q", "U_k", "U_v", "U_o", "W0"), needs=("theta0", "theta1"),
+    labels={"U": "update magnitude U = ||ΔW_head||_F", "Urel": "relative update Urel = U / ||W0_head||",
+            "W0": "pretrained weight norm ||W0_head||_F"},
+    log_columns=("U", "Urel", "W0"), plasticity=("U",),
     pairs=(("I_pre", "U"), ("I_pre", "Urel"), ("I_post", "U"), ("I_post", "Urel")),
     compare=(("I_pre", "U"), ("I_pre", "Urel"), ("I_post", "U"), ("I_post", "Urel")),
     summary=(("I_pre", "U"), ("I_pre", "Urel"), ("I_post", "U")), section=PRIMARY_SECTION,
-    table=("U", "Urel"), heatmap=("U",), rank_by=("U",))
+    table=("U", "Urel"), heatmap=("U",), rank_by=("U",),
+    version=2)  # 2: W0 (issue 30 item 4)
 
 GRADFISHER = Schema(
     "gradfisher_pre", ("grad_norm", "fisher", "gate_grad", "gate_fisher", "taylor"), needs=("theta0", "eval"),
@@ -222,7 +227,8 @@ CIRCUIT_UPDATE = Schema(
             "ov_rel": "relative OV-circuit update ||ΔOV||_F / ||OV(θ0)||_F",
             "qk_srank": "stable rank of the QK-circuit update ΔQK",
             "ov_srank": "stable rank of the OV-circuit update ΔOV"},
-    log_columns=("qk_rel", "ov_rel"), pairs=_CIRCUIT_PAIRS, settings=("amplification_r",),
+    log_columns=("qk_rel", "ov_rel"), plasticity=("qk_rel", "ov_rel"), pairs=_CIRCUIT_PAIRS,
+    settings=("amplification_r",),
     extra_files=(AMPLIFICATION_FILE,), compare=_CIRCUIT_PAIRS,
     section="Circuit updates: did the head's maps change? (ΔQK, ΔOV in residual-stream space, Elhage et al. "
             "2021; unchanged by a reparametrisation of the head that U counts as an update)",
@@ -246,6 +252,15 @@ def named(items, name: str):
 
 def get(name: str) -> Schema:
     return named(SCHEMAS, name)
+
+
+# what importance is asked to predict change beyond: the gradient at θ0 (how far the first steps
+# push the head), the head's pretrained weight norm, and its layer (always controlled for)
+BEYOND_GIVEN = ("grad_norm", "W0")
+
+
+def plasticity_columns() -> tuple[str, ...]:
+    return tuple(c for s in SCHEMAS for c in s.plasticity)
 
 
 def stat_pairs() -> tuple[Pair, ...]:
