@@ -32,7 +32,20 @@ def bases(rng, L: int, H: int, dim: int = 32, K: int = 16, shared: float = 0.6) 
     return out
 
 
-def extra_file(name: str, rng, L: int, H: int):
+def joint_losses(fwd_values: np.ndarray, L: int, H: int, interaction: float, rng) -> np.ndarray:
+    """losses_joint_fwd.npy [N, L + 2] whose per-layer gain is the sum of the heads' gains in
+    losses_effect_fwd.npy (NEGATED losses) plus `interaction` (noise of mean 0 per example); the
+    model's gain is the sum over every head plus L * interaction."""
+    N = len(fwd_values)
+    base = -fwd_values[:, 0].astype(float)
+    single = (fwd_values[:, 1:] - fwd_values[:, :1]).astype(float).reshape(N, L, H)
+    noise = 0.01 * rng.normal(size=(N, L + 1))
+    noise -= noise.mean(0)
+    gains = np.hstack([single.sum(2) + interaction, single.sum((1, 2))[:, None] + L * interaction]) + noise
+    return np.hstack([base[:, None], base[:, None] - gains])
+
+
+def extra_file(name: str, rng, L: int, H: int, run_dir: Path | None = None, interaction: float = 0.0):
     if name == "update_bases.npy":
         return bases(rng, L, H)
     if name == "intruders.jsonl":
@@ -44,14 +57,22 @@ def extra_file(name: str, rng, L: int, H: int):
         return [{"layer": l, "module": k, "name": f"layer.{l}.{k}", "r_setting": 8, "r": 8, "dw_fro": 1.0,
                  "w0_fro": 20.0, "proj_fro": 1 / amp[l, i], "proj_random_fro": 1 / 40, "amplification": amp[l, i],
                  "amplification_random": 40.0} for l in range(L) for i, k in enumerate("qkvo")]
+    if name == "losses_joint_fwd.npy":
+        return joint_losses(np.load(run_dir / "losses_effect_fwd.npy"), L, H, interaction, rng)
+    if name == "joint_effect.jsonl":  # after losses_joint_fwd.npy
+        gains = (lambda j: j[:, :1] - j[:, 1:])(np.load(run_dir / "losses_joint_fwd.npy"))
+        return [{"scope": "model" if c == L else "layer", "layer": None if c == L else c,
+                 "joint_fwd": float(gains[:, c].mean()), "joint_fwd_se": float(gains[:, c].std(ddof=1) / 6)}
+                for c in range(L + 1)]
     raise ValueError(f"synthetic runs do not know how to write {name}")
 
 
 def make_run(root: Path, label: str, seed: int, L: int = 4, H: int = 6, N: int = 40, coupling: float = 0.5,
              subset: str = "fp-A", model: str = "synthetic-model", val_metric: float = 0.7, collapsed=False,
-             without: tuple[str, ...] = ()) -> Path:
+             without: tuple[str, ...] = (), interaction: float = 0.0) -> Path:
     """One measured run whose update U is `coupling`-correlated with importance; `without`:
-    measurements it lacks (a run measured before they existed)."""
+    measurements it lacks (a run measured before they existed); `interaction`: how much all heads'
+    updates of a layer at once gain beyond the sum of each alone (nats per example, update_joint)."""
     run = layout.RunId.from_label("RTE", label, seed)
     d = layout.run_dir(root, run)
     d.mkdir(parents=True, exist_ok=True)
@@ -80,7 +101,7 @@ def make_run(root: Path, label: str, seed: int, L: int = 4, H: int = 6, N: int =
         atomic_write_jsonl(d / m.file, [{"layer": l, "head": h, **{f: float(v[i]) for f, v in values.items()}}
                                         for i, (l, h) in enumerate(heads)])
         for name in m.extra_files:
-            content = extra_file(name, rng, L, H)
+            content = extra_file(name, rng, L, H, d, interaction)
             (atomic_save_npy if name.endswith(".npy") else atomic_write_jsonl)(d / name, content)
         records.write_record(d, m.name, "synthetic", m.outputs)
     (d / layout.EVAL_SUBSET).write_text(json.dumps({"task": "RTE", "split": "validation", "indices": list(range(N)),

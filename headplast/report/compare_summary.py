@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from headplast.analysis.names import PRIMARY, PRIMARY_PAIR, WITHIN, display_name, pair_name, stat_of
 from headplast.report.findings import comparison_table, count_text, difference_verdict, stat_text, table_text
-from headplast.report.headline import beyond_lines, effect_lines
+from headplast.analysis.interactions import adds_up
+from headplast.report.headline import beyond_lines, effect_lines, interaction_numbers, num_text
 from headplast.store import schema
 
 RULE = "=" * 60
@@ -72,6 +73,8 @@ def compare_summary(m: dict) -> str:
         for name in names:
             out += block(name)
         out += case_lines(m, members)
+        if any(s.name == schema.UPDATE_EFFECT.name for s in members):
+            out += interaction_lines(m)
         n += 1
     beyond = [name for name in keys if stat_of(name) == "rho_beyond"]
     if beyond:
@@ -95,6 +98,25 @@ def _rho_names(members: list[schema.Schema], keys: dict) -> list[str]:
     has its own block."""
     names = (pair_name(x, y, "rho") for s in members for x, y in s.summary_pairs if pair_name(x, y) != PRIMARY_PAIR)
     return [name for name in dict.fromkeys(names) if name in keys]
+
+
+def interaction_lines(m: dict) -> list[str]:
+    """Per run that has them (analysis.interactions): do the heads' update effects add up, for the
+    whole model, and the ratio joint / sum of each layer."""
+    runs = [(lab, m["stats"][lab]["interactions"]) for lab in m["labels"] if "interactions" in m["stats"][lab]]
+    if not runs:  # measured before update_joint existed
+        return []
+    out = ["  Interactions: do the heads' update effects add up? (joint: every head's update at once; sum: of each "
+           "head's alone, effect_fwd; ratio = joint / sum, 1 if they add up; interaction = joint − sum, 95% "
+           "t-interval over eval examples)"]
+    for lab, inter in runs:
+        row = inter["model"]
+        verdict = {True: "they add up", False: "they do not add up", None: "undefined"}[adds_up(row)]
+        out.append(f"    {lab}, whole model: {interaction_numbers(row)}: {verdict}")
+        ratios = ", ".join(f"L{r['layer']} {num_text(r['ratio'], '.2f')}{'*' if adds_up(r) is False else ''}"
+                           for r in inter["layers"])
+        out.append(f"    {lab}, ratio per layer (* interval excludes 0): {ratios}")
+    return out
 
 
 def case_lines(m: dict, members: list[schema.Schema]) -> list[str]:

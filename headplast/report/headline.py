@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 
+from headplast.analysis.interactions import adds_up
 from headplast.analysis.names import BEYOND, PRIMARY, PRIMARY_PAIR, display_name, pair_name, run_test_name
 from headplast.analysis.stats import combined
 from headplast.analysis.thresholds import unreliable
@@ -105,7 +106,8 @@ def effect_lines(m: dict) -> list[str]:
     """Per method (secondary): does the size of a head's update, and its importance before,
     predict how much of fine-tuning's gain the head's own update carries (effect_fwd)? U is the norm
     of the head's Q/K/V/O weight update only (measure.update excludes biases), while effect_fwd
-    patches the head's Q/K/V biases too (measure.effect); the line says so."""
+    patches the head's Q/K/V biases too (measure.effect); the line says so, and says where the
+    heads' single effects do not add up to all heads' updates at once (analysis.interactions)."""
     out = []
     for lab in m["labels"]:
         if pair_name("U", "effect_fwd") not in m["stats"][lab]["pairs"]:
@@ -113,8 +115,29 @@ def effect_lines(m: dict) -> list[str]:
         out.append(f"{lab}: the gain a head's own update carries vs its size: "
                    f"{_rho_text(m, lab, 'U', 'effect_fwd')}; vs its importance before: "
                    f"{_rho_text(m, lab, 'I_pre', 'effect_fwd')} (U counts weights only; "
-                   "the effect patches the Q/K/V biases too)")
+                   "the effect patches the Q/K/V biases too)" + interaction_clause(m["stats"][lab]))
     return out
+
+
+def num_text(v, fmt: str) -> str:
+    return "undefined" if v is None or not math.isfinite(v) else format(v, fmt)
+
+
+def interaction_numbers(row: dict) -> str:
+    """'joint +0.1234 nats, sum of single heads +0.2345 (ratio 0.53, interaction 95% CI -0.15 to -0.07)'."""
+    lo, hi = row.get("ci95") or (None, None)
+    return (f"all heads' updates at once gain {num_text(row['joint'], '+.4f')} nats, the sum of single heads "
+            f"{num_text(row['sum_single'], '+.4f')} (ratio {num_text(row['ratio'], '.2f')}, interaction "
+            f"{num_text(row['interaction'], '+.4f')}, 95% CI {num_text(lo, '+.4f')} to {num_text(hi, '+.4f')})")
+
+
+def interaction_clause(stats: dict) -> str:
+    """'; the heads' single effects do not add up: ...' where the model's interaction interval
+    (analysis.interactions) excludes 0; nothing where they add up or the run has no such data."""
+    row = stats.get("interactions", {}).get("model")
+    if not row or adds_up(row) is not False:
+        return ""
+    return f"; the heads' single effects do not add up: {interaction_numbers(row)}"
 
 
 def beyond_lines(m: dict) -> list[str]:

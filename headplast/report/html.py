@@ -15,6 +15,7 @@ from importlib import resources
 
 import pandas as pd
 
+from headplast.analysis.interactions import adds_up
 from headplast.analysis.names import stat_of
 from headplast.analysis.thresholds import RELIABILITY_BAR, unreliable
 from headplast.report.findings import comparison_table
@@ -87,6 +88,27 @@ def heads_table(dfs: dict, compare: dict, runs: dict) -> dict:
     return {"columns": list(table.columns), "rows": rows}
 
 
+INTERACTION_COLUMNS = ["", "joint (nats)", "sum of single heads", "ratio", "interaction", "95% CI", "adds up"]
+
+
+def interactions_view(stats: dict) -> list[dict]:
+    """Per run that has them (analysis.interactions): one row per layer and one for the model."""
+    out = []
+    for lab, st in stats.items():
+        inter = st.get("interactions")
+        if not inter:  # measured before update_joint existed
+            continue
+        rows = []
+        for r in [*inter["layers"], inter["model"]]:
+            lo, hi = r.get("ci95") or (None, None)
+            ok = adds_up(r)
+            rows.append(["whole model" if r["scope"] == "model" else f"layer {r['layer']}", _num(r["joint"], "+.4f"),
+                         _num(r["sum_single"], "+.4f"), _num(r["ratio"], ".2f"), _num(r["interaction"], "+.4f"),
+                         f"[{_num(lo, '+.4f')}, {_num(hi, '+.4f')}]", "" if ok is None else ("yes" if ok else "no")])
+        out.append({"label": lab, "columns": INTERACTION_COLUMNS, "rows": rows})
+    return out
+
+
 def compare_view(compare: dict, runs: dict, n: int) -> dict:
     m = compare["metrics"]
     labels = list(compare["runs"])
@@ -101,6 +123,7 @@ def compare_view(compare: dict, runs: dict, n: int) -> dict:
             "answer": answer_lines(m), "cautions": cautions(compare, runs),
             "findings": m.get("findings", []), "validation": m["validation"], "figures": figures,
             "comparison": comparison_table(m) if "secondary" in m else None,
+            "interactions": interactions_view(stats),
             "table": heads_table(dfs, compare, runs), "table_id": f"heads-{n}", "n_heads": m["n_heads"]}
 
 

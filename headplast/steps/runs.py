@@ -13,6 +13,7 @@ from headplast.errors import HeadplastError
 from headplast.measure import registry
 from headplast.store import layout, records
 from headplast.store.io import file_sha256, nulls_as_nan, read_json, read_jsonl
+from headplast.store.schema import JOINT_LOSSES_FILE, UPDATE_EFFECT, UPDATE_JOINT
 
 
 def measure_cmd(run_dir: Path, force: bool = False) -> str:
@@ -159,6 +160,15 @@ def load_per_example(run_dir: str | Path) -> dict[str, np.ndarray]:
     d = Path(run_dir)
     return {c: np.load(d / f) for m in registry.MEASUREMENTS if records.read_record(d, m.name)
             for c, f in m.per_example_files.items()}
+
+
+def load_joint(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(per-example losses of update_joint [N, L + 2], effect_fwd's per-example values [N, 1 + L*H])
+    of a run that has both measurements (None for a run measured before update_joint existed)."""
+    d = Path(run_dir)
+    if not (records.read_record(d, UPDATE_JOINT.name) and records.read_record(d, UPDATE_EFFECT.name)):
+        return None
+    return np.load(d / JOINT_LOSSES_FILE), np.load(d / UPDATE_EFFECT.per_example_files["effect_fwd"])
 
 
 def run_info(run_dir: str | Path) -> dict:

@@ -234,10 +234,18 @@ CIRCUIT_UPDATE = Schema(
             "2021; unchanged by a reparametrisation of the head that U counts as an update)",
     table=("qk_rel", "ov_rel"), required=False)
 
+JOINT_LOSSES_FILE = "losses_joint_fwd.npy"
+JOINT_EFFECT_FILE = "joint_effect.jsonl"
+UPDATE_JOINT = Schema(
+    "update_joint", ("layer_joint_fwd",), needs=("theta0", "theta1", "eval"),
+    labels={"layer_joint_fwd": "joint update effect of the head's layer: loss gain from every head of its layer "
+                               "updated at once (nats; the same for each head of a layer)"},
+    settings=("dtype",), extra_files=(JOINT_LOSSES_FILE, JOINT_EFFECT_FILE), required=False)
+
 # in the order of heads.csv's columns and of the measure step; the optional ones (importance
 # under further ablations) last: computed only when --ablation asks for them
 SCHEMAS: tuple[Schema, ...] = (IMPORTANCE_PRE, UPDATE, GRADFISHER, IMPORTANCE_POST, UPDATE_EFFECT, UPDATE_GEOMETRY,
-                               CIRCUIT_UPDATE, *VARIANTS)
+                               CIRCUIT_UPDATE, UPDATE_JOINT, *VARIANTS)
 
 
 def named(items, name: str):
