@@ -64,6 +64,10 @@ def extra_file(name: str, rng, L: int, H: int, run_dir: Path | None = None, inte
         return [{"scope": "model" if c == L else "layer", "layer": None if c == L else c,
                  "joint_fwd": float(gains[:, c].mean()), "joint_fwd_se": float(gains[:, c].std(ddof=1) / 6)}
                 for c in range(L + 1)]
+    if name == "func_change_halves.npy":  # after func_change.jsonl: its values on halves, with noise
+        rows = [json.loads(r) for r in (run_dir / "func_change.jsonl").read_text().splitlines()]
+        vals = np.array([[r[f] for r in rows] for f in ("func_change", "attn_jsd")])  # [2, L*H]
+        return vals[:, None, None, :] * (1 + 0.3 * rng.normal(size=(2, 6, 2, L * H)))
     raise ValueError(f"synthetic runs do not know how to write {name}")
 
 

@@ -36,7 +36,10 @@ def test_plot_writes_tables_and_figures(runs, capsys):
     heads = pd.read_csv(d / "heads.csv")
     assert len(heads) == 24 and {"I_pre", "I_post", "U", "Urel", "fisher", "taylor", "I_pre_se"} <= set(heads)
     st = json.loads((d / "stats.json").read_text())
-    assert len(st["pairs"]) == 18 and st["n_boot"] == 300 and "I_pre" in st["reliability"]
+    assert len(st["pairs"]) == 22 and st["n_boot"] == 300 and "I_pre" in st["reliability"]
+    rel = st["reliability"]["func_change"]  # from its values on halves of the eval data (Schema.halves)
+    assert rel["n_splits"] == 6 and 0 < rel["reliability"] <= 1
+    assert st["pairs"]["I_pre~func_change"]["beyond"]["given"] == ["grad_norm", "W0", "layer"]
     assert {"U~effect_fwd", "I_pre~effect_fwd", "I_post~effect_rev", "U~effect_rev"} <= set(st["pairs"])
     assert {"effect_fwd", "effect_rev"} <= set(st["reliability"])
     cases = json.loads((d / "cases.json").read_text())
@@ -66,7 +69,8 @@ def test_compare_writes_every_file(runs, capsys):
     assert k["difference"] == pytest.approx(k["LoRA_r4"] - k["FFT"]) and isinstance(k["exceeds_uncertainty"], bool)
     assert k["ci95"][0] <= k["difference"] <= k["ci95"][1]
     text = (d / "compare_summary.txt").read_text()
-    assert "## 6. What importance adds beyond" in text and "## 8. Main findings" in text and f"{k['FFT']:.4f}" in text
+    assert "## 6. Functional change" in text and "## 7. What importance adds beyond" in text
+    assert "## 9. Main findings" in text and f"{k['FFT']:.4f}" in text
     sub = m["subspace"]  # phi recomputed here head by head; the noise floor is seed 1 (lowest other seed)
     b = {(lab, s): np.load(runs / sub_dir / "update_bases.npy")[..., :8] for lab, s, sub_dir in
          (("FFT", 2, "FFT/RTE/seed2"), ("LoRA", 2, "LoRA/RTE/seed2_r4"), ("FFT", 1, "FFT/RTE/seed1"))}
@@ -165,8 +169,11 @@ def test_compare_uncertainty_is_the_wider_of_heads_and_examples(runs, capsys):
         assert lo == min(hl, el) and hi == max(hh, eh)
         assert d["exceeds_uncertainty"] == (lo > 0 or hi < 0)
     for s in m["stats"].values():
-        for name, p in s["pairs"].items():  # every pair involves I_pre or I_post: both CIs
-            assert len(p["ci95_examples"]) == 2 and len(p["ci95"]) == 2, name
+        for name, p in s["pairs"].items():  # a pair with per-example values: both CIs
+            if set(name.split("~")) & {"I_pre", "I_post", "effect_fwd", "effect_rev"}:
+                assert len(p["ci95_examples"]) == 2 and len(p["ci95"]) == 2, name
+            else:  # U vs func_change: neither is a mean over examples
+                assert "ci95_examples" not in p and len(p["ci95_layers"]) == 2, name
             d = p.get("disattenuated")
             assert d is None or np.isnan(d) or -1 <= d <= 1
         for r in s["reliability"].values():

@@ -106,8 +106,8 @@ def test_guide_workflow_with_scripts(tmp_path, capsys):
     assert m["key_statistics"]["rho(I_pre,U)"]["FFT"] == pytest.approx(fft_stats["pairs"]["I_pre~U"]["spearman"])
     summary = (cmp_dir / "compare_summary.txt").read_text()
     for section in ("## 1. Spearman", "## 2. Top-20 overlap", "## 3. Counter-example counts", "## 4. Update effect",
-                    "## 5. Circuit updates", "## 6. What importance adds beyond the gradient", "## 7. Shape of the updates",
-                    "## 8. Main findings"):
+                    "## 5. Circuit updates", "## 6. Functional change", "## 7. What importance adds beyond the gradient",
+                    "## 8. Shape of the updates", "## 9. Main findings"):
         assert section in summary
     for f, n in COMPARE_PANELS.items():
         assert panels(cmp_dir / f) == n, f

@@ -39,11 +39,13 @@ def test_every_measurement_is_its_schema_with_a_compute_part():
 @pytest.mark.parametrize("derived, expected", [
     (schema.compare_pairs, (("I_pre", "U"), ("I_pre", "Urel"), ("I_post", "U"), ("I_post", "Urel"), ("I_pre", "I_post"),
                             ("I_pre", "effect_fwd"), ("U", "effect_fwd"), ("I_post", "effect_rev"), ("U", "effect_rev"),
-                            ("I_pre", "qk_rel"), ("I_pre", "ov_rel"), ("I_post", "qk_rel"), ("I_post", "ov_rel"))),
+                            ("I_pre", "qk_rel"), ("I_pre", "ov_rel"), ("I_post", "qk_rel"), ("I_post", "ov_rel"),
+                            ("I_pre", "func_change"), ("I_post", "func_change"), ("U", "func_change"),
+                            ("I_pre", "attn_jsd"))),
     (lambda: schema.table_columns(shared=True), ("I_pre",)),
     (lambda: schema.table_columns(shared=False), ("U", "Urel", "I_post", "effect_fwd", "effect_rev", "srank",
-                                                  "qk_rel", "ov_rel")),
-    (schema.heatmap_columns, ("I_pre", "U", "I_post", "effect_fwd")),
+                                                  "qk_rel", "ov_rel", "func_change", "attn_jsd")),
+    (schema.heatmap_columns, ("I_pre", "U", "I_post", "effect_fwd", "func_change")),
     (lambda: tuple(__import__("headplast.train.lora", fromlist=["RANK_BY"]).RANK_BY),
      ("uniform", "I_pre", "U", "effect_fwd")),
     (schema.stat_pairs, registry.stat_pairs()),
@@ -108,13 +110,23 @@ def _heads_header(page: str) -> str:
     return re.search(r'<table class="heads[^>]*id="heads-0">.*?</tr>', page, re.S).group(0)
 
 
+def _section_order(summary: str) -> list[str]:
+    """The last sections of compare_summary.txt, from the declared measurement's on, numbered in order."""
+    titles = re.findall(r"^## (\d+)\. (.*)$", summary, re.M)
+    assert [int(n) for n, _ in titles] == list(range(1, len(titles) + 1))
+    names = [t for _, t in titles]
+    start = next(i for i, t in enumerate(names) if "w0_norm" in t)
+    return [next(k for k in ("Spearman correlation (w0_norm)", "What importance adds beyond the gradient",
+                             "Shape of the updates", "Main findings") if t.startswith(k)) for t in names[start:]]
+
+
 @pytest.mark.parametrize("where, found", [
     ("compare_metrics.json", lambda o: {"FFT", "LoRA_r8", "difference", "ci95"}
      <= set(o["metrics"]["key_statistics"]["rho(I_pre,w0_norm)"])),
     ("compare_metrics.json stats", lambda o: "I_pre~w0_norm" in o["metrics"]["stats"]["FFT"]["pairs"]),
-    ("compare_summary.txt", lambda o: "## 6. Spearman correlation (w0_norm)\n  ρ(I_pre, w0_norm):" in o["summary"]
-     and "## 8. Shape of the updates" in o["summary"] and "## 9. Main findings" in o["summary"]
-     and "## 7. What importance adds beyond the gradient" in o["summary"]),
+    ("compare_summary.txt", lambda o: _section_order(o["summary"]) == [
+        "Spearman correlation (w0_norm)", "What importance adds beyond the gradient", "Shape of the updates",
+        "Main findings"] and "Spearman correlation (w0_norm)\n  ρ(I_pre, w0_norm):" in o["summary"]),
     ("report heads table", lambda o: ">w0_norm<" in _heads_header(o["report"])),
     ("report heatmaps", lambda o: "FFT: w0_norm" in o["report"]),
     ("--rank-by choices", lambda o: "w0_norm" in _rank_choices(o["parser"])),

@@ -263,12 +263,25 @@ def split_half_reliability(losses: np.ndarray, n_splits: int = 100, seed: int = 
         p = rng.permutation(N)
         h1, h2 = diff[p[: N // 2]].mean(0), diff[p[N // 2:]].mean(0)
         rs.append(spearman(h1, h2))
-    rs = np.asarray(rs)
+    return _reliability(np.asarray(rs))
+
+
+def _reliability(rs: np.ndarray) -> dict:
+    """Split-half reliability from the Spearman correlations of the halves of each split."""
     half = fisher_z_mean(rs)
     lo, hi = percentile_ci(rs)
     return {"reliability": spearman_brown(half) if np.isfinite(half) else math.nan, "half_rho": half,
             "range95": [spearman_brown(lo), spearman_brown(hi)] if np.isfinite(lo) else [math.nan, math.nan],
-            "n_splits": n_splits}
+            "n_splits": int(len(rs))}
+
+
+def halves_reliability(halves: np.ndarray) -> dict:
+    """split_half_reliability of a measure computed on both halves of each random split already
+    (halves [splits, 2, heads]: a measure that is not a mean of per-example values, e.g. CKA)."""
+    halves = np.asarray(halves, float)
+    if len(halves) == 0:
+        return {"reliability": math.nan, "half_rho": math.nan, "range95": [math.nan, math.nan], "n_splits": 0}
+    return _reliability(np.array([spearman(a, b) for a, b in halves]))
 
 
 def disattenuated(rho: float, reliabilities: dict) -> dict:
@@ -447,17 +460,20 @@ def pair_stats(a, b, layers, k: int, n_boot: int, n_perm: int, seed: int, margin
 
 def run_stats(table, pairs, per_example: dict | None = None, k: int = 20, n_boot: int = 2000,
               n_perm: int = 1000, seed: int = 0, n_boot_examples: int = 1000, margin: float = 0.2,
-              beyond: dict | None = None, given: tuple[str, ...] = ()) -> dict:
+              beyond: dict | None = None, given: tuple[str, ...] = (), halves: dict | None = None) -> dict:
     """stats.json for one run: each (x, y) of `pairs` present in the table, with bootstrap CIs
     over heads ('ci95', heads as independent), over layers ('ci95_layers') and, where a column has
     per-example values, over eval examples ('ci95_examples': deflated resamples, centred on the
     estimate); the same for the within-layer rho ('within_layer'); TOST p-values of |rho| >= margin;
     the split-half reliability of every column with per-example values (`per_example`: column ->
     [N, 1 + heads]); correlations disattenuated by those reliabilities. `beyond`: {x: (y, ...)},
-    pairs whose partial ρ given the columns `given` and the layer is added ('beyond')."""
+    pairs whose partial ρ given the columns `given` and the layer is added ('beyond'). `halves`:
+    column -> [splits, 2, heads], a measure computed on random halves of the eval data already
+    (its reliability; halves_reliability)."""
     beyond_of = beyond or {}
     per_example = {c: m for c, m in (per_example or {}).items() if m is not None}
     rel = {name: split_half_reliability(m, seed=seed) for name, m in per_example.items()}
+    rel.update({name: halves_reliability(h) for name, h in (halves or {}).items() if h is not None})
     counts = None if not per_example else example_weights(len(next(iter(per_example.values()))),
                                                             n_boot_examples, seed)
     out = {}

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from headplast.store.schema import AMPLIFICATION_FILE, JOINT_EFFECT_FILE, JOINT_LOSSES_FILE
+from headplast.store.schema import AMPLIFICATION_FILE, FUNC_HALVES_FILE, JOINT_EFFECT_FILE, JOINT_LOSSES_FILE
 
 
 def not_per_head(default=None):
@@ -119,3 +119,13 @@ class JointResult(HeadTable):
 
     def extra_files(self) -> dict:
         return {JOINT_LOSSES_FILE: self.losses, JOINT_EFFECT_FILE: self.layers}
+
+
+@dataclass(frozen=True)
+class FuncChangeResult(HeadTable):
+    func_change: np.ndarray  # [L, H] 1 - linear CKA of the head's output under theta0 and theta1
+    attn_jsd: np.ndarray  # [L, H] mean JSD of its attention pattern under theta0 and theta1 (nats)
+    halves: np.ndarray = not_per_head()  # [2, splits, 2, L*H] both on random halves (reliability)
+
+    def extra_files(self) -> dict:
+        return {FUNC_HALVES_FILE: self.halves}

@@ -13,7 +13,8 @@ from headplast.plotting.run_plots import run_figures
 from headplast.report.lines import rho_line
 from headplast.steps import versions
 from headplast.steps.outcome import Outcome, recorded_step
-from headplast.steps.runs import input_hashes, load_heads, load_joint, load_per_example, read_stats, run_info
+from headplast.steps.runs import (input_hashes, load_halves, load_heads, load_joint, load_per_example, read_stats,
+                                  run_info)
 from headplast.steps.tracking import log_summary
 from headplast.store import layout
 from headplast.store.io import atomic_write_json, atomic_write_text, read_json
@@ -48,7 +49,7 @@ def write_analysis(d: Path, cfg: AnalysisConfig) -> None:
 def analysed(d: Path, cfg: AnalysisConfig) -> tuple:
     """(heads table, stats, cases) of a measured run, computed from its files."""
     df = load_heads(d)
-    st, cases = analyse(df, registry.stat_pairs(), load_per_example(d), cfg)
+    st, cases = analyse(df, registry.stat_pairs(), load_per_example(d), cfg, load_halves(d))
     joint = load_joint(d)
     if joint is not None:  # do the heads' update effects add up? (measured before update_joint existed: not said)
         st["interactions"] = interactions(*joint)

@@ -162,6 +162,18 @@ def load_per_example(run_dir: str | Path) -> dict[str, np.ndarray]:
             for c, f in m.per_example_files.items()}
 
 
+def load_halves(run_dir: str | Path) -> dict[str, np.ndarray]:
+    """heads.csv column -> its values on both halves of random splits [splits, 2, L*H], of the
+    measurements that keep them (Schema.halves)."""
+    d = Path(run_dir)
+    out = {}
+    for m in registry.MEASUREMENTS:
+        if m.halves and records.read_record(d, m.name):
+            arr = np.load(d / m.halves)  # [fields, splits, 2, L*H]
+            out.update({m.column(f): arr[i] for i, f in enumerate(m.fields)})
+    return out
+
+
 def load_joint(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray] | None:
     """(per-example losses of update_joint [N, L + 2], effect_fwd's per-example values [N, 1 + L*H])
     of a run that has both measurements (None for a run measured before update_joint existed)."""

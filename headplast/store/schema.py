@@ -61,6 +61,9 @@ class Schema:
     # columns that measure how much fine-tuning changed a head: ρ(I_pre, column) is also given
     # beyond what BEYOND_GIVEN predicts (stats.json's pairs[...]["beyond"], the comparison, the answer)
     plasticity: tuple[str, ...] = ()
+    # .npy [fields, splits, 2, L·H]: each field computed on both halves of random splits of the eval
+    # data (a measure that is not a mean over examples); their agreement is its split-half reliability
+    halves: str | None = None
 
     def __post_init__(self):
         bad = set(self.needs) - set(NEEDS)
@@ -220,6 +223,7 @@ UPDATE_GEOMETRY = Schema(
     version=2)  # 2: bases keep directions above the relative rank threshold only (issue 29 item 8)
 
 AMPLIFICATION_FILE = "amplification.jsonl"
+FUNC_HALVES_FILE = "func_change_halves.npy"  # func_change, attn_jsd on random halves of the eval batches
 _CIRCUIT_PAIRS = (("I_pre", "qk_rel"), ("I_pre", "ov_rel"), ("I_post", "qk_rel"), ("I_post", "ov_rel"))
 CIRCUIT_UPDATE = Schema(
     "circuit_update", ("qk_rel", "ov_rel", "qk_srank", "ov_srank"), needs=("theta0", "theta1"),
@@ -242,10 +246,21 @@ UPDATE_JOINT = Schema(
                                "updated at once (nats; the same for each head of a layer)"},
     settings=("dtype",), extra_files=(JOINT_LOSSES_FILE, JOINT_EFFECT_FILE), required=False)
 
+_FUNC_PAIRS = (("I_pre", "func_change"), ("I_post", "func_change"), ("U", "func_change"), ("I_pre", "attn_jsd"))
+FUNC_CHANGE = Schema(
+    "func_change", ("func_change", "attn_jsd"), needs=("theta0", "theta1", "eval"),
+    labels={"func_change": "functional change 1 − CKA(head output under θ0, under θ1)",
+            "attn_jsd": "attention-pattern change: mean JSD(θ0, θ1) over query tokens (nats)"},
+    plasticity=("func_change", "attn_jsd"), pairs=_FUNC_PAIRS, settings=("dtype",), extra_files=(FUNC_HALVES_FILE,),
+    halves=FUNC_HALVES_FILE, compare=_FUNC_PAIRS,
+    section="Functional change: did what the head computes change? (func_change = 1 − linear CKA of its output, "
+            "attn_jsd = Jensen-Shannon divergence of its attention pattern, θ0 vs θ1 on the eval examples)",
+    table=("func_change", "attn_jsd"), heatmap=("func_change",), required=False)
+
 # in the order of heads.csv's columns and of the measure step; the optional ones (importance
 # under further ablations) last: computed only when --ablation asks for them
 SCHEMAS: tuple[Schema, ...] = (IMPORTANCE_PRE, UPDATE, GRADFISHER, IMPORTANCE_POST, UPDATE_EFFECT, UPDATE_GEOMETRY,
-                               CIRCUIT_UPDATE, UPDATE_JOINT, *VARIANTS)
+                               CIRCUIT_UPDATE, UPDATE_JOINT, FUNC_CHANGE, *VARIANTS)
 
 
 def named(items, name: str):
