@@ -39,6 +39,14 @@ def _lora_merged(model, seed: int):
     return pm.merge_and_unload().eval()
 
 
+def model_pair(arch: str, theta1: str):
+    """(theta0, theta1, adapter) of a tiny model: theta1 'trained' (every parameter moved) or 'lora'
+    (a merged LoRA adapter on Q/K/V/O)."""
+    m0 = tiny_model(arch, init=0.3).eval()
+    m1 = _trained_like(m0, 1) if theta1 == "trained" else _lora_merged(m0, 1)
+    return m0, m1, get_adapter(m0)
+
+
 def _naive_losses(model, other, ad, enc, task, pad_id):
     """[N, 1 + L*H]: the model's own losses, then one full forward pass per patched head."""
     L, H = ad.num_layers(model.config), ad.num_heads(model.config)
@@ -67,9 +75,7 @@ def _naive_losses(model, other, ad, enc, task, pad_id):
 @pytest.mark.parametrize("theta1", ["trained", "lora"])
 def test_update_effect_equals_naive_patching(arch, theta1, enc_small, tok, rte):
     task, _ = rte
-    m0 = tiny_model(arch, init=0.3).eval()
-    m1 = _trained_like(m0, 1) if theta1 == "trained" else _lora_merged(m0, 1)
-    ad = get_adapter(m0)
+    m0, m1, ad = model_pair(arch, theta1)
     # small batches and a small token budget: several batches of mixed lengths, heads split over passes
     res = update_effect(m0, m1, ad, enc_small, task, tok.pad_token_id, batch_size=4, max_tokens=100,
                         progress=False)

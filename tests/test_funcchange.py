@@ -13,7 +13,7 @@ import torch
 from headplast.arch import get_adapter
 from headplast.measure.funcchange import func_change, function_sums
 from headplast.measure.update import qkvo_weights, update_magnitude
-from test_effect import _lora_merged, _trained_like
+from test_effect import model_pair
 from tiers import slow_except
 from tiny import ALL_ARCHS, tiny_model
 
@@ -56,9 +56,7 @@ def _cka(x, y):
 @pytest.mark.parametrize("arch", slow_except(ALL_ARCHS, "bert", "deberta-v2"))
 @pytest.mark.parametrize("theta1", ["trained", "lora"])
 def test_func_change_equals_cka_of_captured_head_outputs(arch, theta1, enc_small, tok):
-    m0 = tiny_model(arch, init=0.3).eval()
-    m1 = _trained_like(m0, 1) if theta1 == "trained" else _lora_merged(m0, 1)
-    ad = get_adapter(m0)
+    m0, m1, ad = model_pair(arch, theta1)
     impl = m0.config._attn_implementation
     (fc, jsd), halves = func_change(function_sums(m0, m1, ad, enc_small, tok.pad_token_id, batch_size=4, folds=4),
                                     splits=6)

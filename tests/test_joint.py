@@ -16,7 +16,7 @@ from headplast.arch import get_adapter
 from headplast.measure.ablation import example_losses
 from headplast.measure.effect import update_effect
 from headplast.measure.joint import update_joint
-from test_effect import _lora_merged, _trained_like
+from test_effect import model_pair
 from tiers import slow_except
 from tiny import ALL_ARCHS, tiny_model
 
@@ -46,9 +46,7 @@ def _reference(m0, m1, ad, enc, pad_id):
 @pytest.mark.parametrize("theta1", ["trained", "lora"])
 def test_joint_losses_equal_a_patched_copy(arch, theta1, enc_small, tok, rte):
     task, _ = rte
-    m0 = tiny_model(arch, init=0.3).eval()
-    m1 = _trained_like(m0, 1) if theta1 == "trained" else _lora_merged(m0, 1)
-    ad = get_adapter(m0)
+    m0, m1, ad = model_pair(arch, theta1)
     res = update_joint(m0, m1, ad, enc_small, task, tok.pad_token_id, batch_size=4, progress=False)
     ref = _reference(m0, m1, ad, enc_small, tok.pad_token_id)
     gains = ref[:, :1] - ref[:, 1:]
