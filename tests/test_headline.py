@@ -183,3 +183,24 @@ def test_subspace_line_compares_phi_to_the_null_keeping_each_parts_share():
     assert "chance keeping each of Q, K, V, O's share of the directions 0.21, φ minus it +0.08 [+0.05, +0.11]" in line
     del sub["random_within_parts"]  # compare_metrics.json written before the null existed still renders
     assert "a baseline too weak" in subspace_line({"labels": ["FFT", "LoRA_r8"], "subspace": sub})[0]
+
+
+def test_beyond_the_gradient_and_the_other_measures_of_change():
+    """The partial ρ given grad_norm, W0 and the layer is a secondary verdict (Holm); the other
+    measures of change are numbers with the answer's interval, no verdict, in the schemas' order."""
+    from headplast.report.headline import beyond_lines, change_measures_lines
+
+    m = _metrics(_pair(0.3, (0.1, 0.5)), _pair(-0.3, (-0.5, -0.1)), -0.6, (-0.9, -0.2))
+    m["stats"]["FFT"]["pairs"]["I_pre~U"]["beyond"] = {"spearman": 0.38, "ci95_layers": [0.18, 0.58],
+                                                       "ci90_layers": [0.2, 0.55], "p_layers": 0.001}
+    m["stats"]["FFT"]["pairs"].update({"I_pre~func_change": _pair(0.2, (-0.1, 0.45), ci_examples=[-0.2, 0.4]),
+                                       "I_pre~qk_rel": _pair(-0.25, (-0.5, -0.05))})
+    m["secondary"]["tests"]["FFT: rho_beyond(I_pre,U)"] = {"p_holm": 0.14}
+    assert beyond_lines(m) == [  # a CI that excludes 0 is not a claim when Holm's p is above 0.05
+        "FFT: beyond the gradient at θ0, ||W0|| and the layer, importance adds no detectable prediction "
+        "(ρ(I_pre, U | grad_norm, W0, layer) = +0.38, 95% CI +0.18 to +0.58; exploratory, Holm-adjusted p = 0.14)"]
+    m["secondary"]["tests"]["FFT: rho_beyond(I_pre,U)"] = {"p_holm": 0.01}
+    assert "importance predicts more change" in beyond_lines(m)[0]
+    assert change_measures_lines(m) == [
+        "FFT: importance vs other measures of change (descriptive): ρ(I_pre, qk_rel) = -0.25 [-0.50, -0.05], "
+        "ρ(I_pre, func_change) = +0.20 [-0.20, +0.45]"]

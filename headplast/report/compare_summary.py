@@ -6,7 +6,7 @@ from __future__ import annotations
 from headplast.analysis.names import PRIMARY, PRIMARY_PAIR, WITHIN, display_name, pair_name, stat_of
 from headplast.report.findings import comparison_table, count_text, difference_verdict, stat_text, table_text
 from headplast.analysis.interactions import adds_up
-from headplast.report.headline import beyond_lines, effect_lines, interaction_numbers, num_text
+from headplast.report.headline import beyond_lines, change_measures_lines, effect_lines, interaction_numbers, num_text
 from headplast.store import schema
 
 RULE = "=" * 60
@@ -34,7 +34,7 @@ def compare_summary(m: dict) -> str:
         out += [f"## Answer: does importance before fine-tuning predict the update? (primary endpoint {display_name(PRIMARY)}, "
                 "across heads and within layers; the rest exploratory, Holm-adjusted)"]
         out += [f"  {line}" for line in m["headline"]]
-        out += [f"  {line}" for line in effect_lines(m) + beyond_lines(m)] + [""]
+        out += [f"  {line}" for line in effect_lines(m) + beyond_lines(m) + change_measures_lines(m)] + [""]
 
     def block(name, title=None):
         title = title or display_name(name)

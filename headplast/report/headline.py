@@ -23,6 +23,7 @@ from headplast.analysis.names import BEYOND, PRIMARY, PRIMARY_PAIR, display_name
 from headplast.analysis.stats import combined
 from headplast.analysis.thresholds import unreliable
 from headplast.report.verdict import sentence
+from headplast.store.schema import plasticity_columns
 
 MORE, LESS = "important heads change more than the others", "important heads change less than the others"
 MORE_W, LESS_W = ("important heads change more than the others of their layer",
@@ -203,9 +204,31 @@ def answer_block(compares: list[dict], aggregates: list[dict]) -> list[str]:
     return out
 
 
+def change_measures_lines(m: dict) -> list[str]:
+    """Per method (descriptive, no verdict: the comparison's sections hold their tests): importance
+    against the other measures of how much a head changed (the schemas' plasticity columns besides
+    U: what it computes, where it attends, its circuits), each with the answer's interval."""
+    out = []
+    for lab in m["labels"]:
+        parts = []
+        for y in plasticity_columns():
+            p = m["stats"][lab]["pairs"].get(pair_name("I_pre", y))
+            if y == "U" or p is None:
+                continue
+            inf = combined(p)
+            lo, hi = inf["ci95"]
+            parts.append(f"{display_name(pair_name('I_pre', y, 'rho'))} = {num_text(inf['estimate'], '+.2f')} "
+                         f"[{num_text(lo, '+.2f')}, {num_text(hi, '+.2f')}]")
+        if parts:
+            out.append(f"{lab}: importance vs other measures of change (descriptive): " + ", ".join(parts))
+    return out
+
+
 def answer_lines(m: dict) -> list[str]:
-    """Everything the answer says for one comparison: the headline, the update effect, the subspaces."""
-    return m.get("headline", []) + effect_lines(m) + beyond_lines(m) + subspace_line(m)
+    """Everything the answer says for one comparison: the headline, the update effect, what importance
+    adds beyond the gradient, the other measures of change, the subspaces."""
+    return (m.get("headline", []) + effect_lines(m) + beyond_lines(m) + change_measures_lines(m)
+            + subspace_line(m))
 
 
 def subspace_line(m: dict) -> list[str]:
