@@ -94,7 +94,8 @@ def test_a_rotation_undone_in_o_changes_u_but_not_func_change(enc_small, tok):
     U = update_magnitude(qkvo_weights(m0, ad), qkvo_weights(m1, ad), ad, m0.config).U
     (fc, jsd), _ = func_change(function_sums(m0, m1, ad, enc_small, tok.pad_token_id, batch_size=4, folds=2),
                                splits=2)
-    assert U.min() > 0.1 and np.abs(fc).max() < 1e-9 and np.abs(jsd).max() < 1e-9  # and the patterns are the same
+    # the patterns are the same up to fp32 rounding of the rotated layer's output
+    assert U.min() > 0.1 and np.abs(fc).max() < 1e-9 and np.abs(jsd).max() < 1e-7
 
 
 def test_identical_models_have_no_func_change(enc_small, tok):
@@ -102,3 +103,22 @@ def test_identical_models_have_no_func_change(enc_small, tok):
     total, halves = func_change(function_sums(m0, copy.deepcopy(m0), get_adapter(m0), enc_small, tok.pad_token_id,
                                               batch_size=4, folds=4), splits=4)
     assert np.abs(total).max() < 1e-12 and np.abs(halves).max() < 1e-12
+
+
+def test_sliced_batches_few_folds_and_a_family_without_patterns(enc_small, tok, monkeypatch):
+    """Batches cut to a small attention budget give the same sums; fewer batches than folds use
+    as many folds as batches; a model that returns no attention weights is refused by name."""
+    from headplast.errors import HeadplastError
+
+    m0, m1, ad = model_pair("bert", "trained")
+    whole = function_sums(m0, m1, ad, enc_small, tok.pad_token_id, batch_size=4, folds=3)
+    sliced = function_sums(m0, m1, ad, enc_small, tok.pad_token_id, batch_size=4, folds=3, max_entries=1)
+    for a, b in zip(whole, sliced):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    few = function_sums(m0, m1, ad, enc_small, tok.pad_token_id, batch_size=8, folds=10)  # 11 examples: 2 batches
+    assert few[0].shape[0] == 2
+    _, halves = func_change(few, splits=3)
+    assert halves.shape == (2, 3, 2, 8)
+    monkeypatch.setattr(type(m0), "forward", lambda self, **kw: type("Out", (), {"attentions": None})())
+    with pytest.raises(HeadplastError, match="returned no attention weights"):
+        function_sums(m0, m1, ad, enc_small, tok.pad_token_id, batch_size=4)

@@ -47,7 +47,9 @@ def _reference(m0, m1, ad, enc, pad_id):
 def test_joint_losses_equal_a_patched_copy(arch, theta1, enc_small, tok, rte):
     task, _ = rte
     m0, m1, ad = model_pair(arch, theta1)
+    before1 = {k: v.clone() for k, v in m1.state_dict().items()}
     res = update_joint(m0, m1, ad, enc_small, task, tok.pad_token_id, batch_size=4, progress=False)
+    assert all(torch.equal(before1[k], v) for k, v in m1.state_dict().items())  # the tensors swapped back
     ref = _reference(m0, m1, ad, enc_small, tok.pad_token_id)
     gains = ref[:, :1] - ref[:, 1:]
     assert np.abs(gains.mean(0)).max() > 1e-3, "updates should matter"
@@ -199,8 +201,8 @@ def test_the_summary_report_and_answer_say_whether_the_effects_add_up(reported):
     end = next(i for i, x in enumerate(lines) if i > start and x.startswith("## "))
     block = "\n".join(lines[start:end])
     assert "FFT, whole model:" in block and ": they do not add up" in block
-    assert "LoRA_r8, whole model:" in block and ": they add up" in block
-    assert "FFT, ratio per layer (* interval excludes 0): L0 " in block and "L3 " in block
+    assert "LoRA_r8, whole model:" in block and ": no detectable interaction" in block
+    assert "FFT, ratio per layer (* interval excludes 0, unadjusted for the 4 layers): L0 " in block and "L3 " in block
     assert "Interactions in the update effect" in page and "whole model" in page
     assert "the heads&#39; single effects do not add up" in page  # the answer, HTML-escaped
 

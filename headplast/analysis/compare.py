@@ -12,9 +12,10 @@ import numpy as np
 from headplast.analysis.cases import counter_examples
 from headplast.analysis.names import (BEYOND, PRIMARY_PAIR, WITHIN, pair_name, run_test_name,
                                       split_name)
-from headplast.analysis.stats import (bootstrap_p, layer_bootstrap_partial, partial_spearman, centred, combined, example_bootstrap_spearman,
-                                      example_bootstrap_within, example_weights, holm, layer_bootstrap_spearman,
-                                      layer_resamples, partial_spearman_layer, percentile_ci, resample_rows, spearman,
+from headplast.analysis.stats import (bootstrap_p, centred, combined, example_bootstrap_spearman,
+                                      example_bootstrap_within, example_weights, holm, layer_bootstrap_partial,
+                                      layer_bootstrap_spearman, layer_resamples, partial_spearman,
+                                      partial_spearman_layer, percentile_ci, resample_rows, smallest_p, spearman,
                                       top_k_overlap, union_ci)
 from headplast.store import schema
 
@@ -46,7 +47,8 @@ def _boot_cases(df, idx, top_q, bottom_q, which):
 
 
 def key_statistics(dfs: dict, k: int, top_q: float, bottom_q: float, n_boot: int, seed: int,
-                   n_boot_cases: int = 500, per_example: dict | None = None, n_boot_examples: int = 1000) -> dict:
+                   n_boot_cases: int | None = None, per_example: dict | None = None,
+                   n_boot_examples: int = 2000) -> dict:
     """{statistic: {label: value, 'difference', 'ci95', 'p_value', 'exceeds_uncertainty'}} for two runs.
 
     Both runs have the same heads, so resampling layers with the same indices gives a paired
@@ -69,12 +71,14 @@ def key_statistics(dfs: dict, k: int, top_q: float, bottom_q: float, n_boot: int
         ci_heads = percentile_ci(boot_diff)
         ci_ex = None if ex_diff is None else percentile_ci(centred(ex_diff, vb - va, correlation=False))
         ci = union_ci(ci_heads, ci_ex)
-        p = bootstrap_p(boot_diff)
+        p, floor = bootstrap_p(boot_diff), smallest_p(int(np.isfinite(boot_diff).sum()))
         if ex_diff is not None and np.isfinite(ci_ex).all():
             p = max(p, bootstrap_p(centred(ex_diff, vb - va, correlation=False)))
+            floor = max(floor, smallest_p(int(np.isfinite(ex_diff).sum())))
         exceeds = bool(np.isfinite(ci).all() and (ci[0] > 0 or ci[1] < 0))
         out[name] = {la: va, lb: vb, "difference": vb - va, "ci95": ci, "ci95_heads": ci_heads,
-                     "ci95_examples": ci_ex, "p_value": p, "exceeds_uncertainty": exceeds, "resampled": "layers"}
+                     "ci95_examples": ci_ex, "p_value": p, "p_floor": floor, "exceeds_uncertainty": exceeds,
+                     "resampled": "layers"}
 
     for x, y in rho_keys(dfs):
         (ba, wa), (bb, wb) = (layer_bootstrap_spearman(d[x].to_numpy(float), d[y].to_numpy(float), blocks)
@@ -92,8 +96,11 @@ def key_statistics(dfs: dict, k: int, top_q: float, bottom_q: float, n_boot: int
             add(WITHIN, *(partial_spearman_layer(d[x], d[y], layers) for d in (da, db)), wb - wa, exw)
     given = list(schema.BEYOND_GIVEN)
     for y in beyond_keys(dfs):  # what importance predicts beyond the gradient, ||W0|| and the layer
-        (ra, ba), (rb, bb) = ((partial_spearman(d["I_pre"], d[y], d[given], layers),
-                               layer_bootstrap_partial(d["I_pre"], d[y], d[given], blocks)) for d in (da, db))
+        cols = ["I_pre", y, *given]
+        ok = np.logical_and.reduce([np.isfinite(d[cols].to_numpy(float)).all(1) for d in (da, db)])
+        bl = blocks if ok.all() else layer_resamples(layers[ok], n_boot, seed)  # heads both runs define
+        (ra, ba), (rb, bb) = ((partial_spearman(d["I_pre"][ok], d[y][ok], d[given][ok], layers[ok]),
+                               layer_bootstrap_partial(d["I_pre"][ok], d[y][ok], d[given][ok], bl)) for d in (da, db))
         add(pair_name("I_pre", y, "rho_beyond"), ra, rb, bb - ba)
     rows = resample_rows(blocks)
     for y in ("U", "Urel"):
@@ -102,7 +109,9 @@ def key_statistics(dfs: dict, k: int, top_q: float, bottom_q: float, n_boot: int
         add(pair_name("I_pre", y, f"top{k}_overlap"), top_k_overlap(a_i, a_u, k)["overlap"],
             top_k_overlap(b_i, b_u, k)["overlap"],
             _boot_topk(b_i, b_u, rows, k) - _boot_topk(a_i, a_u, rows, k))
-    small = rows[:n_boot_cases]  # counting cases per resample is slower; 500 resamples suffice
+    # every resample (n_boot_cases: fewer, for speed): with 500, a count's p could not go below 0.004,
+    # which a Holm family of 30 tests can never claim
+    small = rows[:n_boot_cases]
     for which in ("important_but_static", "plastic_but_unimportant"):
         ca = counter_examples(da, "I_pre", "U", top_q, bottom_q)[which]["count"]
         cb = counter_examples(db, "I_pre", "U", top_q, bottom_q)[which]["count"]
@@ -121,13 +130,18 @@ def secondary_family(keys: dict, stats: dict, alpha: float = 0.05) -> dict:
     states. Their p-values, Holm-adjusted as one family: {'method', 'alpha', 'tests': {name:
     {'p', 'p_holm'}}}; the name of a run's correlation is '<label>: rho(x,y)'."""
     ps = {name: d.get("p_value", np.nan) for name, d in keys.items()}
+    floors = {name: d.get("p_floor", np.nan) for name, d in keys.items()}
     for lab, st in stats.items():
-        for pair in SECONDARY_PAIRS:
-            if pair in st["pairs"]:
-                _, x, y = split_name(pair)
-                ps[run_test_name(lab, pair_name(x, y, "rho"))] = combined(st["pairs"][pair])["p"]
+        runs = [(pair_name(*split_name(pair)[1:], "rho"), combined(st["pairs"][pair]))
+                for pair in SECONDARY_PAIRS if pair in st["pairs"]]
         if "beyond" in st["pairs"].get(PRIMARY_PAIR, {}):
-            ps[run_test_name(lab, BEYOND)] = combined(st["pairs"][PRIMARY_PAIR], part="beyond")["p"]
+            runs.append((BEYOND, combined(st["pairs"][PRIMARY_PAIR], part="beyond")))
+        for name, inf in runs:
+            ps[run_test_name(lab, name)], floors[run_test_name(lab, name)] = inf["p"], inf["p_floor"]
     adj = holm(ps)
-    return {"method": "Holm", "alpha": alpha, "exploratory": True,
-            "tests": {name: {"p": ps[name], "p_holm": adj[name]} for name in ps}}
+    m = sum(1 for p in ps.values() if p is not None and np.isfinite(p))
+    # a bootstrap p is at least 2 / (B + 1): with m tests, Holm claims a test only if m times that is below alpha
+    blind = sorted(name for name, f in floors.items() if np.isfinite(ps[name]) and np.isfinite(f) and m * f >= alpha)
+    return {"method": "Holm", "alpha": alpha, "exploratory": True, "family_size": m,
+            "cannot_reach_alpha": blind,
+            "tests": {name: {"p": ps[name], "p_holm": adj[name], "p_floor": floors[name]} for name in ps}}

@@ -14,7 +14,7 @@ class AnalysisConfig:
     top_quantile: float = option(0.2, "'important'/'plastic': this top fraction of heads", **OPEN_FRACTION)
     bottom_quantile: float = option(0.5, "'static'/'unimportant': this bottom fraction of heads", **OPEN_FRACTION)
     n_boot: int = option(2000, "bootstrap resamples of heads", **POSITIVE)
-    n_boot_examples: int = option(1000, "bootstrap resamples of eval examples (importance recomputed from "
+    n_boot_examples: int = option(2000, "bootstrap resamples of eval examples (importance recomputed from "
                                   "the per-example losses)", **POSITIVE)
     n_perm: int = option(1000, "permutations of the within-layer test", **POSITIVE)
     equivalence_margin: float = option(0.2, "smallest effect of interest: 'no relation' is said only when an "

@@ -279,9 +279,17 @@ def halves_reliability(halves: np.ndarray) -> dict:
     """split_half_reliability of a measure computed on both halves of each random split already
     (halves [splits, 2, heads]: a measure that is not a mean of per-example values, e.g. CKA)."""
     halves = np.asarray(halves, float)
-    if len(halves) == 0:
-        return {"reliability": math.nan, "half_rho": math.nan, "range95": [math.nan, math.nan], "n_splits": 0}
-    return _reliability(np.array([spearman(a, b) for a, b in halves]))
+    rs = []
+    for a, b in halves:
+        ok = np.isfinite(a) & np.isfinite(b)  # a head undefined on a half (a constant output) is left out
+        if ok.sum() >= 3:
+            rs.append(spearman(a[ok], b[ok]))
+    rs = np.asarray(rs)
+    rs = rs[np.isfinite(rs)]
+    if len(rs) == 0:
+        return {"reliability": math.nan, "half_rho": math.nan, "range95": [math.nan, math.nan], "n_splits": 0,
+                "note": "no split with two halves of 3 or more defined heads"}
+    return _reliability(rs)
 
 
 def disattenuated(rho: float, reliabilities: dict) -> dict:
@@ -374,27 +382,22 @@ def centred(samples: np.ndarray, estimate: float, correlation: bool = True) -> n
     return s - np.nanmedian(s) + estimate
 
 
-def bootstrap_p(samples, null: float = 0.0, correlation: bool = False) -> float:
+def bootstrap_p(samples, null: float = 0.0) -> float:
     """Two-sided bootstrap p-value of `null` (the percentile interval at level 1 - p just reaches
-    it): 2 min(share of samples <= null, share >= null), each counted with the observed one.
-
-    Where no sample reaches the null, that count only bounds p by 2 / (B + 1) (0.002 for 1000
-    resamples: times a Holm family of 25 tests, above 0.05, so nothing could ever be claimed); the
-    tail beyond the samples is then extrapolated with a normal fit to them (on Fisher's z scale
-    for a correlation), never above the bound."""
+    it): 2 min(share of samples <= null, share >= null), each counted with the observed one. Where
+    no sample reaches the null this is its bound 2 / (B + 1), not an estimate of p: a Holm family
+    of m tests can only claim what 2m / (B + 1) < alpha allows (compare.secondary_family says
+    which tests cannot)."""
     s = np.asarray(samples, float)
     s = s[np.isfinite(s)]
     if len(s) == 0:
         return math.nan
-    reach = min(np.sum(s <= null), np.sum(s >= null))
-    bound = float(min(1.0, 2 * (1 + reach) / (len(s) + 1)))
-    if reach > 0 or len(s) < 3:
-        return bound
-    z, z0 = (np.arctanh(np.clip(s, -0.999999, 0.999999)), math.atanh(null)) if correlation else (s, null)
-    sd = float(z.std(ddof=1))
-    if not sd > 0:
-        return bound
-    return float(min(bound, 2 * stats.norm.sf(abs(float(z.mean()) - z0) / sd)))
+    return float(min(1.0, 2 * (1 + min(np.sum(s <= null), np.sum(s >= null))) / (len(s) + 1)))
+
+
+def smallest_p(n_resamples: int) -> float:
+    """The smallest p bootstrap_p can give with n resamples."""
+    return min(1.0, 2 / (n_resamples + 1)) if n_resamples > 0 else math.nan
 
 
 def equivalence_p(samples, margin: float) -> float:
@@ -411,8 +414,8 @@ def equivalence_p(samples, margin: float) -> float:
 def interval_summary(samples, estimate: float, level: float = 0.95, margin: float | None = None) -> dict:
     """ci95, ci90 (TOST's interval), p (of 0) and, with a margin, TOST's p of bootstrap samples of
     a correlation."""
-    out = {"ci95": percentile_ci(samples, level), "ci90": percentile_ci(samples, 0.90),
-           "p": bootstrap_p(samples, correlation=True)}
+    out = {"ci95": percentile_ci(samples, level), "ci90": percentile_ci(samples, 0.90), "p": bootstrap_p(samples),
+           "n_resamples": int(np.isfinite(np.asarray(samples, float)).sum())}
     if margin is not None:
         out["tost_p"] = equivalence_p(samples, margin)
     return out
@@ -519,12 +522,14 @@ def combined(p: dict, within: bool = False, part: str | None = None) -> dict:
     nan2 = [math.nan, math.nan]
     ci95, ci90 = q.get("ci95_layers") or nan2, q.get("ci90_layers") or nan2
     ps, tost = [q.get("p_layers", math.nan)], [q.get("tost_p_layers", math.nan)]
+    floors = [smallest_p(q.get("n_resamples_layers", 0))]
     if _finite_ci(q.get("ci95_examples")):
         ci95, ci90 = union_ci(ci95, q["ci95_examples"]), union_ci(ci90, q.get("ci90_examples") or nan2)
         ps.append(q.get("p_examples", math.nan))
         tost.append(q.get("tost_p_examples", math.nan))
+        floors.append(smallest_p(q.get("n_resamples_examples", 0)))
     return {"estimate": _num(est), "ci95": [_num(v) for v in ci95], "ci90": [_num(v) for v in ci90],
-            "p": max(_num(v) for v in ps), "tost_p": max(_num(v) for v in tost)}
+            "p": max(_num(v) for v in ps), "tost_p": max(_num(v) for v in tost), "p_floor": max(floors)}
 
 
 def _num(v) -> float:

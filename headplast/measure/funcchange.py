@@ -20,8 +20,8 @@ Both are sums over tokens, accumulated per batch on the device in float64 (one f
 and one of θ1 per batch; nothing leaves the device until the end): per head n, Σx0, Σx1, Σx0x0ᵀ,
 Σx1x1ᵀ, Σx0x1ᵀ and ΣJSD, FOLDS·L·H·(3d² + 2d + 2) doubles in all.
 
-Reliability: each batch falls at random into one of FOLDS folds (seeded), and both are also
-computed on halves of 5 folds against the other 5, HALF_SPLITS times (`func_change_halves.npy`
+Reliability: each batch falls at random into one of FOLDS folds (seeded; fewer with fewer batches),
+and both are also computed on half of the folds against the other half, HALF_SPLITS times (`func_change_halves.npy`
 [2 measures, splits, 2 halves, L·H]); the analysis turns their agreement into a split-half
 reliability like importance's (Spearman-Brown). Folds of batches, not of examples, so that no
 mask or index leaves the device per batch.
@@ -36,6 +36,7 @@ import torch
 
 from headplast.arch.adapters import ArchAdapter, get_adapter
 from headplast.data.tokenize import Encoded, sorted_batches
+from headplast.errors import HeadplastError
 from headplast.measure.declare import Inputs, Measurement
 from headplast.measure.gating import capture_o_inputs
 from headplast.measure.results import FuncChangeResult
@@ -67,10 +68,10 @@ def cka_from_sums(n, s0, s1, c00, c11, c01) -> torch.Tensor:
 
 def _jsd(a0: torch.Tensor, a1: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Σ over real query tokens of JSD(a0[b, h, i], a1[b, h, i]) per head [H]; a [B, H, T, T], w [B, T]."""
-    a0, a1 = a0.double(), a1.double()
+    a0, a1 = a0.float(), a1.float()  # per query in fp32 (a pattern's terms are small), summed in fp64
     m = (a0 + a1) / 2
     kl = lambda p: (torch.xlogy(p, p) - torch.xlogy(p, m)).sum(-1)  # noqa: E731  [B, H, T]
-    return ((kl(a0) + kl(a1)) / 2 * w[:, None, :]).sum((0, 2))
+    return ((kl(a0) + kl(a1)).double() / 2 * w[:, None, :]).sum((0, 2))
 
 
 @contextmanager
@@ -86,33 +87,52 @@ def _eager_attention(*models):
             m.set_attn_implementation(b)
 
 
+ATTENTION_ENTRIES = 1 << 26  # attention weights kept at once per model (L·H·B·T²): the batch is cut to fit
+
+
+def _patterns(model, adapter: ArchAdapter, batch: dict) -> tuple[dict, tuple]:
+    """(O's inputs {layer: [B, T, H·d]}, attention patterns L x [B, H, T, T]) of one forward pass."""
+    with capture_o_inputs(model, adapter) as store:
+        pats = model(**batch, output_attentions=True).attentions
+    L = adapter.num_layers(model.config)
+    if pats is None or len(pats) != L or any(p is None for p in pats):
+        raise HeadplastError(f"{type(model).__name__} returned no attention weights with its eager attention "
+                             "(output_attentions): attn_jsd cannot be measured for this family",
+                             "this family needs its attention weights exposed before func_change can measure it "
+                             "(an adapter's concern: headplast.arch); please report it with the model_type")
+    return dict(store), pats
+
+
 @torch.no_grad()
 def function_sums(theta0, theta1, adapter: ArchAdapter, enc: Encoded, pad_id: int, batch_size: int = 32,
-                  folds: int = FOLDS, seed: int = SEED) -> list[torch.Tensor]:
+                  folds: int = FOLDS, seed: int = SEED, max_entries: int = ATTENTION_ENTRIES) -> list[torch.Tensor]:
     """Per fold, layer and head the token sums of `_stats` (n [F, L, H], Σx0 [F, L, H, d], ...,
-    Σx0x1ᵀ [F, L, H, d, d]) and ΣJSD [F, L, H]; batches assigned to folds at random."""
+    Σx0x1ᵀ [F, L, H, d, d]) and ΣJSD [F, L, H]; batches assigned to F = min(folds, batches) folds at
+    random. A batch runs in slices of at most `max_entries` attention weights per model (the sums
+    are the same: they add over examples)."""
     theta0.eval(), theta1.eval()
     device = next(theta0.parameters()).device
     L, H, d = adapter.num_layers(theta0.config), adapter.num_heads(theta0.config), adapter.head_dim(theta0.config)
+    n_batches = -(-len(enc) // batch_size)
+    folds = max(1, min(folds, n_batches))
     shapes = [(), (d,), (d,), (d, d), (d, d), (d, d), ()]
     acc = [torch.zeros(folds, L, H, *s, dtype=torch.float64, device=device) for s in shapes]
-    n_batches = -(-len(enc) // batch_size)
     fold_of = np.random.default_rng(seed).permutation(np.arange(n_batches) % folds)  # balanced folds
     with _eager_attention(theta0, theta1):
         for b, (_, batch) in enumerate(sorted_batches(enc, batch_size, pad_id)):
             batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-            outs, pats = [], []
-            for model in (theta0, theta1):
-                with capture_o_inputs(model, adapter) as store:
-                    pats.append(model(**batch, output_attentions=True).attentions)  # L x [B, H, T, T]
-                outs.append(dict(store))
-            w = batch["attention_mask"].to(torch.float64)  # [B, T]
+            B, T = batch["input_ids"].shape
+            step = max(1, max_entries // (L * H * T * T))
             f = int(fold_of[b])
-            for l in range(L):
-                B, T, _ = outs[0][l].shape
-                sums = _stats(outs[0][l].view(B, T, H, d), outs[1][l].view(B, T, H, d), w)
-                for a, v in zip(acc, [*sums, _jsd(pats[0][l], pats[1][l], w)]):
-                    a[f, l] += v if v.dim() else v.expand(H)
+            for s in range(0, B, step):
+                part = {k: v[s:s + step] for k, v in batch.items()}
+                (o0, p0), (o1, p1) = (_patterns(m, adapter, part) for m in (theta0, theta1))
+                w = part["attention_mask"].to(torch.float64)  # [b, T]
+                for l in range(L):
+                    b_, T_, _ = o0[l].shape
+                    sums = _stats(o0[l].view(b_, T_, H, d), o1[l].view(b_, T_, H, d), w)
+                    for a, v in zip(acc, [*sums, _jsd(p0[l], p1[l], w)]):
+                        a[f, l] += v if v.dim() else v.expand(H)
     return acc
 
 
@@ -124,9 +144,11 @@ def _measures(acc: list[torch.Tensor]) -> torch.Tensor:
 
 def func_change(acc: list[torch.Tensor], splits: int = HALF_SPLITS, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
     """(func_change and attn_jsd over every token [2, L, H], the same on the halves of `splits`
-    random 5-vs-5 fold splits [2, splits, 2, L·H])."""
+    random splits of the folds in two [2, splits, 2, L·H]; no splits with fewer than 2 folds)."""
     total = _measures([a.sum(0) for a in acc])
     F = acc[0].shape[0]
+    if F < 2:
+        return total.cpu().numpy(), np.zeros((2, 0, 2, total[0].numel()))
     rng = np.random.default_rng(seed)
     halves = []
     for _ in range(splits):

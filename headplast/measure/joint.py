@@ -47,21 +47,20 @@ def _per_head_modules(model, other, adapter: ArchAdapter, l: int):
 
 @contextmanager
 def heads_from(model, other, adapter: ArchAdapter, layers):
-    """Every head of `layers` taken from `other` (in place; restored after, whatever happens)."""
-    mods = [m for l in layers for m in _per_head_modules(model, other, adapter, l)]
-    saved = [(m.weight.data.clone(), m.bias.data.clone() if bias and m.bias is not None else None)
-             for m, _, bias in mods]
+    """Every head of `layers` taken from `other`, by swapping the two models' tensors (no copy: a
+    7B model's attention weights are GBs); swapped back after, whatever happens."""
+    pairs = [(m.weight, o.weight) for l in layers for m, o, bias in _per_head_modules(model, other, adapter, l)]
+    pairs += [(m.bias, o.bias) for l in layers for m, o, bias in _per_head_modules(model, other, adapter, l)
+              if bias and m.bias is not None and o.bias is not None]
+    done = []
     try:
-        for m, o, bias in mods:
-            m.weight.data.copy_(o.weight.data)
-            if bias and m.bias is not None:
-                m.bias.data.copy_(o.bias.data)
+        for a, b in pairs:
+            a.data, b.data = b.data, a.data
+            done.append((a, b))
         yield
     finally:
-        for (m, _, _), (w, b) in zip(mods, saved):
-            m.weight.data.copy_(w)
-            if b is not None:
-                m.bias.data.copy_(b)
+        for a, b in reversed(done):
+            a.data, b.data = b.data, a.data
 
 
 @torch.no_grad()

@@ -89,6 +89,7 @@ def compare_summary(m: dict) -> str:
     if "secondary" in m:  # compared before the table existed: its findings hold the per-statistic sentences
         out += ["  Every statistic (intervals resample layers and eval examples; verdicts exploratory, Holm-adjusted "
                 "over the comparison's secondary tests):"] + [f"    {line}" for line in table_text(comparison_table(m))]
+    out += resolution_lines(m.get("secondary", {}))
     out += [f"  - {line}" for line in m["findings"]] + ["", RULE, ""]
     return "\n".join(out)
 
@@ -111,11 +112,12 @@ def interaction_lines(m: dict) -> list[str]:
            "t-interval over eval examples)"]
     for lab, inter in runs:
         row = inter["model"]
-        verdict = {True: "they add up", False: "they do not add up", None: "undefined"}[adds_up(row)]
+        verdict = {True: "no detectable interaction", False: "they do not add up", None: "undefined"}[adds_up(row)]
         out.append(f"    {lab}, whole model: {interaction_numbers(row)}: {verdict}")
         ratios = ", ".join(f"L{r['layer']} {num_text(r['ratio'], '.2f')}{'*' if adds_up(r) is False else ''}"
                            for r in inter["layers"])
-        out.append(f"    {lab}, ratio per layer (* interval excludes 0): {ratios}")
+        out.append(f"    {lab}, ratio per layer (* interval excludes 0, unadjusted for the {len(inter['layers'])} "
+                   f"layers): {ratios}")
     return out
 
 
@@ -173,4 +175,17 @@ def shape_lines(m: dict, n: int = 5) -> list[str]:
         out.append(f"    {sub['note']}")
     out.append(f"  {display_name(pair_name('I_pre', 'φ', 'rho'))}: {rho['spearman']:+.3f}  95% CI [{rho['ci95'][0]:+.3f}, {rho['ci95'][1]:+.3f}] "
                "(do important heads get the same directions from both methods?)")
+    return out
+
+
+def resolution_lines(sec: dict) -> list[str]:
+    """The Holm family's size, and the tests whose bootstrap p cannot get below alpha / m with the
+    resamples drawn (a p beyond every resample is only bounded by 2 / (B + 1))."""
+    if "family_size" not in sec:
+        return []
+    out = [f"  Holm family: {sec['family_size']} secondary tests (alpha {sec['alpha']})."]
+    if sec["cannot_reach_alpha"]:
+        out.append(f"  With the resamples drawn, {len(sec['cannot_reach_alpha'])} of them cannot reach Holm's bar "
+                   f"(2 / (B + 1) times {sec['family_size']} is not below {sec['alpha']}): "
+                   f"{', '.join(sec['cannot_reach_alpha'])}; raise --n-boot / --n-boot-examples to test them.")
     return out

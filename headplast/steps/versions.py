@@ -17,13 +17,16 @@ STEPS = {
     "train": 1,
     # 2: layer-block intervals, within-layer ρ, TOST, Holm (issue 29)
     # 3: figures and the ρ line show the layer-aware interval; one display name per statistic
-    # 4: ρ(I_pre, · | grad_norm, W0, layer) (issue 30 item 4); bootstrap p beyond every resample
-    "analyse": 4,
+    # 4: ρ(I_pre, · | grad_norm, W0, layer) (issue 30 item 4)
+    # 5: reliability of measures on halves (func_change); resample counts kept beside p-values
+    "analyse": 5,
     # 2: one verdict function, comparison table, centred example interval (issue 29)
     # 3: figures' layer-aware intervals, display names, sections from the schemas
     # 4: the summary says its difference intervals resample layers (they did; the text said heads)
-    # 5: the partial ρ beyond the gradient; bootstrap p beyond every resample not floored by their number
-    "compare": 5,
+    # 5: the partial ρ beyond the gradient
+    # 6: bootstrap p is its bound 2/(B+1) beyond every resample again (no normal tail), with the Holm
+    #    family's resolution; counter-example counts resampled as often as the rest; finite heads only
+    "compare": 6,
     # 2: aggregate-first answer, raw disattenuated mean, tie-corrected Kendall's W, Fisher-z tests (issue 29)
     # 3: one display name per statistic, one reliability bar
     # 4: ρ beyond the gradient aggregated over seeds
@@ -33,7 +36,8 @@ STEPS = {
     # 2: the answer's new wording and the comparison table (issue 29)
     # 3: layer-aware intervals in the scatter titles; heads table and maps from the schemas
     # 4: the answer's line on what importance adds beyond the gradient
-    "report": 4,
+    # 5: the answer lists importance against the other measures of change
+    "report": 5,
 }
 
 

@@ -107,18 +107,24 @@ def tmp_tag() -> str:
     """The writer's mark in a temporary file's name (`~pid@host~`): a folder's temporaries are
     removed only when their writer is gone, since processes that do not hold the folder's lock
     write there too (the locks of its subfolders, the pipeline's log beside the report)."""
-    return f"~{os.getpid()}@{socket.gethostname()}~"
+    return f"~{os.getpid()}@{_host()}~"
 
 
-_TAG = re.compile(r"~(\d+)@([^~/]+)~")
+def _host() -> str:
+    """This host's name as a tag holds it (characters a file name or the tag cannot hold replaced)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())
+
+
+_TAG = re.compile(r"~(\d+)@([A-Za-z0-9._-]+)~")
 
 
 def writer_gone(tmp: Path) -> bool:
     """Whether the process that wrote temporary `tmp` is gone (untagged: left by an older version)."""
-    m = _TAG.search(tmp.name)
-    if m is None:
+    tags = _TAG.findall(tmp.name)  # the last one is the writer's (the target's own name may look like one)
+    if not tags:
         return True
-    if m[2] == socket.gethostname():
+    m = ("", *tags[-1])
+    if m[2] == _host():
         return int(m[1]) != os.getpid() and not pid_alive(int(m[1]))
     try:  # another host's process: gone when the file has not changed for STALE_AFTER
         return time.time() - tmp.stat().st_mtime > STALE_AFTER
