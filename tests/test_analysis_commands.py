@@ -51,7 +51,8 @@ def test_plot_writes_tables_and_figures(runs, capsys):
     inert = {(int(heads["layer"][i]), int(heads["head"][i])) for i in top_u & low_e}
     assert {(c["layer"], c["head"]) for c in cases["moved_but_inert"]["heads"]} == inert
     expected = {"fig_I_vs_U.png": 2, "fig_I_vs_G.png": 4, "fig_stats.png": 2, "fig_Ipre_vs_Ipost.png": 1,
-                "fig_Ipost_corrs.png": 2, "fig_heatmaps.png": 3, "fig_effect.png": 2}
+                "fig_Ipost_corrs.png": 2, "fig_heatmaps.png": 3, "fig_effect.png": 2,
+                "fig_change_measures.png": 5}
     for name, n in expected.items():
         assert panels(d / name) == n, name
 

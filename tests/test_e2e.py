@@ -28,7 +28,8 @@ SMALL = ["--max-train-samples", "48", "--num-epochs", "1", "--train-batch-size",
          "--max-length", "48", "--learning-rate", "3e-3", "--probe-epochs", "20"]
 STATS = ["--n-boot", "300", "--n-perm", "200"]
 RUN_PANELS = {"fig_I_vs_U.png": 2, "fig_I_vs_G.png": 4, "fig_stats.png": 2, "fig_Ipre_vs_Ipost.png": 1,
-              "fig_Ipost_corrs.png": 2, "fig_heatmaps.png": 3, "fig_effect.png": 2}
+              "fig_Ipost_corrs.png": 2, "fig_heatmaps.png": 3, "fig_effect.png": 2,
+              "fig_change_measures.png": 5}
 COMPARE_PANELS = {"compare_I_vs_U.png": 2, "compare_stats.png": 4, "compare_update_dist.png": 3,
                   "compare_headwise.png": 3, "compare_subspace.png": 2}
 

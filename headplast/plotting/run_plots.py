@@ -9,6 +9,7 @@ import numpy as np
 from headplast.analysis.names import display_name, pair_name
 from headplast.plotting.common import LABELS, layer_aware_ci, plt, save, scatter
 from headplast.store import layout
+from headplast.store.schema import plasticity_columns
 
 
 def fig_importance_vs_update(df, stats, x, suptitle, path):
@@ -102,6 +103,22 @@ def fig_effect(df, stats, title, path):
     save(fig, path)
 
 
+def fig_change_measures(df, stats, title, path):
+    """Importance before fine-tuning against every measure of how much a head changed that the run
+    has (the schemas' plasticity columns): its weights (U), circuits (qk_rel, ov_rel) and function
+    (func_change, attn_jsd)."""
+    ys = [y for y in plasticity_columns() if y in df]
+    cols = min(3, len(ys))
+    rows = -(-len(ys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows), squeeze=False)
+    for ax, y in zip(axes.flat, ys):
+        scatter(ax, df, "I_pre", y, stats["pairs"].get(pair_name("I_pre", y)), display_name(pair_name(y, "I_pre")))
+    for ax in list(axes.flat)[len(ys):]:
+        fig.delaxes(ax)
+    fig.suptitle(f"{title}: does importance predict change, measured as weights, circuits or function?")
+    save(fig, path)
+
+
 def run_figures(df, stats, title: str, out: Path, fmt: str = "png") -> list[Path]:
     f = [out / n for n in layout.with_format(layout.RUN_FIGURES, fmt)]
     fig_importance_vs_update(df, stats, "I_pre", f"{title}: does importance before fine-tuning predict the "
@@ -112,5 +129,6 @@ def run_figures(df, stats, title: str, out: Path, fmt: str = "png") -> list[Path
     fig_importance_vs_update(df, stats, "I_post", f"{title}: importance after fine-tuning vs the update", f[4])
     fig_heatmaps(df, title, f[5])
     fig_effect(df, stats, title, f[6])
+    fig_change_measures(df, stats, title, f[7])
     return f
 

@@ -18,7 +18,8 @@ STEPS = {
     # 2: layer-block intervals, within-layer ρ, TOST, Holm (issue 29)
     # 3: figures and the ρ line show the layer-aware interval; one display name per statistic
     # 4: ρ(I_pre, · | grad_norm, W0, layer) (issue 30 item 4)
-    # 5: reliability of measures on halves (func_change); resample counts kept beside p-values
+    # 5: reliability of measures on halves (func_change); resample counts kept beside p-values;
+    #    fig_change_measures (importance vs every measure of change)
     "analyse": 5,
     # 2: one verdict function, comparison table, centred example interval (issue 29)
     # 3: figures' layer-aware intervals, display names, sections from the schemas

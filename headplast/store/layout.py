@@ -25,7 +25,7 @@ HEADS_CSV = "heads.csv"
 STATS = "stats.json"
 CASES = "cases.json"
 RUN_FIGURES = ("fig_I_vs_U.png", "fig_I_vs_G.png", "fig_stats.png", "fig_Ipre_vs_Ipost.png",
-               "fig_Ipost_corrs.png", "fig_heatmaps.png", "fig_effect.png")
+               "fig_Ipost_corrs.png", "fig_heatmaps.png", "fig_effect.png", "fig_change_measures.png")
 COMPARE_FIGURES = ("compare_I_vs_U.png", "compare_stats.png", "compare_update_dist.png", "compare_headwise.png",
                    "compare_subspace.png")
 COMPARE_METRICS = "compare_metrics.json"
