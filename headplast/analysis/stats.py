@@ -190,7 +190,7 @@ def beyond_stats(a, b, covariates, layers, n_boot: int, seed: int, margin: float
     nan = math.nan
     if len(a) < C.shape[1] + len(np.unique(layers)) + 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return {"spearman": nan, "ci95_layers": [nan, nan], "ci90_layers": [nan, nan], "p_layers": nan,
-                "tost_p_layers": nan, "note": "constant or too few values"}
+                "tost_p_layers": nan, "n_resamples_layers": 0, "note": "constant or too few values"}
     est = partial_spearman(a, b, C, layers)
     boots = layer_bootstrap_partial(a, b, C, layer_resamples(layers, n_boot, seed))
     return {"spearman": est, **_suffixed(interval_summary(boots, est, margin=margin), "layers")}
@@ -428,8 +428,9 @@ def undefined_pair(n: int, k: int) -> dict:
     return {"n": int(n), "spearman": nan, "p_value": nan, "ci95": [nan, nan], "boot_se": nan, "kendall_tau": nan,
             "kendall_p": nan, "top_k": top_k_overlap(np.zeros(n), np.zeros(n), k), "partial_spearman_layer": nan,
             "within_layer_perm_p": nan, "ci95_layers": [nan, nan], "ci90_layers": [nan, nan], "p_layers": nan,
-            "tost_p_layers": nan, "within_layer": {"spearman": nan, "perm_p": nan, "ci95_layers": [nan, nan],
-                                                   "ci90_layers": [nan, nan], "p_layers": nan, "tost_p_layers": nan},
+            "tost_p_layers": nan, "n_resamples_layers": 0,
+            "within_layer": {"spearman": nan, "perm_p": nan, "ci95_layers": [nan, nan], "ci90_layers": [nan, nan],
+                             "p_layers": nan, "tost_p_layers": nan, "n_resamples_layers": 0},
             "note": "constant or too few values"}
 
 
