@@ -405,3 +405,34 @@ def test_a_cpu_node_finds_runs_measured_on_a_gpu_done(model_dirs, tmp_path):
     assert run_measure(run, QUIET).status == "skipped"
     # asked for the CPU explicitly, it is measured there
     assert run_measure(run, MeasureConfig(progress=False, device="cpu")).status == "ran"
+
+
+def test_skipped_measurements_are_added_by_a_later_run(fresh):
+    """--skip leaves out measurements a run may lack (the cost of the extended ones); a later measure
+    without it computes exactly those, and the analysis reads the run either way."""
+    from dataclasses import replace
+
+    from headplast.steps.analyse_step import analysed
+    from headplast.analysis.config import AnalysisConfig
+
+    root, fft, lora = fresh
+    t = run_measure(fft, replace(QUIET, skip=("update_joint", "func_change"))).timings
+    assert "update_joint" not in t and "func_change" not in t and isinstance(t["update_effect"], float)
+    assert not (fft / "update_joint.jsonl").exists() and not (fft / "func_change.jsonl").exists()
+    cfg = AnalysisConfig(n_boot=50, n_perm=20, n_boot_examples=50)
+    df, st, _ = analysed(fft, cfg)
+    assert "func_change" not in df and "interactions" not in st
+    again = run_measure(fft, QUIET).timings
+    assert {k for k, v in again.items() if v != "skipped"} == {"update_joint", "func_change"}
+    df, st, _ = analysed(fft, cfg)
+    assert {"func_change", "attn_jsd", "layer_joint_fwd"} <= set(df) and "interactions" in st
+    with pytest.raises(HeadplastError, match="--skip update: every run has it"):
+        MeasureConfig(skip=("update",))
+
+
+@pytest.mark.parametrize("cmd", [["pipeline"], ["measure", "RUN"], ["sweep"]])
+def test_skip_is_a_flag_of_every_command_that_measures(cmd):
+    from headplast.cli.main import _measure_config, build_parser
+
+    a = build_parser().parse_args([*cmd, "--skip", "update_joint,func_change"])
+    assert _measure_config(a).skip == ("update_joint", "func_change")

@@ -6,9 +6,10 @@ from dataclasses import dataclass, replace
 
 from headplast.errors import HeadplastError, did_you_mean
 from headplast.options import OPEN_FRACTION, POSITIVE, option, validate
-from headplast.store.schema import ABLATIONS  # noqa: F401  (declared with the importance schemas)
+from headplast.store.schema import ABLATIONS, SCHEMAS  # ABLATIONS: declared with the importance schemas
 
 DTYPES = ("float32", "float16", "bfloat16")
+SKIPPABLE = tuple(s.name for s in SCHEMAS if not s.required)  # added after runs existed: a run may lack them
 
 # max_tokens and batch_size when not given, per device type (MeasureConfig.for_device). The CPU's
 # were measured on 2 cores (4096 tokens: 1.2-1.4x faster than 16384). The GPU's are not measured
@@ -47,10 +48,21 @@ class MeasureConfig:
     amplification_r: int = option(8, "amplification factor (Hu et al. 2021, LoRA §7.3): top singular directions "
                                   "of each matrix's update it projects W0 on; at most the update's rank (a LoRA "
                                   "run of rank r < this uses r); set it to the LoRA rank compared", **POSITIVE)
+    skip: tuple[str, ...] = option((), "measurements not to compute this time, comma-separated, of those a run "
+                                   f"may lack ({', '.join(SKIPPABLE)}): each costs about a third of the update "
+                                   "effect on MiniLM; a later run without --skip adds them", sep=",",
+                                   metavar="MEASUREMENTS")
     progress: bool = option(True, "progress bars")
 
     def __post_init__(self):
         validate(self)
+        if isinstance(self.skip, str):
+            object.__setattr__(self, "skip", tuple(a.strip() for a in self.skip.split(",") if a.strip()))
+        for name in self.skip:
+            if name not in SKIPPABLE:
+                why = ("every run has it" if name in {s.name for s in SCHEMAS}
+                       else f"no such measurement.{did_you_mean(name, SKIPPABLE)}")
+                raise HeadplastError(f"--skip {name}: {why}", f"skip only some of {', '.join(SKIPPABLE)}")
         if isinstance(self.ablation, str):  # MeasureConfig(ablation="mean") and old configs
             object.__setattr__(self, "ablation", tuple(a.strip() for a in self.ablation.split(",") if a.strip()))
         bad = [a for a in self.ablation if a not in ABLATIONS]

@@ -9,10 +9,12 @@ and biases, O's weight; O's bias, LayerNorms, FFN, embeddings and the task head 
 If the heads' effects added up, joint_fwd(l) would be the sum of effect_fwd over layer l's heads;
 the difference is their interaction (headplast.analysis.interactions).
 
-On the replay engine (headplast.measure.replay): per batch one recorded pass of theta0, then per
-layer a weight edit of that layer in place (restored after) replayed from its recorded input
-upwards, and one plain forward pass with every layer edited. Per-example losses stay on the
-device and are copied to the host once per batch.
+On the replay engine (headplast.measure.replay), as the update effect: per batch one recorded pass
+of theta0; per layer, one pass of its attention with every head's Q/K/V from theta1 gives every
+head's patched context, which hooks on O put in place (plus theta1's O weight on it) before the
+family's fast path finishes the model from O upwards; then one plain forward pass with every
+layer's tensors swapped in (swapped back after). Per-example losses stay on the device and are
+copied to the host once per batch.
 
 Files: heads.csv's `layer_joint_fwd` (the head's layer's joint_fwd, the same for each head of a
 layer), losses_joint_fwd.npy [N, L + 2] (column 0 theta0, 1 + l layer l patched, L + 1 every
@@ -33,6 +35,8 @@ from headplast.data.tokenize import Encoded, sorted_batches
 from headplast.errors import HeadplastError
 from headplast.measure.ablation import example_losses
 from headplast.measure.declare import Inputs, Measurement
+from headplast.measure.effect import _patched_context
+from headplast.measure.fastpath import FAST_PATHS
 from headplast.measure.headloop import check_finite
 from headplast.measure.replay import Replay
 from headplast.measure.results import JointResult
@@ -63,6 +67,23 @@ def heads_from(model, other, adapter: ArchAdapter, layers):
             a.data, b.data = b.data, a.data
 
 
+@contextmanager
+def _whole_layer_hooks(o_module, ctx1: torch.Tensor, d_o: torch.Tensor):
+    """O reads ctx1 (every head's context with the other model's Q/K/V) and adds d_o @ it (the other
+    model's O weight, O's own bias kept): effect._patch_hooks with every head in one copy."""
+    def pre(module, args):
+        return (ctx1[:, :args[0].shape[1]], *args[1:])  # T' = 1 where the engine needs token 0 only
+
+    def post(module, args, out):
+        return out + ctx1[:, :out.shape[1]] @ d_o.T
+    handles = [o_module.register_forward_pre_hook(pre), o_module.register_forward_hook(post)]
+    try:
+        yield
+    finally:
+        for hd in handles:
+            hd.remove()
+
+
 @torch.no_grad()
 def joint_losses(model, other, adapter: ArchAdapter, enc: Encoded, task, pad_id: int, batch_size: int = 32,
                  progress: bool = True) -> np.ndarray:
@@ -71,6 +92,7 @@ def joint_losses(model, other, adapter: ArchAdapter, enc: Encoded, task, pad_id:
     model.eval(), other.eval()
     device = next(model.parameters()).device
     L, N = adapter.num_layers(model.config), len(enc)
+    fast = FAST_PATHS.get(adapter.model_type)
     host = np.zeros((N, L + 2))
     bar = tqdm(total=N, desc="update effect (joint)", unit="ex", disable=not progress)
     for idx, batch in sorted_batches(enc, batch_size, pad_id):
@@ -82,9 +104,12 @@ def joint_losses(model, other, adapter: ArchAdapter, enc: Encoded, task, pad_id:
         rp = Replay(model, adapter, batch)
         buf = torch.zeros(len(idx), L + 2, dtype=torch.float64, device=device)  # [B, L + 2]
         buf[:, 0] = loss(rp.logits)
-        for l in range(L):
-            with heads_from(model, other, adapter, [l]):
-                buf[:, 1 + l] = loss(rp.run_from(l, rp.input_of(l, 1), 1))
+        for l in range(L):  # as the update effect patches one head, with every head of the layer at once
+            o_mod = adapter.linear(model, l, "o")
+            d_o = adapter.linear(other, l, "o").weight.data - o_mod.weight.data  # [D, H*d]
+            with _whole_layer_hooks(o_mod, _patched_context(rp, other, l), d_o):
+                buf[:, 1 + l] = loss(rp.run_from(l, rp.input_of(l, 1), 1) if fast is None
+                                     else rp.from_o_input(fast, l, 1))
         with heads_from(model, other, adapter, range(L)):
             buf[:, L + 1] = loss(model(**batch).logits)
         host[idx] = buf.cpu().numpy()  # once per batch

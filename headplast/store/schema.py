@@ -79,6 +79,8 @@ class Schema:
         return self.enabled is not None
 
     def is_enabled(self, cfg) -> bool:
+        if self.name in getattr(cfg, "skip", ()):  # MeasureConfig.skip: not this time
+            return False
         return self.enabled is None or bool(self.enabled(cfg))
 
     @property
