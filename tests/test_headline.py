@@ -5,6 +5,7 @@ over seeds first, and findings that use the answer's words."""
 
 import math
 
+import numpy as np
 import pytest
 
 from headplast.report.findings import comparison_table, findings
@@ -204,3 +205,24 @@ def test_beyond_the_gradient_and_the_other_measures_of_change():
     assert change_measures_lines(m) == [
         "FFT: importance vs other measures of change (descriptive): ρ(I_pre, qk_rel) = -0.25 [-0.50, -0.05], "
         "ρ(I_pre, func_change) = +0.20 [-0.20, +0.45]"]
+
+
+def test_the_aggregate_verdict_keeps_each_seeds_own_uncertainty():
+    """Two seeds that agree closely give a narrow t-interval over seeds (training randomness only:
+    the seeds share the heads and the eval examples), while each seed's interval is wide: the
+    verdict uses the wider, so 'no relation' (TOST) is not claimed from the seeds' agreement alone
+    (the default experiment, seeds 1 and 2: FFT +0.12 and +0.14, each 95% CI about -0.06 to +0.48)."""
+    from headplast.analysis.across import seed_intervals
+
+    stats = [{"pairs": {"I_pre~U": _pair(r, (r - 0.2, r + 0.35), within=w, ci_within=(w - 0.3, w + 0.3))}}
+             for r, w in ((0.12, 0.17), (0.14, 0.35))]
+    iv = seed_intervals(stats)
+    lo, hi = iv["rho(I_pre,U)"]["ci95"]
+    assert lo == pytest.approx(np.tanh(np.mean(np.arctanh([-0.08, -0.06])))) and hi > 0.45
+    agg = _aggregate()
+    pm = agg["per_method"]["FFT"]
+    pm["rho(I_pre,U)"].update({"mean": 0.13, "ci95": [-0.01, 0.26], "ci90": [0.06, 0.195]})
+    assert "no relation (" in aggregate_lines(agg)[0]  # the t-interval alone: equivalence claimed
+    pm["rho(I_pre,U)"].update({f"seed_{k}": v for k, v in iv["rho(I_pre,U)"].items()})
+    line = aggregate_lines(agg)[0]
+    assert "across heads, no detectable relation (ρ(I_pre, U) = +0.13, 95% CI -0.07 to +0.48)" in line

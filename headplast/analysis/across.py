@@ -11,7 +11,7 @@ import pandas as pd
 from scipy import stats as st
 
 from headplast.analysis.names import PRIMARY, pair_name, split_name
-from headplast.analysis.stats import fisher_z_mean, holm, spearman
+from headplast.analysis.stats import combined, fisher_z_mean, holm, spearman
 
 HEADLINE = (PRIMARY, pair_name("I_pre", "Urel", "rho"), pair_name("I_pre", "U", "partial_rho"),
             pair_name("I_pre", "U", "top_k"), "n_important_but_static", "n_plastic_but_unimportant",
@@ -39,6 +39,23 @@ def flat_stats(stats: dict, cases: dict, info: dict) -> dict:
     out["n_plastic_but_unimportant"] = cases["plastic_but_unimportant"]["count"]
     out["val_metric"] = info["val_metric"]
     out["val_metric_theta0"] = info["val_metric_theta0"]
+    return out
+
+
+def seed_intervals(stats_list: list[dict]) -> dict:
+    """{statistic: {'ci95', 'ci90'}} of the primary endpoint (across heads, within layers): each
+    seed's own interval (the answer's: layer blocks ∪ eval examples), its bounds averaged over
+    seeds on Fisher's z. Seeds share the heads and the eval examples, so the t-interval over seeds
+    shows training randomness only; the measurement uncertainty each seed carries does not shrink
+    with more seeds, and the aggregate's verdict uses the wider of the two."""
+    out = {}
+    for name, within in ((PRIMARY, False), (pair_name("I_pre", "U", "partial_rho"), True)):
+        infs = [combined(st["pairs"][pair_name("I_pre", "U")], within) for st in stats_list
+                if pair_name("I_pre", "U") in st.get("pairs", {})]
+        out[name] = {lev: [float(np.tanh(np.nanmean(np.arctanh(np.clip([inf[lev][i] for inf in infs], -0.999999,
+                                                                         0.999999)))))
+                           if infs and all(np.isfinite(inf[lev][i]) for inf in infs) else math.nan for i in (0, 1)]
+                     for lev in ("ci95", "ci90")}
     return out
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from headplast.analysis.interactions import adds_up
 from headplast.analysis.names import BEYOND, PRIMARY, PRIMARY_PAIR, display_name, pair_name, run_test_name
-from headplast.analysis.stats import combined
+from headplast.analysis.stats import combined, union_ci
 from headplast.analysis.thresholds import unreliable
 from headplast.report.verdict import sentence
 from headplast.store.schema import plasticity_columns
@@ -157,9 +157,18 @@ def beyond_lines(m: dict) -> list[str]:
     return out
 
 
+def _wider(t_ci, seed_ci):
+    """The union of the t-interval over seeds and the seeds' own interval; undefined where the
+    t-interval is (one seed: no interval over seeds)."""
+    if not t_ci or not all(v is not None and math.isfinite(v) for v in t_ci):
+        return t_ci
+    return union_ci(t_ci, seed_ci)
+
+
 def aggregate_lines(agg: dict) -> list[str]:
-    """The answer over seeds: each method's mean ρ(I_pre, U) over seeds (Fisher z, t-interval over
-    seeds), across heads and within layers; the methods' paired differences (secondary, Holm)."""
+    """The answer over seeds: each method's mean ρ(I_pre, U) over seeds (Fisher z), across heads and
+    within layers, with the wider of the t-interval over seeds and the seeds' own intervals; the
+    methods' paired differences (secondary, Holm)."""
     margin = agg.get("equivalence_margin", math.nan)
     P_ = display_name(PRIMARY)
     out = []
@@ -168,8 +177,9 @@ def aggregate_lines(agg: dict) -> list[str]:
         infs = []
         for s in (PRIMARY, pair_name("I_pre", "U", "partial_rho")):
             d = pm.get(s) or {}
-            infs.append({"estimate": d.get("mean", math.nan), "ci95": d.get("ci95"), "ci90": d.get("ci90"),
-                         "margin": margin})
+            # the wider of the t-interval over seeds and the seeds' own intervals (across.seed_intervals)
+            infs.append({"estimate": d.get("mean", math.nan), "ci95": _wider(d.get("ci95"), d.get("seed_ci95")),
+                         "ci90": _wider(d.get("ci90"), d.get("seed_ci90")), "margin": margin})
         n = (pm.get(PRIMARY) or {}).get("n", 0)
         out.append(f"{meth} ({n} seeds): {primary_text(*infs)}")
     for pair, res in agg.get("paired_tests", {}).items():

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from headplast.analysis.across import flat_stats, head_agreement, summarise
+from headplast.analysis.across import flat_stats, head_agreement, seed_intervals, summarise
 from headplast.analysis.config import AnalysisConfig
 from headplast.errors import HeadplastError
 from headplast.options import NONNEGATIVE, POSITIVE, opt, option, validate
@@ -29,7 +29,8 @@ def _collect(root, task, labels, seeds, acfg):
             d = measured_run(root, task, lab, s)
             df, stats, cases = analysed(d, acfg)
             info = run_info(d)
-            runs[(lab, s)] = {"dir": str(d), "df": df, "info": info, "flat": flat_stats(stats, cases, info)}
+            runs[(lab, s)] = {"dir": str(d), "df": df, "info": info, "flat": flat_stats(stats, cases, info),
+                              "stats": stats}
     check_comparable([r["info"] for r in runs.values()], "aggregate")
     return runs
 
@@ -88,6 +89,12 @@ def _write_aggregate(cfg: AggregateConfig, out: Path) -> None:
     runs = _collect(cfg.output_root, cfg.task, cfg.methods, cfg.seeds, cfg.analysis)
     table = _tidy(runs, cfg.include_collapsed, cfg.output_root)
     summary = summarise(table, list(cfg.methods))
+    for lab in cfg.methods:  # each seed's own uncertainty, which the t-interval over seeds leaves out
+        kept = [runs[(lab, s)]["stats"] for s in cfg.seeds
+                if cfg.include_collapsed or not runs[(lab, s)]["info"]["collapsed"]]
+        for name, iv in seed_intervals(kept).items():
+            if name in summary["per_method"].get(lab, {}):
+                summary["per_method"][lab][name].update({f"seed_{k}": v for k, v in iv.items()})
     collapsed = sorted({(m, int(s)) for m, s in table[table.collapsed][["method", "seed"]].itertuples(index=False)})
     agreement = {}
     for lab in cfg.methods:

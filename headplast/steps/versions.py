@@ -31,7 +31,8 @@ STEPS = {
     # 2: aggregate-first answer, raw disattenuated mean, tie-corrected Kendall's W, Fisher-z tests (issue 29)
     # 3: one display name per statistic, one reliability bar
     # 4: ρ beyond the gradient aggregated over seeds
-    "aggregate": 4,
+    # 5: each method's seeds' own intervals of the primary endpoint beside the t-interval over seeds
+    "aggregate": 5,
     # 2: statistics recomputed by the code of issue 29 (raw disattenuated mean, layer-aware run stats)
     "ranks": 2,
     # 2: the answer's new wording and the comparison table (issue 29)
