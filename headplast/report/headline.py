@@ -203,7 +203,8 @@ def answer_block(compares: list[dict], aggregates: list[dict]) -> list[str]:
     out = []
     for agg in aggregates:
         seeds = ", ".join(str(s) for s in agg["seeds"])
-        out.append(f"ANSWER ({agg['task']}, seeds {seeds}; mean over seeds, 95% t-interval over seeds): does a "
+        out.append(f"ANSWER ({agg['task']}, seeds {seeds}; mean over seeds, 95% CI the wider of the t-interval over "
+                   "seeds and the seeds' own): does a "
                    "head's importance before fine-tuning predict how much fine-tuning changes it?")
         out += [f"  {line}" for line in aggregate_lines(agg)] + [""]
     for m in compares:
