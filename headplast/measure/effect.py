@@ -82,6 +82,13 @@ def _patch_hooks(o_module, ctx1: torch.Tensor, d_o: torch.Tensor, heads: list[in
         T = out.shape[1]
         c = ctx1[:, :T].view(B, T, H, d)[:, :, h0:h0 + k].contiguous()  # [B, T', k, d]
         return out + torch.einsum("btkd,okd->kbto", c, d_sel).reshape(k * B, T, -1)
+    with o_hooks(o_module, pre, post):
+        yield
+
+
+@contextmanager
+def o_hooks(o_module, pre, post):
+    """A forward pre-hook and a forward hook on O for the duration of the block."""
     handles = [o_module.register_forward_pre_hook(pre), o_module.register_forward_hook(post)]
     try:
         yield

@@ -35,7 +35,7 @@ from headplast.data.tokenize import Encoded, sorted_batches
 from headplast.errors import HeadplastError
 from headplast.measure.ablation import example_losses
 from headplast.measure.declare import Inputs, Measurement
-from headplast.measure.effect import _patched_context
+from headplast.measure.effect import _patched_context, o_hooks
 from headplast.measure.fastpath import FAST_PATHS
 from headplast.measure.headloop import check_finite
 from headplast.measure.replay import Replay
@@ -76,12 +76,8 @@ def _whole_layer_hooks(o_module, ctx1: torch.Tensor, d_o: torch.Tensor):
 
     def post(module, args, out):
         return out + ctx1[:, :out.shape[1]] @ d_o.T
-    handles = [o_module.register_forward_pre_hook(pre), o_module.register_forward_hook(post)]
-    try:
+    with o_hooks(o_module, pre, post):
         yield
-    finally:
-        for hd in handles:
-            hd.remove()
 
 
 @torch.no_grad()
