@@ -201,7 +201,11 @@ def main(argv=None) -> int:
     except HeadplastError as e:
         if args.debug:
             raise
-        return _error(e.problem, e.fix)
+        code = _error(e.problem, e.fix)
+        if getattr(e, "hard_exit", False):  # a launched rank stopped by another's failure (measure.shard)
+            sys.stdout.flush(), sys.stderr.flush()
+            os._exit(code)
+        return code
     except OSError as e:  # the file system refused: a user's problem, not a bug
         if args.debug or e.errno not in _FS_ERRORS:
             raise

@@ -85,7 +85,11 @@ _link = {"broken": False}  # an error was exchanged: no further collective (the 
 
 
 class RankFailed(HeadplastError):
-    """Another rank failed; this one stops too."""
+    """Another rank failed; this one stops too. The CLI then exits without the interpreter's teardown
+    (`hard_exit`): gloo's threads, whose peer is gone, can abort it there ("terminate called without
+    an active exception", exit -6 instead of the error's 2; seen once in CI under load)."""
+
+    hard_exit = True
 
 
 def _exchange(payload, error: str | None = None) -> list:
