@@ -52,10 +52,9 @@ def seed_intervals(stats_list: list[dict]) -> dict:
     for name, within in ((PRIMARY, False), (pair_name("I_pre", "U", "partial_rho"), True)):
         infs = [combined(st["pairs"][pair_name("I_pre", "U")], within) for st in stats_list
                 if pair_name("I_pre", "U") in st.get("pairs", {})]
-        out[name] = {lev: [float(np.tanh(np.nanmean(np.arctanh(np.clip([inf[lev][i] for inf in infs], -0.999999,
-                                                                         0.999999)))))
-                           if infs and all(np.isfinite(inf[lev][i]) for inf in infs) else math.nan for i in (0, 1)]
-                     for lev in ("ci95", "ci90")}
+        bound = lambda lev, i: [inf[lev][i] for inf in infs]  # noqa: E731  one bound of every seed
+        out[name] = {lev: [fisher_z_mean(bound(lev, i)) if infs and np.isfinite(bound(lev, i)).all() else math.nan
+                           for i in (0, 1)] for lev in ("ci95", "ci90")}
     return out
 
 
