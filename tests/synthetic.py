@@ -54,9 +54,24 @@ def extra_file(name: str, rng, L: int, H: int, run_dir: Path | None = None, inte
                 for l in range(L) for k in "qkvo" for n in [rng.integers(0, 4)]]
     if name == "amplification.jsonl":
         amp = np.random.default_rng(int(rng.integers(1 << 30))).lognormal(1.5, 0.5, size=(L, 4))
+        at = lambda a, r: {"proj_fro": 8 / (a * r), "proj_random_fro": 1 / 40,  # noqa: E731  (a at r = 8)
+                           "amplification": a * r / 8, "amplification_random": 40.0}
         return [{"layer": l, "module": k, "name": f"layer.{l}.{k}", "r_setting": 8, "r": 8, "dw_fro": 1.0,
-                 "w0_fro": 20.0, "proj_fro": 1 / amp[l, i], "proj_random_fro": 1 / 40, "amplification": amp[l, i],
-                 "amplification_random": 40.0} for l in range(L) for i, k in enumerate("qkvo")]
+                 "w0_fro": 20.0, **at(amp[l, i], 8), "by_r": {str(r): at(amp[l, i], r) for r in (1, 2, 4, 8, 16)}}
+                for l in range(L) for i, k in enumerate("qkvo")]
+    if name == "circuit_bases.npy":  # random orthonormal top-16 bases of each side, D = 24 (sides of D padded)
+        g = np.random.default_rng(int(rng.integers(1 << 30)))
+        out = np.zeros((4, L, H, 25, 16), dtype=np.float32)
+        for i in range(4):
+            dim = 25 if i in (0, 3) else 24
+            out[i, :, :, :dim] = np.linalg.qr(g.normal(size=(L, H, dim, 16)))[0]
+        return out
+    if name == "circuit_subspaces.jsonl":
+        e = rng.uniform(0, 1, size=(4, L, H, 16))
+        return [{"layer": l, "head": h, "circuit": c, "side": sd, "dim": 25 if i in (0, 3) else 24, "span_dim": 4,
+                 "span_energy": [float(x) for x in e[i, l, h]]}
+                for i, (c, sd) in enumerate((("qk", "left"), ("qk", "right"), ("ov", "left"), ("ov", "right")))
+                for l in range(L) for h in range(H)]
     if name == "losses_joint_fwd.npy":
         return joint_losses(np.load(run_dir / "losses_effect_fwd.npy"), L, H, interaction, rng)
     if name == "joint_effect.jsonl":  # after losses_joint_fwd.npy

@@ -97,6 +97,51 @@ def test_circuit_updates_equal_explicit_maps(arch):
     assert (res.qk_rel > 0).all() and (res.ov_srank > 1).all()
 
 
+def _projector(vectors):
+    return vectors @ vectors.T
+
+
+@pytest.mark.parametrize("arch", ARCH_TIERS)
+def test_circuit_bases_and_their_theta0_span_energies_equal_the_explicit_maps(arch):
+    """circuit_bases.npy per side = the top-k singular subspace of the materialised ΔQK / ΔOV (as
+    projectors: the vectors' signs are arbitrary), and each vector's energy inside the row space of
+    θ0's factor on that side (a pseudo-inverse projector) as circuit_subspaces.jsonl says."""
+    from headplast.store.schema import CIRCUIT_SIDES
+
+    m0 = _base(arch)
+    m1 = _near(m0)
+    res = circuit_result(m0, m1)
+    H = get_adapter(m0).num_heads(m0.config)
+    p0, p1 = _params(m0, arch), _params(m1, arch)
+    rows = {(r["layer"], r["head"], r["circuit"], r["side"]): r for r in res.subspaces}
+    k = 3
+    for l in p0:
+        d = p0[l][0].shape[0] // H
+        D = p0[l][0].shape[1]
+        for h in range(H):
+            (qk0, ov0), (qk1, ov1) = _maps(p0[l], h, d), _maps(p1[l], h, d)
+            wq, bq, wk, _, wv, bv, wo = p0[l]
+            sl = slice(h * d, (h + 1) * d)
+            theta0_rows = {("qk", "left"): np.hstack([wq[sl], bq[sl, None]]), ("qk", "right"): wk[sl],
+                           ("ov", "left"): wo[:, sl].T, ("ov", "right"): np.hstack([wv[sl], bv[sl, None]])}
+            for c, delta in (("qk", qk1 - qk0), ("ov", ov1 - ov0)):
+                u, sv, vt = np.linalg.svd(delta)
+                assert sv[k - 1] > 1.01 * sv[k]  # a gap: the top-k subspace is defined
+                for side, ref in (("left", u[:, :k]), ("right", vt[:k].T)):
+                    i = CIRCUIT_SIDES.index((c, side))
+                    got = res.bases[i, l, h, :ref.shape[0], :k].astype(np.float64)
+                    assert np.abs(_projector(got) - _projector(ref)).max() < 1e-4, (arch, l, h, c, side)
+                    assert not res.bases[i, l, h, ref.shape[0]:].any()  # the padding row of a side of D
+                    f = theta0_rows[(c, side)]
+                    proj = np.linalg.pinv(f) @ f  # onto f's row space
+                    row = rows[(l, h, c, side)]
+                    assert row["dim"] == ref.shape[0] == (D + 1 if (c, side) in (("qk", "left"), ("ov", "right"))
+                                                          else D)
+                    assert row["span_dim"] == d
+                    energy = ((proj @ got) ** 2).sum(0)
+                    assert np.allclose(row["span_energy"][:k], energy, atol=1e-5), (arch, l, h, c, side)
+
+
 def test_product_svals_equal_the_svd_of_the_product():
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(6, 40, generator=g, dtype=torch.float64), torch.randn(6, 33, generator=g, dtype=torch.float64)
@@ -210,6 +255,15 @@ def test_amplification_equals_numpy(arch, r):
         assert row["r"] == rr and rr <= min(r, 32) and rr >= min(r, 30) and row["r_setting"] == r
         assert row["amplification"] == pytest.approx(amp, rel=1e-9)
         assert row["amplification_random"] == pytest.approx(amp_rand, rel=1e-9)
+        sv = np.linalg.svd(w1[key].double().numpy() - w0[key].double().numpy(), compute_uv=False)
+        dw_shape = w0[key].shape
+        rank = int((sv > max(dw_shape) * np.finfo(np.float32).eps * sv[0]).sum())
+        assert list(row["by_r"]) == [str(q) for q in (1, 2, 4, 8, 16, 32, 64) if q <= rank]
+        for q, at in row["by_r"].items():  # the same at every r of AMP_RS, for comparisons at a LoRA's rank
+            _, amp_q, rand_q = _amp_reference(w0[key].double().numpy(), w1[key].double().numpy(), int(q),
+                                              [0, key[0], "qkvo".index(key[1])], AMP_DRAWS)
+            assert at["amplification"] == pytest.approx(amp_q, rel=1e-9)
+            assert at["amplification_random"] == pytest.approx(rand_q, rel=1e-9)
 
 
 def test_a_planted_update_along_w0s_weak_directions_is_amplified():
@@ -252,6 +306,13 @@ def test_the_comparison_summarises_the_amplification(tmp_path):
     m = json.loads((d / "compare_metrics.json").read_text())
     amp = m["update_shape"]["LoRA_r8"]["amplification"]
     assert amp["matrices"] == 16 and amp["median_random"] == 40.0
+    # both runs at the compared LoRA rank (by_r["8"]), not at each run's own r
+    assert amp["r"] == [8] and amp["compared_rank"] == 8 and m["update_shape"]["FFT"]["amplification"]["r"] == [8]
+    rows8 = [json.loads(x) for x in (tmp_path / "LoRA" / "RTE" / "seed1_r8" / "amplification.jsonl").read_text().splitlines()]
+    assert amp["median"] == pytest.approx(float(np.median([r["by_r"]["8"]["amplification"] for r in rows8])))
+    r4 = amplification_summary(rows8, 4)
+    assert r4["r"] == [4] and r4["median"] == pytest.approx(amp["median"] / 2)
+    assert amplification_summary(rows8, 12)["r"] == [8]  # the largest power of two below a rank of 12
     summary = (d / "compare_summary.txt").read_text()
     line = next(x for x in summary.splitlines() if "amplification" in x)
     assert f"LoRA_r8 {amp['median']:.2f} (random directions 40.00)" in line and "FFT " in line
@@ -276,6 +337,10 @@ def test_the_measure_step_writes_the_circuits_and_amplification_of_a_lora_run(mo
     run_measure(lora, MeasureConfig(progress=False))
     rows = read_jsonl(lora / "circuit_update.jsonl", 8)
     assert all(r["qk_rel"] > 0 and r["qk_srank"] <= 8 + 1e-6 for r in rows)  # ΔQK = ΔAᵀB1 + A0ᵀΔB: rank <= 2r
+    bases = np.load(lora / "circuit_bases.npy")  # [4 sides, L, H, D+1, 16]: at most 2r = 8 directions per side
+    kept = (np.abs(bases).sum(-2) > 0).sum(-1)
+    assert bases.shape[:3] == (4, 2, 4) and bases.dtype == np.float32 and (kept >= 1).all() and (kept <= 8).all()
+    assert len(read_jsonl(lora / "circuit_subspaces.jsonl", 4 * 8)) == 32
     amp = [json.loads(line) for line in (lora / "amplification.jsonl").read_text().splitlines()]
     adapted = [r for r in amp if r["amplification"] is not None]
     assert [(r["layer"], r["module"]) for r in amp] == [(l, k) for l in range(2) for k in "qkvo"]
@@ -284,3 +349,47 @@ def test_the_measure_step_writes_the_circuits_and_amplification_of_a_lora_run(mo
     assert isinstance(t["circuit_update"], float) and {v for k, v in t.items() if k != "circuit_update"} == {"skipped"}
     amp = [json.loads(line) for line in (lora / "amplification.jsonl").read_text().splitlines()]
     assert all(r["r"] == 2 for r in amp if r["amplification"] is not None)
+
+
+def test_the_comparison_overlaps_the_circuit_subspaces_against_chance_and_seeds(tmp_path):
+    """compare_metrics.json's circuit_subspace per side: φ and its null recomputed here by hand from
+    the runs' files, a noise floor from seed 2, the summary's lines and the answer's line; a run
+    without circuit updates gives none (and no line)."""
+    import json
+
+    from headplast.cli.main import main
+    from headplast.report.headline import answer_lines
+    from headplast.steps.runs import read_compare
+    from synthetic import make_run
+
+    runs = {(lab, s): make_run(tmp_path, lab, s) for lab in ("FFT", "LoRA_r8") for s in (1, 2)}
+    assert main(["compare", "--seed", "1", "--output-root", str(tmp_path), "--n-boot", "100", "--n-perm", "20",
+                 "--n-boot-examples", "20", "--subspace-k", "4"]) == 0
+    d = tmp_path / "COMPARE" / "RTE" / "seed1"
+    cs = json.loads((d / "compare_metrics.json").read_text())["circuit_subspace"]
+    assert list(cs) == ["qk_left", "qk_right", "ov_left", "ov_right"]
+    a, b = (np.load(runs[(lab, 1)] / "circuit_bases.npy").astype(np.float64) for lab in ("FFT", "LoRA_r8"))
+    rows = {lab: [json.loads(x) for x in (runs[(lab, 1)] / "circuit_subspaces.jsonl").read_text().splitlines()]
+            for lab in ("FFT", "LoRA_r8")}
+    for i, side in enumerate(cs):
+        dim = cs[side]["dim"]
+        phi, null = [], []
+        for ra, rb in zip(*(sorted((r for r in rows[lab] if f"{r['circuit']}_{r['side']}" == side),
+                                   key=lambda r: (r["layer"], r["head"])) for lab in ("FFT", "LoRA_r8"))):
+            ua, ub = a[i, ra["layer"], ra["head"], :dim, :4], b[i, rb["layer"], rb["head"], :dim, :4]
+            phi.append(np.linalg.norm(ua.T @ ub) ** 2 / 4)
+            ea, eb = sum(ra["span_energy"][:4]), sum(rb["span_energy"][:4])
+            null.append((ea * eb / 4 + (4 - ea) * (4 - eb) / (dim - 4)) / 4)
+        assert cs[side]["phi"]["mean"] == pytest.approx(np.mean(phi))
+        assert cs[side]["random_within_parts"]["mean"] == pytest.approx(np.mean(null))
+        assert set(cs[side]["noise_floor"]) == {"FFT", "LoRA_r8"}
+    summary = (d / "compare_summary.txt").read_text()
+    assert "on the circuit updates" in summary and "ΔOV input side (θ0 span 4 of 25)" in summary
+    line = [x for x in answer_lines(read_compare(d / "compare_metrics.json")) if x.startswith("circuit updates")]
+    assert len(line) == 1 and "ΔQK query side" in line[0]
+    lone = tmp_path / "lone"
+    make_run(lone, "FFT", 1), make_run(lone, "LoRA_r8", 1, without=("circuit_update",))
+    assert main(["compare", "--seed", "1", "--output-root", str(lone), "--n-boot", "100", "--n-perm", "20",
+                 "--n-boot-examples", "20"]) == 0
+    m = read_compare(lone / "COMPARE" / "RTE" / "seed1" / "compare_metrics.json")
+    assert m["circuit_subspace"] == {} and not any(x.startswith("circuit updates") for x in answer_lines(m))

@@ -60,3 +60,33 @@ def test_phi_of_a_rank_4_update_is_one_against_itself_and_direct_against_another
     full, uf = _bases([f]), np.linalg.svd(f)[0][:, :k]
     assert overlap(a, full, k)[0, 0] == pytest.approx(np.linalg.norm(ua.T @ uf) ** 2 / 4)
     assert np.isnan(overlap(a, np.zeros_like(a), k)[0, 0])
+
+
+def _in_span(rng, m, s, c, share):
+    """An update [m, c] whose columns hold `share` of their energy in S = the first s coordinates
+    of a fixed rotation, random within S and within its complement."""
+    return np.vstack([np.sqrt(share / s) * rng.normal(size=(s, c)), np.sqrt((1 - share) / (m - s)) * rng.normal(size=(m - s, c))])
+
+
+@pytest.mark.parametrize("share_a,share_b", [(0.9, 0.9), (0.6, 0.95)])
+def test_the_circuit_null_keeping_the_energy_in_theta0s_span_is_the_mean_phi_of_random_updates(share_a, share_b):
+    """analysis.subspace.circuit_null against a simulation: the top-k subspaces of updates that are
+    random within S (dim s, the head's θ0 span) and within its complement overlap by circuit_null on
+    average, far above random subspaces of the whole side (k / m)."""
+    from headplast.analysis.subspace import circuit_null
+
+    rng = np.random.default_rng(3)
+    m, s, c, k, n = 41, 8, 30, 4, 300
+    rot = np.linalg.qr(rng.normal(size=(m, m)))[0]  # S = the span of rot's first s columns
+    a = _bases([rot @ _in_span(rng, m, s, c, share_a) for _ in range(n)])
+    b = _bases([rot @ _in_span(rng, m, s, c, share_b) for _ in range(n)])
+    energy = lambda u: ((rot[:, :s].T @ u) ** 2).sum(-2)  # noqa: E731  [1, n, K]: each vector's energy in S
+    null = circuit_null(a, b, energy(a), energy(b), np.full((1, n), s), m, k)
+    phi = overlap(a, b, k)
+    se = phi.std() / np.sqrt(n)
+    assert abs(phi.mean() - null.mean()) < 4 * se
+    assert phi.mean() > 2 * k / m and abs(phi.mean() - k / m) > 10 * se
+    both_in_s = np.zeros((1, 1, m, k))
+    both_in_s[0, 0, :k, :k] = np.eye(k)
+    assert circuit_null(both_in_s, both_in_s, np.ones((1, 1, k)), np.ones((1, 1, k)), np.full((1, 1), s), m,
+                        k)[0, 0] == pytest.approx(k / s)  # both wholly inside S: chance is k / s

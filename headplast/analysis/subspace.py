@@ -21,6 +21,11 @@ within the part (an independent Haar rotation of each part's d coordinates):
 k / 4d when every part holds a quarter, and k / d when both subspaces sit in one part. phi is
 reported against it head by head (phi minus the null, paired over heads).
 
+The same holds for parts of unequal dimensions d_p (each E||A_pᵀ R B_p||² = ||A_p||² ||B_p||² / d_p):
+`energy_null`. The circuit maps' subspaces (measure.circuit: ΔQK's query and key sides, ΔOV's
+output and input sides, in residual-stream coordinates) use two parts: S, the d directions the head
+reads or writes at θ0 on that side, and its complement (D or D + 1 − d): `circuit_null`.
+
 The noise floor is phi between two seeds of the same method: two runs that differ only in their
 randomness.
 """
@@ -61,12 +66,31 @@ def part_energies(bases: np.ndarray, k: int) -> np.ndarray:
     return (u.reshape(L, H, PARTS, dim // PARTS, kk) ** 2).sum((-1, -2))
 
 
+def energy_null(e_a: np.ndarray, e_b: np.ndarray, dims: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """[L, H] mean phi of two subspaces with energies e [L, H, P] in P orthogonal parts of dimensions
+    dims ([P] or [L, H, P]) whose directions within each part are random: sum_p e_a,p e_b,p / (d_p n),
+    n = min(k_a, k_b)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(dims > 0, e_a * e_b / np.maximum(dims, 1), 0.0)
+    return terms.sum(-1) / n
+
+
 def random_within_parts(bases_a: np.ndarray, bases_b: np.ndarray, k: int) -> np.ndarray:
     """[L, H] mean phi if each subspace kept its energy in each of Q, K, V, O but its directions
     within each part were random: sum_p e_a,p e_b,p / (d min(k_a, k_b)) (see the module docstring)."""
     _, _, n = _pair(bases_a, bases_b, k)
     d = bases_a.shape[2] // PARTS
-    return (part_energies(bases_a, k) * part_energies(bases_b, k)).sum(-1) / (d * n)
+    return energy_null(part_energies(bases_a, k), part_energies(bases_b, k), np.full(PARTS, d), n)
+
+
+def circuit_null(bases_a: np.ndarray, bases_b: np.ndarray, span_a: np.ndarray, span_b: np.ndarray,
+                 span_dim: np.ndarray, dim: int, k: int) -> np.ndarray:
+    """[L, H] mean phi of one side of two circuit updates (bases [L, H, dim', K]) if each kept its
+    energy inside S and outside it (span [L, H, K]: each basis vector's energy inside S, of dimension
+    span_dim [L, H]; the side has dim coordinates) and its directions within each were random."""
+    _, _, n = _pair(bases_a, bases_b, k)
+    e = lambda bases, span: np.stack([span[..., :k].sum(-1), ranks(bases, k) - span[..., :k].sum(-1)], -1)  # noqa: E731
+    return energy_null(e(bases_a, span_a), e(bases_b, span_b), np.stack([span_dim, dim - span_dim], -1), n)
 
 
 def _summary(phi: np.ndarray) -> dict:

@@ -30,13 +30,30 @@ X = [ΔA; A0], Y = [B1; ΔB] of 2d rows; with Xᵀ = Q1 R1 and Yᵀ = Q2 R2 (QR)
 so its singular values are those of the 2d × 2d core R1 R2ᵀ (`product_svals`). All in float64
 from the fp32 checkpoints.
 
+Subspaces of the circuit updates (`circuit_bases.npy`, `circuit_subspaces.jsonl`), for the FFT vs
+LoRA overlap of `headplast compare`: per head and side of ΔQK and ΔOV (SIDES: the query side
+[x_i; 1] and the key side x_j of ΔQK, the output side (residual stream written) and the input side
+[x_j; 1] of ΔOV), the top BASES_K singular vectors of the map on that side, only those above
+geometry.rank_tolerance (zero columns beyond; from the same QR core: left = Q1 U_core, right =
+Q2 V_core), as float32 [4 sides, L, H, D+1, BASES_K] (the sides of D coordinates padded with a zero
+last row). Each row of the jsonl gives, for one head and side, the energy of each kept vector
+inside S, the row space of θ0's own factor on that side (the head's θ0 query map [W_Q^h, b_Q^h],
+its key map W_K^h, its output columns W_O^h, its value map [W_V^h, b_V^h]: the d directions the
+head reads or writes at θ0), and dim S. Both methods' updates put much of their energy in S
+(ΔQK = ΔAᵀ B1 + A0ᵀ ΔB: the second term's query side lies in S), so two unrelated updates overlap
+there more than random subspaces of the whole space would: the null of the overlap keeps each
+subspace's energy in S and in its complement and randomises its directions within each
+(analysis.subspace.random_within_parts_energy, as for φ of the weights).
+
 Per weight matrix (`amplification.jsonl`), Hu et al. 2021 §7.3: with U, V the top-r left and right
 singular vectors of ΔW = W1 − W0, the amplification factor ||ΔW||_F / ||Uᵀ W0 V||_F (how much the
 update amplifies directions W0 does not emphasise), against the same with U, V random orthonormal
 (||ΔW||_F over the mean of ||Uᵀ W0 V||_F over AMP_DRAWS draws, seeded per matrix). r is
 --amplification-r (8), or the update's rank where that is smaller (a rank-4 LoRA: 4; the rank
-counts singular values above geometry.rank_tolerance); each row records the r used. A matrix
-fine-tuning left as it was has r 0 and no amplification (null).
+counts singular values above geometry.rank_tolerance); each row records the r used. `by_r` gives
+the same at every r of AMP_RS up to the update's rank, so that a full fine-tuning is compared
+with a rank-r LoRA at that LoRA's r (Hu et al. compare at r = 4 and 64). A matrix fine-tuning
+left as it was has r 0 and no amplification (null).
 """
 
 from __future__ import annotations
@@ -46,13 +63,15 @@ import torch
 
 from headplast.arch.adapters import KINDS, ArchAdapter, get_adapter
 from headplast.measure.declare import Inputs, Measurement
-from headplast.measure.geometry import rank_tolerance, spectrum_stats
+from headplast.measure.geometry import BASES_K, rank_tolerance, spectrum_stats
 from headplast.measure.results import CircuitResult
 from headplast.measure.update import qkvo_weights
 from headplast.store import schema
 
 AMP_DRAWS = 8  # random orthonormal pairs (U, V) per matrix
 AMP_SEED = 0
+AMP_RS = (1, 2, 4, 8, 16, 32, 64)  # the r of `by_r`: the LoRA ranks a full fine-tuning is compared at
+SIDES = schema.CIRCUIT_SIDES  # (circuit, side of the map): ("qk", "left") is ΔQK's query side, ...
 
 
 def qkvo_biases(model, adapter: ArchAdapter) -> dict:
@@ -73,18 +92,44 @@ def product_svals(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.linalg.svdvals(r1 @ r2.T)
 
 
-def update_svals(a0, a1, b0, b1) -> torch.Tensor:
-    """Singular values of a1ᵀ b1 − a0ᵀ b0 = Δaᵀ b1 + a0ᵀ Δb, a block of zeros dropped (exactly zero
-    where neither factor changed)."""
+def _update_factors(a0, a1, b0, b1) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(x, y) with xᵀ y = a1ᵀ b1 − a0ᵀ b0 = Δaᵀ b1 + a0ᵀ Δb, a block of zeros dropped; None where
+    neither factor changed."""
     da, db = a1 - a0, b1 - b0
     xs, ys = [], []
     if da.any():
         xs.append(da), ys.append(b1)
     if db.any():
         xs.append(a0), ys.append(db)
-    if not xs:
-        return torch.zeros(1, dtype=a0.dtype)
-    return product_svals(torch.cat(xs), torch.cat(ys))
+    return (torch.cat(xs), torch.cat(ys)) if xs else None
+
+
+def update_svals(a0, a1, b0, b1) -> torch.Tensor:
+    """Singular values of a1ᵀ b1 − a0ᵀ b0 (exactly zero where neither factor changed)."""
+    f = _update_factors(a0, a1, b0, b1)
+    return torch.zeros(1, dtype=a0.dtype) if f is None else product_svals(*f)
+
+
+def product_bases(x: torch.Tensor, y: torch.Tensor, n: int = BASES_K) -> tuple[torch.Tensor, torch.Tensor]:
+    """([m, n], [p, n]): the top-n left and right singular vectors of xᵀ y (x [k, m], y [k, p]) from
+    its k × k core (xᵀ = Q1 R1, yᵀ = Q2 R2, R1 R2ᵀ = U S Vᵀ: left Q1 U, right Q2 V), zero columns
+    beyond its rank (s_i <= geometry.rank_tolerance × s_1)."""
+    q1, r1 = torch.linalg.qr(x.T)
+    q2, r2 = torch.linalg.qr(y.T)
+    u, s, vh = torch.linalg.svd(r1 @ r2.T)
+    r = int((s > rank_tolerance((x.shape[1], y.shape[1])) * s[0]).sum()) if len(s) and s[0] > 0 else 0
+    r = min(n, r)
+    left = torch.zeros(x.shape[1], n, dtype=x.dtype)
+    right = torch.zeros(y.shape[1], n, dtype=y.dtype)
+    left[:, :r], right[:, :r] = q1 @ u[:, :r], q2 @ vh[:r].T
+    return left, right
+
+
+def span_basis(f: torch.Tensor) -> torch.Tensor:
+    """[m, rank]: an orthonormal basis of the row space of f [k, m] (singular values above the tolerance)."""
+    _, s, vh = torch.linalg.svd(f, full_matrices=False)
+    r = int((s > rank_tolerance(tuple(f.shape)) * s[0]).sum()) if len(s) and s[0] > 0 else 0
+    return vh[:r].T
 
 
 def head_factors(w: dict, b: dict, adapter: ArchAdapter, config, layer: int, head: int) -> dict:
@@ -95,10 +140,15 @@ def head_factors(w: dict, b: dict, adapter: ArchAdapter, config, layer: int, hea
     return {"qk": (torch.cat([hw["q"], hb["q"]], 1), hw["k"]), "ov": (hw["o"].T, torch.cat([hw["v"], hb["v"]], 1))}
 
 
-def circuit_updates(w0: dict, w1: dict, b0: dict, b1: dict, adapter: ArchAdapter, config) -> dict:
-    """{qk_rel, ov_rel, qk_srank, ov_srank}: [L, H] each."""
+def circuit_updates(w0: dict, w1: dict, b0: dict, b1: dict, adapter: ArchAdapter, config,
+                    n: int = BASES_K) -> tuple[dict, np.ndarray, list[dict]]:
+    """({qk_rel, ov_rel, qk_srank, ov_srank}: [L, H] each; the bases [4 sides, L, H, D+1, n] float32;
+    one row per head and side: the energy of each basis vector inside θ0's span on that side)."""
     L, H = adapter.num_layers(config), adapter.num_heads(config)
     out = {f"{c}_{s}": np.zeros((L, H)) for c in ("qk", "ov") for s in ("rel", "srank")}
+    D1 = w0[(0, "q")].shape[1] + 1  # D + 1: the bias-augmented sides
+    bases = np.zeros((len(SIDES), L, H, D1, n), dtype=np.float32)
+    rows = []
     for l in range(L):
         for h in range(H):
             f0 = head_factors(w0, b0, adapter, config, l, h)
@@ -109,7 +159,17 @@ def circuit_updates(w0: dict, w1: dict, b0: dict, b1: dict, adapter: ArchAdapter
                 st = spectrum_stats(update_svals(x0, x1, y0, y1).numpy())
                 out[f"{c}_rel"][l, h] = st["fro"] / base if base > 0 else np.nan
                 out[f"{c}_srank"][l, h] = st["srank"]
-    return out
+                f = _update_factors(x0, x1, y0, y1)
+                sides = product_bases(*f, n) if f is not None else (x0.new_zeros(x0.shape[1], n),
+                                                                      y0.new_zeros(y0.shape[1], n))
+                for side, basis, theta0_factor in zip(("left", "right"), sides, (x0, y0)):
+                    i = SIDES.index((c, side))
+                    bases[i, l, h, :basis.shape[0]] = basis.numpy()
+                    span = span_basis(theta0_factor)
+                    rows.append({"layer": l, "head": h, "circuit": c, "side": side, "dim": basis.shape[0],
+                                 "span_dim": span.shape[1],
+                                 "span_energy": [round(float(e), 9) for e in (span.T @ basis).pow(2).sum(0)]})
+    return out, bases, rows
 
 
 def amplification_rows(w0: dict, w1: dict, adapter: ArchAdapter, r: int, draws: int = AMP_DRAWS,
@@ -126,27 +186,32 @@ def amplification_rows(w0: dict, w1: dict, adapter: ArchAdapter, r: int, draws: 
         row["r"] = rr
         if rr == 0:
             rows.append({**row, "proj_fro": None, "proj_random_fro": None, "amplification": None,
-                         "amplification_random": None})
+                         "amplification_random": None, "by_r": {}})
             continue
-        proj = float((u[:, :rr].T @ a0 @ vh[:rr].T).norm())
-        rng = np.random.default_rng([seed, l, KINDS.index(kind)])
-        rand = []
-        for _ in range(draws):
-            ru = torch.linalg.qr(torch.from_numpy(rng.standard_normal((a0.shape[0], rr))))[0]
-            rv = torch.linalg.qr(torch.from_numpy(rng.standard_normal((a0.shape[1], rr))))[0]
-            rand.append(float((ru.T @ a0 @ rv).norm()))
-        proj_rand = float(np.mean(rand))
-        rows.append({**row, "proj_fro": proj, "proj_random_fro": proj_rand,
-                     "amplification": row["dw_fro"] / proj if proj > 0 else None,
-                     "amplification_random": row["dw_fro"] / proj_rand if proj_rand > 0 else None})
+        at = lambda q: _amplification(a0, u, vh, row["dw_fro"], q, draws, [seed, l, KINDS.index(kind)])  # noqa: E731
+        rows.append({**row, **at(rr), "by_r": {str(q): at(q) for q in AMP_RS if q <= rank}})
     return rows
+
+
+def _amplification(a0, u, vh, dw_fro: float, r: int, draws: int, seed: list) -> dict:
+    """The amplification on the top-r directions of ΔW (u, vh: its SVD) and on random ones."""
+    proj = float((u[:, :r].T @ a0 @ vh[:r].T).norm())
+    rng = np.random.default_rng(seed)
+    rand = []
+    for _ in range(draws):
+        ru = torch.linalg.qr(torch.from_numpy(rng.standard_normal((a0.shape[0], r))))[0]
+        rv = torch.linalg.qr(torch.from_numpy(rng.standard_normal((a0.shape[1], r))))[0]
+        rand.append(float((ru.T @ a0 @ rv).norm()))
+    proj_rand = float(np.mean(rand))
+    return {"proj_fro": proj, "proj_random_fro": proj_rand, "amplification": dw_fro / proj if proj > 0 else None,
+            "amplification_random": dw_fro / proj_rand if proj_rand > 0 else None}
 
 
 def circuit_result(m0, m1, r: int = 8) -> CircuitResult:
     ad = get_adapter(m0)
     w0, w1 = qkvo_weights(m0, ad), qkvo_weights(m1, ad)
-    cols = circuit_updates(w0, w1, qkvo_biases(m0, ad), qkvo_biases(m1, ad), ad, m0.config)
-    return CircuitResult(**cols, amplification=amplification_rows(w0, w1, ad, r))
+    cols, bases, sides = circuit_updates(w0, w1, qkvo_biases(m0, ad), qkvo_biases(m1, ad), ad, m0.config)
+    return CircuitResult(**cols, amplification=amplification_rows(w0, w1, ad, r), bases=bases, subspaces=sides)
 
 
 def _compute(x: Inputs) -> CircuitResult:

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from headplast.store.schema import AMPLIFICATION_FILE, FUNC_HALVES_FILE, JOINT_EFFECT_FILE, JOINT_LOSSES_FILE
+from headplast.store.schema import (AMPLIFICATION_FILE, CIRCUIT_BASES_FILE, CIRCUIT_SUBSPACES_FILE, FUNC_HALVES_FILE,
+                                    JOINT_EFFECT_FILE, JOINT_LOSSES_FILE)
 
 
 def not_per_head(default=None):
@@ -106,9 +107,12 @@ class CircuitResult(HeadTable):
     qk_srank: np.ndarray  # [L, H] stable rank of ΔQK (NaN where QK did not change)
     ov_srank: np.ndarray  # [L, H] stable rank of ΔOV
     amplification: list = not_per_head()  # one row per adapted matrix (layer x Q/K/V/O): amplification.jsonl
+    bases: np.ndarray = not_per_head()  # [4 sides, L, H, D+1, K] float32: top singular vectors of ΔQK / ΔOV
+    subspaces: list = not_per_head()  # one row per head and side: energies inside θ0's span
 
     def extra_files(self) -> dict:
-        return {AMPLIFICATION_FILE: self.amplification}
+        return {AMPLIFICATION_FILE: self.amplification, CIRCUIT_BASES_FILE: self.bases,
+                CIRCUIT_SUBSPACES_FILE: self.subspaces}
 
 
 @dataclass(frozen=True)

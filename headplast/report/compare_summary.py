@@ -154,8 +154,11 @@ def shape_lines(m: dict, n: int = 5) -> list[str]:
     amp = {lab: sh[lab].get("amplification") for lab in (la, lb)}
     if all(a and a["median"] is not None for a in amp.values()):
         r = sorted({x for a in amp.values() for x in a["r"]})
+        at = next((a["compared_rank"] for a in amp.values() if a.get("compared_rank")), None)
         out.append("  amplification ||ΔW||_F / ||UᵀW0V||_F on ΔW's top-r singular directions (Hu et al. 2021 "
-                   f"§7.3; r {', '.join(map(str, r))}), median over adapted matrices: "
+                   f"§7.3; r {', '.join(map(str, r))}"
+                   + (f", both at the compared LoRA rank {at} or the largest power of two below it" if at else "")
+                   + "), median over adapted matrices: "
                    + "; ".join(f"{lab} {a['median']:.2f} (random directions {a['median_random']:.2f})"
                                for lab, a in amp.items()))
     p, rho = sub["phi"], sub["rho_I_pre_phi"]
@@ -173,6 +176,7 @@ def shape_lines(m: dict, n: int = 5) -> list[str]:
                    f"φ minus floor {d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]")
     if sub.get("note"):
         out.append(f"    {sub['note']}")
+    out += circuit_subspace_lines(m)
     out.append(f"  {display_name(pair_name('I_pre', 'φ', 'rho'))}: {rho['spearman']:+.3f}  95% CI [{rho['ci95'][0]:+.3f}, {rho['ci95'][1]:+.3f}] "
                "(do important heads get the same directions from both methods?)")
     return out
@@ -188,4 +192,30 @@ def resolution_lines(sec: dict) -> list[str]:
         out.append(f"  With the resamples drawn, {len(sec['cannot_reach_alpha'])} of them cannot reach Holm's bar "
                    f"(2 / (B + 1) times {sec['family_size']} is not below {sec['alpha']}): "
                    f"{', '.join(sec['cannot_reach_alpha'])}; raise --n-boot / --n-boot-examples to test them.")
+    return out
+
+
+def circuit_subspace_lines(m: dict) -> list[str]:
+    """The overlap of the two runs' circuit updates per side (steps.compare_step.circuit_subspaces)."""
+    cs = m.get("circuit_subspace") or {}
+    if not cs:
+        return []
+    la, lb = m["labels"]
+    k = next(iter(cs.values()))["k"]
+    out = [f"  subspace overlap φ of {la} and {lb} on the circuit updates (top-{k} singular vectors of ΔQK and ΔOV "
+           "per head, residual-stream coordinates; chance keeps each subspace's energy inside the head's θ0 span "
+           "on that side and outside it, directions random within each):"]
+    for side in cs.values():
+        p, null = side["phi"], side["random_within_parts"]
+        if p.get("mean") is None:
+            out.append(f"    {side['name']}: no head changed")
+            continue
+        d = null["phi_minus_null"]
+        floors = "; ".join(f"noise floor {lab} seed {m['seed']} vs {m['subspace'].get('noise_seed')}: {f['mean']:.3f}"
+                           for lab, f in side["noise_floor"].items() if f.get("mean") is not None)
+        rho = side["rho_I_pre_phi"]
+        out.append(f"    {side['name']} (θ0 span {side['span_dim']} of {side['dim']}): φ mean {p['mean']:.3f}; chance "
+                   f"{null['mean']:.3f}, φ minus it {d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]; random "
+                   f"subspaces {side['random_subspaces']:.3f}" + (f"; {floors}" if floors else "")
+                   + f"; ρ(I_pre, φ) {rho['spearman']:+.2f} [{rho['ci95'][0]:+.2f}, {rho['ci95'][1]:+.2f}]")
     return out

@@ -239,7 +239,21 @@ def answer_lines(m: dict) -> list[str]:
     """Everything the answer says for one comparison: the headline, the update effect, what importance
     adds beyond the gradient, the other measures of change, the subspaces."""
     return (m.get("headline", []) + effect_lines(m) + beyond_lines(m) + change_measures_lines(m)
-            + subspace_line(m))
+            + subspace_line(m) + circuit_subspace_line(m))
+
+
+def circuit_subspace_line(m: dict) -> list[str]:
+    """Do the two methods change a head's circuits (ΔQK, ΔOV) along the same directions, beyond the
+    chance of two updates that keep their energy in the head's θ0 span and outside it?"""
+    cs = {k: v for k, v in (m.get("circuit_subspace") or {}).items()
+          if v["phi"].get("mean") is not None and np.isfinite(v["phi"]["mean"])}
+    if not cs:
+        return []
+    k = next(iter(cs.values()))["k"]
+    parts = [f"{v['name']} {v['phi']['mean']:.2f} (chance {v['random_within_parts']['mean']:.2f})" for v in cs.values()]
+    above = sum(v["random_within_parts"]["phi_minus_null"]["ci95"][0] > 0 for v in cs.values())
+    return [f"circuit updates: {' and '.join(m['labels'])} share φ of a head's top-{k} singular directions: "
+            + ", ".join(parts) + f"; above chance (95% CI over heads) on {above} of {len(cs)} sides"]
 
 
 def subspace_line(m: dict) -> list[str]:

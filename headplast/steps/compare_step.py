@@ -10,11 +10,12 @@ import numpy as np
 
 from headplast.analysis.compare import key_statistics, secondary_family
 from headplast.analysis.config import AnalysisConfig
-from headplast.analysis.subspace import overlap, random_within_parts, subspace_statistics
+from headplast.analysis.subspace import circuit_null, overlap, random_within_parts, subspace_statistics
 from headplast.arch.adapters import KINDS
 from headplast.errors import HeadplastError
 from headplast.measure.geometry import BASES_FILE, BASES_K, INTRUDERS_FILE, UPDATE_GEOMETRY
-from headplast.store.schema import AMPLIFICATION_FILE
+from headplast.store.schema import (AMPLIFICATION_FILE, CIRCUIT_BASES_FILE, CIRCUIT_SIDE_NAMES, CIRCUIT_SIDES,
+                                    CIRCUIT_SUBSPACES_FILE)
 from headplast.options import NONNEGATIVE, opt, option, validate
 from headplast.plotting import compare_plots as cp
 from headplast.report.compare_summary import compare_summary
@@ -26,7 +27,7 @@ from headplast.steps.outcome import Outcome, recorded_step
 from headplast.steps.runs import (check_comparable, input_hashes, load_per_example, measured_run, other_seeds,
                                   resolve_task, run_info)
 from headplast.store import layout, records
-from headplast.store.io import atomic_write_json, atomic_write_text, read_json
+from headplast.store.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
 
 
 def outputs(cfg: CompareConfig) -> tuple[str, ...]:
@@ -106,7 +107,8 @@ def _write_compare(cfg: CompareConfig, dirs: dict, floor_dirs: dict, out: Path) 
          "analysis_config": asdict(a)}
     importance = _grid(dfs[cfg.labels[0]], "I_pre")  # of theta0: the same for both runs
     phi, floors, m["subspace"] = subspaces(cfg, dirs, floor_dirs, importance)
-    m["update_shape"] = update_shape(dirs, dfs)
+    m["circuit_subspace"] = circuit_subspaces(cfg, dirs, floor_dirs, importance)
+    m["update_shape"] = update_shape(dirs, dfs, compared_rank(infos))
     m["secondary"] = secondary_family(keys, stats)
     m["findings"] = findings(m)
     m["headline"] = headline(m)
@@ -146,6 +148,55 @@ def subspaces(cfg: CompareConfig, dirs: dict, floor_dirs: dict, importance: np.n
     return phi, floors, sub
 
 
+def circuit_sides(run_dir: Path) -> tuple | None:
+    """(bases [4, L, H, D+1, K], energy of each vector inside θ0's span [4, L, H, K], dim of that span
+    [4, L, H], each side's dim [4]) of a run's circuit updates (measure.circuit); None if the run has
+    none (circuit_update skipped, or measured before its subspaces existed)."""
+    b, rows = run_dir / CIRCUIT_BASES_FILE, run_dir / CIRCUIT_SUBSPACES_FILE
+    if not (b.exists() and rows.exists()):
+        return None
+    bases = np.load(b).astype(np.float64)
+    S, L, H, _, K = bases.shape
+    span, span_dim, dims = np.zeros((S, L, H, K)), np.zeros((S, L, H)), np.zeros(S, dtype=int)
+    for r in read_jsonl(rows):
+        i = CIRCUIT_SIDES.index((r["circuit"], r["side"]))
+        span[i, r["layer"], r["head"], :len(r["span_energy"])] = r["span_energy"]
+        span_dim[i, r["layer"], r["head"]], dims[i] = r["span_dim"], r["dim"]
+    return bases, span, span_dim, dims
+
+
+def circuit_subspaces(cfg: CompareConfig, dirs: dict, floor_dirs: dict, importance: np.ndarray) -> dict:
+    """Per side of ΔQK and ΔOV ("qk_left", ...): φ of the two runs' top-k singular subspaces, its
+    null keeping each subspace's energy inside and outside θ0's span on that side
+    (analysis.subspace.circuit_null), the noise floors and ρ(I_pre, φ); {} if either run has no
+    circuit subspaces."""
+    runs = {lab: circuit_sides(d) for lab, d in dirs.items()}
+    if any(v is None for v in runs.values()):
+        return {}
+    floor_runs = {lab: v for lab, d in floor_dirs.items() if (v := circuit_sides(d)) is not None}
+    (ba, sa, span_dim, dims), (bb, sb, _, _) = (runs[lab] for lab in cfg.labels)
+    k, an, out = cfg.subspace_k, cfg.analysis, {}
+    for i, side in enumerate(CIRCUIT_SIDES):
+        dim = int(dims[i])
+        cut = lambda bases: bases[i, :, :, :dim]  # noqa: E731  (the sides of D coordinates are padded)
+        phi = overlap(cut(ba), cut(bb), k)
+        null = circuit_null(cut(ba), cut(bb), sa[i], sb[i], span_dim[i], dim, k)
+        floors = {lab: overlap(cut(runs[lab][0]), cut(f[0]), k) for lab, f in floor_runs.items()}
+        st = subspace_statistics(phi, floors, importance, k, dim, an.n_boot, an.seed, null)
+        st["random_within_parts"]["what"] = ("mean φ if each subspace kept its energy inside the head's θ0 span on "
+                                             "this side and outside it, and its directions within each were random")
+        out["_".join(side)] = {"name": CIRCUIT_SIDE_NAMES[side], "dim": dim,
+                               "span_dim": int(np.median(span_dim[i])), **st}
+    return out
+
+
+def compared_rank(infos: dict) -> int | None:
+    """The LoRA rank the two runs are compared at (the smaller of the LoRA runs' ranks; None for two
+    full fine-tunings): the r of the amplification factor of both."""
+    ranks = [i["r"] for i in infos.values() if i["method"] == "lora" and i.get("r")]
+    return min(ranks) if ranks else None
+
+
 def _num(v) -> float | None:
     return float(v) if np.isfinite(v) else None
 
@@ -157,7 +208,7 @@ def _adapted(row: dict) -> bool:
     return any(c != 1 for c in row["max_cos"]) or row["intruders"] > 0
 
 
-def update_shape(dirs: dict, dfs: dict) -> dict:
+def update_shape(dirs: dict, dfs: dict, rank: int | None = None) -> dict:
     """Per run: median stable rank / r90 / top share of the heads' updates, and intruder dimensions."""
     out = {}
     for lab, d in dirs.items():
@@ -172,17 +223,30 @@ def update_shape(dirs: dict, dfs: dict) -> dict:
         amp = d / AMPLIFICATION_FILE
         if amp.exists():  # measured before the amplification factor existed: none
             out[lab]["amplification"] = amplification_summary(
-                [json.loads(line) for line in amp.read_text().splitlines()])
+                [json.loads(line) for line in amp.read_text().splitlines()], rank)
     return out
 
 
-def amplification_summary(rows: list[dict]) -> dict:
+def amplification_summary(rows: list[dict], rank: int | None = None) -> dict:
     """Median over the matrices fine-tuning changed of the amplification factor ||ΔW||_F / ||UᵀW0V||_F
-    on ΔW's top-r singular directions, and of the same on random directions (measure.circuit)."""
+    on ΔW's top-r singular directions, and of the same on random directions (measure.circuit); at
+    r = `rank` (the compared LoRA rank: each row's `by_r` at that r, or at its update's rank where
+    that is smaller) where given and the rows have `by_r`, else at each row's own r."""
+    if rank is not None and rows and all("by_r" in r for r in rows):
+        rows = [_at_r(r, rank) for r in rows]
     done = [r for r in rows if r["amplification"] is not None]
     med = lambda k: _num(np.median([r[k] for r in done])) if done else None  # noqa: E731
     return {"median": med("amplification"), "median_random": med("amplification_random"),
             "per_module": {k: _num(np.median(v)) for k in KINDS
                            if (v := [r["amplification"] for r in done if r["module"] == k])},
             "matrices": len(done), "r": sorted({r["r"] for r in done}),
-            "r_setting": rows[0]["r_setting"] if rows else None}
+            "r_setting": rows[0]["r_setting"] if rows else None, "compared_rank": rank}
+
+
+def _at_r(row: dict, rank: int) -> dict:
+    """The row at the largest r of its `by_r` not above `rank` (by_r's r are measure.circuit.AMP_RS,
+    powers of two, up to the update's rank); no amplification where there is none."""
+    rs = [int(q) for q in row["by_r"] if int(q) <= rank]
+    if not rs:
+        return {**row, "amplification": None, "amplification_random": None, "r": 0}
+    return {**row, **row["by_r"][str(max(rs))], "r": max(rs)}

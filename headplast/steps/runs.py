@@ -114,7 +114,10 @@ def read_compare(path: str | Path) -> dict:
     m = _sections_as_nan(m, ("key_statistics", "cases"))  # cases: per run, only counts can be null
     stats = {lab: _sections_as_nan(st, ("pairs", "reliability")) for lab, st in m.get("stats", {}).items()}
     sub = _sections_as_nan(m.get("subspace", {}), ("phi", "rho_I_pre_phi", "noise_floor"))
-    return {**m, "stats": stats, **({"subspace": sub} if "subspace" in m else {})}
+    circ = {side: _sections_as_nan(v, ("phi", "rho_I_pre_phi", "noise_floor", "random_within_parts"))
+            for side, v in m.get("circuit_subspace", {}).items()}
+    return {**m, "stats": stats, **({"subspace": sub} if "subspace" in m else {}),
+            **({"circuit_subspace": circ} if "circuit_subspace" in m else {})}
 
 
 def read_aggregate(path: str | Path) -> dict:

@@ -27,7 +27,8 @@ STEPS = {
     # 5: the partial ρ beyond the gradient
     # 6: bootstrap p is its bound 2/(B+1) beyond every resample again (no normal tail), with the Holm
     #    family's resolution; counter-example counts resampled as often as the rest; finite heads only
-    "compare": 6,
+    # 7: the overlap of the circuit updates' subspaces; amplification at the compared LoRA rank
+    "compare": 7,
     # 2: aggregate-first answer, raw disattenuated mean, tie-corrected Kendall's W, Fisher-z tests (issue 29)
     # 3: one display name per statistic, one reliability bar
     # 4: ρ beyond the gradient aggregated over seeds
@@ -39,7 +40,8 @@ STEPS = {
     # 3: layer-aware intervals in the scatter titles; heads table and maps from the schemas
     # 4: the answer's line on what importance adds beyond the gradient
     # 5: the answer lists importance against the other measures of change
-    "report": 5,
+    # 6: the answer's line on the circuit updates' subspaces
+    "report": 6,
 }
 
 

@@ -225,6 +225,12 @@ UPDATE_GEOMETRY = Schema(
     version=2)  # 2: bases keep directions above the relative rank threshold only (issue 29 item 8)
 
 AMPLIFICATION_FILE = "amplification.jsonl"
+CIRCUIT_BASES_FILE = "circuit_bases.npy"
+CIRCUIT_SUBSPACES_FILE = "circuit_subspaces.jsonl"
+# the sides of the circuit maps whose subspaces are compared (measure.circuit), in circuit_bases.npy's order
+CIRCUIT_SIDES = (("qk", "left"), ("qk", "right"), ("ov", "left"), ("ov", "right"))
+CIRCUIT_SIDE_NAMES = {("qk", "left"): "ΔQK query side", ("qk", "right"): "ΔQK key side",
+                      ("ov", "left"): "ΔOV output side", ("ov", "right"): "ΔOV input side"}
 FUNC_HALVES_FILE = "func_change_halves.npy"  # func_change, attn_jsd on random halves of the eval batches
 _CIRCUIT_PAIRS = (("I_pre", "qk_rel"), ("I_pre", "ov_rel"), ("I_post", "qk_rel"), ("I_post", "ov_rel"))
 CIRCUIT_UPDATE = Schema(
@@ -235,7 +241,8 @@ CIRCUIT_UPDATE = Schema(
             "ov_srank": "stable rank of the OV-circuit update ΔOV"},
     log_columns=("qk_rel", "ov_rel"), plasticity=("qk_rel", "ov_rel"), pairs=_CIRCUIT_PAIRS,
     settings=("amplification_r",),
-    extra_files=(AMPLIFICATION_FILE,), compare=_CIRCUIT_PAIRS,
+    extra_files=(AMPLIFICATION_FILE, CIRCUIT_BASES_FILE, CIRCUIT_SUBSPACES_FILE), compare=_CIRCUIT_PAIRS,
+    version=2,  # 2: the subspaces of ΔQK / ΔOV and the amplification at every r (by_r)
     section="Circuit updates: did the head's maps change? (ΔQK, ΔOV in residual-stream space, Elhage et al. "
             "2021; unchanged by a reparametrisation of the head that U counts as an update)",
     table=("qk_rel", "ov_rel"), required=False)
