@@ -74,6 +74,8 @@ def extra_file(name: str, rng, L: int, H: int, run_dir: Path | None = None, inte
                 for l in range(L) for h in range(H)]
     if name == "losses_joint_fwd.npy":
         return joint_losses(np.load(run_dir / "losses_effect_fwd.npy"), L, H, interaction, rng)
+    if name == "joint_examples.npy":  # after losses_joint_fwd.npy: every eval example
+        return np.arange(len(np.load(run_dir / "losses_joint_fwd.npy")))
     if name == "joint_effect.jsonl":  # after losses_joint_fwd.npy
         gains = (lambda j: j[:, :1] - j[:, 1:])(np.load(run_dir / "losses_joint_fwd.npy"))
         return [{"scope": "model" if c == L else "layer", "layer": None if c == L else c,

@@ -430,6 +430,35 @@ def test_skipped_measurements_are_added_by_a_later_run(fresh):
         MeasureConfig(skip=("update",))
 
 
+def test_the_extended_measures_read_a_fixed_sample_of_the_eval_examples(fresh):
+    """--extended-examples n: update_joint's rows are the losses of the same examples measured on all
+    of them (joint_examples.npy names them), the analysis pairs them with those rows of effect_fwd,
+    and changing n re-measures only the two extended measures."""
+    from dataclasses import replace
+
+    from headplast.analysis.config import AnalysisConfig
+    from headplast.analysis.interactions import interactions
+    from headplast.measure.config import extended_indices
+    from headplast.steps.analyse_step import analysed
+
+    root, fft, lora = fresh
+    run_measure(fft, replace(QUIET, extended_examples=0))
+    every = np.load(fft / "losses_joint_fwd.npy")
+    N = len(every)
+    assert (np.load(fft / "joint_examples.npy") == np.arange(N)).all()
+    n = N // 3
+    t = run_measure(fft, replace(QUIET, extended_examples=n)).timings
+    assert {k for k, v in t.items() if v != "skipped"} == {"update_joint", "func_change"}
+    idx = np.load(fft / "joint_examples.npy")
+    assert (idx == extended_indices(N, n)).all() and len(set(idx)) == n and (np.diff(idx) > 0).all()
+    assert np.allclose(np.load(fft / "losses_joint_fwd.npy"), every[idx], atol=1e-5)
+    _, st, _ = analysed(fft, AnalysisConfig(n_boot=50, n_perm=20, n_boot_examples=50))
+    fwd = np.load(fft / "losses_effect_fwd.npy")
+    assert st["interactions"]["n_examples"] == n
+    assert st["interactions"] == interactions(np.load(fft / "losses_joint_fwd.npy"), fwd[idx])
+    assert (extended_indices(10, 0) == np.arange(10)).all() and (extended_indices(10, 50) == np.arange(10)).all()
+
+
 @pytest.mark.parametrize("cmd", [["pipeline"], ["measure", "RUN"], ["sweep"]])
 def test_skip_is_a_flag_of_every_command_that_measures(cmd):
     from headplast.cli.main import _measure_config, build_parser

@@ -23,6 +23,10 @@ class Encoded:
     def lengths(self) -> np.ndarray:
         return np.asarray([len(f["input_ids"]) for f in self.features])
 
+    def take(self, idx) -> "Encoded":
+        """The examples at `idx` (in that order)."""
+        return Encoded([self.features[int(i)] for i in idx], np.asarray(self.labels)[np.asarray(idx, dtype=int)])
+
 
 def encode(tokenizer, examples: Examples, max_length: int = 256) -> Encoded:
     cols = list(zip(*examples.texts)) if len(examples) else [[]]

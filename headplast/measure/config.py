@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from headplast.errors import HeadplastError, did_you_mean
-from headplast.options import OPEN_FRACTION, POSITIVE, option, validate
+from headplast.options import NONNEGATIVE, OPEN_FRACTION, POSITIVE, option, validate
 from headplast.store.schema import ABLATIONS, SCHEMAS  # ABLATIONS: declared with the importance schemas
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -48,9 +50,13 @@ class MeasureConfig:
     amplification_r: int = option(8, "amplification factor (Hu et al. 2021, LoRA §7.3): top singular directions "
                                   "of each matrix's update it projects W0 on; at most the update's rank (a LoRA "
                                   "run of rank r < this uses r); set it to the LoRA rank compared", **POSITIVE)
+    extended_examples: int = option(2000, "eval examples the functional change and the joint update effect read "
+                                    "(a fixed seeded sample of the eval subset, the same for every run; 0: all): "
+                                    "each is two or more forward passes per example, and their split-half "
+                                    "reliability and intervals say whether the sample is enough", **NONNEGATIVE)
     skip: tuple[str, ...] = option((), "measurements not to compute this time, comma-separated, of those a run "
-                                   f"may lack ({', '.join(SKIPPABLE)}): each costs about a third of the update "
-                                   "effect on MiniLM; a later run without --skip adds them", sep=",",
+                                   f"may lack ({', '.join(SKIPPABLE)}); a later run without --skip adds them",
+                                   sep=",",
                                    metavar="MEASUREMENTS")
     progress: bool = option(True, "progress bars")
 
@@ -83,3 +89,15 @@ class MeasureConfig:
         first one, as a string: the main importance depends on it alone (and keeps the keys of runs
         measured before there were variants)."""
         return {n: self.ablation[0] if n == "ablation" else getattr(self, n) for n in names}
+
+
+EXTENDED_SEED = 0
+
+
+def extended_indices(n_total: int, n: int) -> np.ndarray:
+    """The eval examples (indices, in the subset's order) the extended measures read: every one
+    where n is 0 or at least n_total, else a sample of n drawn with a fixed seed, so that every run
+    and seed of a task reads the same examples (its eval subset is shared)."""
+    if n == 0 or n >= n_total:
+        return np.arange(n_total)
+    return np.sort(np.random.default_rng(EXTENDED_SEED).permutation(n_total)[:n])

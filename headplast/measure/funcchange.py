@@ -4,8 +4,8 @@
   attn_jsd(l, h)    = mean over query tokens i of JSD(A0[i, :], A1[i, :])
 
 X0, X1 [n, d]: head h's output of layer l (its slice of O's input: the attention-weighted values,
-before O) for every non-padding token of the eval subset, under θ0 and under θ1 on the same
-inputs. CKA is linear CKA (Kornblith et al. 2019) with both centred over tokens:
+before O) for every non-padding token of a fixed sample of --extended-examples eval examples
+(measure.config.extended_indices; all with 0), under θ0 and under θ1 on the same inputs. CKA is linear CKA (Kornblith et al. 2019) with both centred over tokens:
 
   CKA = ||X1cᵀ X0c||²_F / (||X0cᵀ X0c||_F ||X1cᵀ X1c||_F)
 
@@ -37,6 +37,7 @@ import torch
 from headplast.arch.adapters import ArchAdapter, get_adapter
 from headplast.data.tokenize import Encoded, sorted_batches
 from headplast.errors import HeadplastError
+from headplast.measure.config import extended_indices
 from headplast.measure.declare import Inputs, Measurement
 from headplast.measure.gating import capture_o_inputs
 from headplast.measure.results import FuncChangeResult
@@ -161,7 +162,8 @@ def func_change(acc: list[torch.Tensor], splits: int = HALF_SPLITS, seed: int = 
 def _compute(x: Inputs) -> FuncChangeResult:
     m0, m1 = x.model("theta0"), x.model("theta1")
     ad = get_adapter(m0)
-    (fc, jsd), halves = func_change(function_sums(m0, m1, ad, x.enc, x.pad_id, x.cfg.batch_size))
+    enc = x.enc.take(extended_indices(len(x.enc), x.cfg.extended_examples))
+    (fc, jsd), halves = func_change(function_sums(m0, m1, ad, enc, x.pad_id, x.cfg.batch_size))
     return FuncChangeResult(fc, jsd, halves.astype(np.float32))
 
 

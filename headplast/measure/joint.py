@@ -16,6 +16,9 @@ family's fast path finishes the model from O upwards; then one plain forward pas
 layer's tensors swapped in (swapped back after). Per-example losses stay on the device and are
 copied to the host once per batch.
 
+On a fixed sample of --extended-examples eval examples (measure.config.extended_indices; their
+indices in joint_examples.npy, so that the analysis pairs them with effect_fwd's rows).
+
 Files: heads.csv's `layer_joint_fwd` (the head's layer's joint_fwd, the same for each head of a
 layer), losses_joint_fwd.npy [N, L + 2] (column 0 theta0, 1 + l layer l patched, L + 1 every
 layer: losses, not negated) and joint_effect.jsonl (one row per layer and one for the model:
@@ -34,6 +37,7 @@ from headplast.arch.adapters import ArchAdapter, get_adapter
 from headplast.data.tokenize import Encoded, sorted_batches
 from headplast.errors import HeadplastError
 from headplast.measure.ablation import example_losses
+from headplast.measure.config import extended_indices
 from headplast.measure.declare import Inputs, Measurement
 from headplast.measure.effect import _patched_context, o_hooks
 from headplast.measure.fastpath import FAST_PATHS
@@ -123,26 +127,31 @@ def _gain(diff: np.ndarray) -> tuple[float, float]:
     return float(diff.mean()), se
 
 
-def joint_result(losses: np.ndarray, H: int) -> JointResult:
-    """The result of per-example losses [N, L + 2]: heads.csv's column, the .npy and the jsonl rows."""
+def joint_result(losses: np.ndarray, H: int, examples: np.ndarray | None = None) -> JointResult:
+    """The result of per-example losses [N, L + 2] of the eval examples `examples` (default: all):
+    heads.csv's column, the .npy files and the jsonl rows."""
     L = losses.shape[1] - 2
     rows = []
     for scope, col, layer in [*(("layer", 1 + l, l) for l in range(L)), ("model", L + 1, None)]:
         m, se = _gain(losses[:, 0] - losses[:, col])
         rows.append({"scope": scope, "layer": layer, "joint_fwd": m, "joint_fwd_se": se})
     per_layer = np.array([r["joint_fwd"] for r in rows[:L]])
-    return JointResult(np.repeat(per_layer[:, None], H, 1), losses.astype(np.float64), rows)
+    examples = np.arange(len(losses)) if examples is None else np.asarray(examples)
+    return JointResult(np.repeat(per_layer[:, None], H, 1), losses.astype(np.float64), rows, examples.astype(np.int64))
 
 
 def update_joint(theta0, theta1, adapter: ArchAdapter, enc: Encoded, task, pad_id: int, batch_size: int = 32,
-                 progress: bool = True) -> JointResult:
-    losses = joint_losses(theta0, theta1, adapter, enc, task, pad_id, batch_size, progress)
-    return joint_result(losses, adapter.num_heads(theta0.config))
+                 progress: bool = True, examples: np.ndarray | None = None) -> JointResult:
+    """On the eval examples `examples` of enc (default: all)."""
+    sub = enc if examples is None else enc.take(examples)
+    losses = joint_losses(theta0, theta1, adapter, sub, task, pad_id, batch_size, progress)
+    return joint_result(losses, adapter.num_heads(theta0.config), examples)
 
 
 def _compute(x: Inputs) -> JointResult:
     m0, m1, c = x.model("theta0"), x.model("theta1"), x.cfg
-    return update_joint(m0, m1, get_adapter(m0), x.enc, x.task, x.pad_id, c.batch_size, c.progress)
+    return update_joint(m0, m1, get_adapter(m0), x.enc, x.task, x.pad_id, c.batch_size, c.progress,
+                        extended_indices(len(x.enc), c.extended_examples))
 
 
 UPDATE_JOINT = Measurement.of(schema.UPDATE_JOINT, JointResult, _compute)

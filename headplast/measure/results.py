@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from headplast.store.schema import (AMPLIFICATION_FILE, CIRCUIT_BASES_FILE, CIRCUIT_SUBSPACES_FILE, FUNC_HALVES_FILE,
-                                    JOINT_EFFECT_FILE, JOINT_LOSSES_FILE)
+                                    JOINT_EFFECT_FILE, JOINT_EXAMPLES_FILE, JOINT_LOSSES_FILE)
 
 
 def not_per_head(default=None):
@@ -120,9 +120,10 @@ class JointResult(HeadTable):
     layer_joint_fwd: np.ndarray  # [L, H] mean_x loss(theta0) - loss(theta0 + every update of the head's layer)
     losses: np.ndarray = not_per_head()  # [N, L + 2]: theta0, each layer's heads patched, every layer's
     layers: list = not_per_head()  # one row per layer and one for the model: joint_effect.jsonl
+    examples: np.ndarray = not_per_head()  # [N] indices into the eval subset of the losses' rows
 
     def extra_files(self) -> dict:
-        return {JOINT_LOSSES_FILE: self.losses, JOINT_EFFECT_FILE: self.layers}
+        return {JOINT_LOSSES_FILE: self.losses, JOINT_EFFECT_FILE: self.layers, JOINT_EXAMPLES_FILE: self.examples}
 
 
 @dataclass(frozen=True)

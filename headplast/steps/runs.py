@@ -13,7 +13,7 @@ from headplast.errors import HeadplastError
 from headplast.measure import registry
 from headplast.store import layout, records
 from headplast.store.io import file_sha256, nulls_as_nan, read_json, read_jsonl
-from headplast.store.schema import JOINT_LOSSES_FILE, UPDATE_EFFECT, UPDATE_JOINT
+from headplast.store.schema import JOINT_EXAMPLES_FILE, JOINT_LOSSES_FILE, UPDATE_EFFECT, UPDATE_JOINT
 
 
 def measure_cmd(run_dir: Path, force: bool = False) -> str:
@@ -183,7 +183,9 @@ def load_joint(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray] | None:
     d = Path(run_dir)
     if not (records.read_record(d, UPDATE_JOINT.name) and records.read_record(d, UPDATE_EFFECT.name)):
         return None
-    return np.load(d / JOINT_LOSSES_FILE), np.load(d / UPDATE_EFFECT.per_example_files["effect_fwd"])
+    fwd = np.load(d / UPDATE_EFFECT.per_example_files["effect_fwd"])
+    examples = d / JOINT_EXAMPLES_FILE  # the eval examples update_joint read (before it existed: all)
+    return np.load(d / JOINT_LOSSES_FILE), fwd[np.load(examples)] if examples.exists() else fwd
 
 
 def run_info(run_dir: str | Path) -> dict:

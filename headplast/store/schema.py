@@ -249,18 +249,21 @@ CIRCUIT_UPDATE = Schema(
 
 JOINT_LOSSES_FILE = "losses_joint_fwd.npy"
 JOINT_EFFECT_FILE = "joint_effect.jsonl"
+JOINT_EXAMPLES_FILE = "joint_examples.npy"  # the eval examples (indices) of losses_joint_fwd.npy's rows
 UPDATE_JOINT = Schema(
     "update_joint", ("layer_joint_fwd",), needs=("theta0", "theta1", "eval"),
     labels={"layer_joint_fwd": "joint update effect of the head's layer: loss gain from every head of its layer "
                                "updated at once (nats; the same for each head of a layer)"},
-    settings=("dtype",), extra_files=(JOINT_LOSSES_FILE, JOINT_EFFECT_FILE), required=False)
+    settings=("dtype", "extended_examples"), extra_files=(JOINT_LOSSES_FILE, JOINT_EFFECT_FILE, JOINT_EXAMPLES_FILE),
+    required=False, version=2)  # 2: a fixed sample of --extended-examples eval examples
 
 _FUNC_PAIRS = (("I_pre", "func_change"), ("I_post", "func_change"), ("U", "func_change"), ("I_pre", "attn_jsd"))
 FUNC_CHANGE = Schema(
     "func_change", ("func_change", "attn_jsd"), needs=("theta0", "theta1", "eval"),
     labels={"func_change": "functional change 1 − CKA(head output under θ0, under θ1)",
             "attn_jsd": "attention-pattern change: mean JSD(θ0, θ1) over query tokens (nats)"},
-    plasticity=("func_change", "attn_jsd"), pairs=_FUNC_PAIRS, settings=("dtype",), extra_files=(FUNC_HALVES_FILE,),
+    plasticity=("func_change", "attn_jsd"), pairs=_FUNC_PAIRS, settings=("dtype", "extended_examples"),
+    extra_files=(FUNC_HALVES_FILE,), version=2,  # 2: a fixed sample of --extended-examples eval examples
     halves=FUNC_HALVES_FILE, compare=_FUNC_PAIRS,
     section="Functional change: did what the head computes change? (func_change = 1 − linear CKA of its output, "
             "attn_jsd = Jensen-Shannon divergence of its attention pattern, θ0 vs θ1 on the eval examples)",
