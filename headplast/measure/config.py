@@ -50,10 +50,10 @@ class MeasureConfig:
     amplification_r: int = option(8, "amplification factor (Hu et al. 2021, LoRA §7.3): top singular directions "
                                   "of each matrix's update it projects W0 on; at most the update's rank (a LoRA "
                                   "run of rank r < this uses r); set it to the LoRA rank compared", **POSITIVE)
-    extended_examples: int = option(2000, "eval examples the functional change and the joint update effect read "
-                                    "(a fixed seeded sample of the eval subset, the same for every run; 0: all): "
-                                    "each is two or more forward passes per example, and their split-half "
-                                    "reliability and intervals say whether the sample is enough", **NONNEGATIVE)
+    extended_examples: int = option(0, "eval examples the functional change and the joint update effect read: "
+                                    "0, every one; n, a fixed seeded sample of n, the same for every run (for a "
+                                    "large model: each is two or more forward passes per example; their split-half "
+                                    "reliability and intervals say whether the sample is enough)", **NONNEGATIVE)
     skip: tuple[str, ...] = option((), "measurements not to compute this time, comma-separated, of those a run "
                                    f"may lack ({', '.join(SKIPPABLE)}); a later run without --skip adds them",
                                    sep=",",

@@ -4,8 +4,9 @@
   attn_jsd(l, h)    = mean over query tokens i of JSD(A0[i, :], A1[i, :])
 
 X0, X1 [n, d]: head h's output of layer l (its slice of O's input: the attention-weighted values,
-before O) for every non-padding token of a fixed sample of --extended-examples eval examples
-(measure.config.extended_indices; all with 0), under θ0 and under θ1 on the same inputs. CKA is linear CKA (Kornblith et al. 2019) with both centred over tokens:
+before O) for every non-padding token of the eval subset (or of a fixed sample of
+--extended-examples of its examples: measure.config.extended_indices), under θ0 and under θ1 on
+the same inputs. CKA is linear CKA (Kornblith et al. 2019) with both centred over tokens:
 
   CKA = ||X1cᵀ X0c||²_F / (||X0cᵀ X0c||_F ||X1cᵀ X1c||_F)
 

@@ -16,8 +16,9 @@ family's fast path finishes the model from O upwards; then one plain forward pas
 layer's tensors swapped in (swapped back after). Per-example losses stay on the device and are
 copied to the host once per batch.
 
-On a fixed sample of --extended-examples eval examples (measure.config.extended_indices; their
-indices in joint_examples.npy, so that the analysis pairs them with effect_fwd's rows).
+On every eval example, or a fixed sample of --extended-examples of them (measure.config.
+extended_indices); their indices are in joint_examples.npy, so that the analysis pairs them with
+effect_fwd's rows.
 
 Files: heads.csv's `layer_joint_fwd` (the head's layer's joint_fwd, the same for each head of a
 layer), losses_joint_fwd.npy [N, L + 2] (column 0 theta0, 1 + l layer l patched, L + 1 every
