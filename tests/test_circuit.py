@@ -106,10 +106,27 @@ def test_circuit_bases_and_their_theta0_span_energies_equal_the_explicit_maps(ar
     """circuit_bases.npy per side = the top-k singular subspace of the materialised ΔQK / ΔOV (as
     projectors: the vectors' signs are arbitrary), and each vector's energy inside the row space of
     θ0's factor on that side (a pseudo-inverse projector) as circuit_subspaces.jsonl says."""
+    m0 = _base(arch)
+    _check_circuit_bases(m0, _near(m0), arch)
+
+
+@torch.no_grad()
+def test_circuit_bases_without_biases_equal_the_explicit_maps():
+    """A family whose Q/K/V biases are zero and stay so (a LoRA leaves them): the bias coordinate of
+    the sides of D + 1 is 0 in both runs, and the bases and span energies still match."""
+    m0 = _base("bert")
+    m1 = _near(m0)
+    for m in (m0, m1):
+        for n, prm in m.named_parameters():
+            if ".attention.self." in n and n.endswith(".bias"):
+                prm.zero_()
+    res = _check_circuit_bases(m0, m1, "bert")
+    assert not res.bases[0, :, :, -1].any() and not res.bases[3, :, :, -1].any()
+
+
+def _check_circuit_bases(m0, m1, arch):
     from headplast.store.schema import CIRCUIT_SIDES
 
-    m0 = _base(arch)
-    m1 = _near(m0)
     res = circuit_result(m0, m1)
     H = get_adapter(m0).num_heads(m0.config)
     p0, p1 = _params(m0, arch), _params(m1, arch)
@@ -140,6 +157,7 @@ def test_circuit_bases_and_their_theta0_span_energies_equal_the_explicit_maps(ar
                     assert row["span_dim"] == d
                     energy = ((proj @ got) ** 2).sum(0)
                     assert np.allclose(row["span_energy"][:k], energy, atol=1e-5), (arch, l, h, c, side)
+    return res
 
 
 def test_product_svals_equal_the_svd_of_the_product():
@@ -313,6 +331,12 @@ def test_the_comparison_summarises_the_amplification(tmp_path):
     r4 = amplification_summary(rows8, 4)
     assert r4["r"] == [4] and r4["median"] == pytest.approx(amp["median"] / 2)
     assert amplification_summary(rows8, 12)["r"] == [8]  # the largest power of two below a rank of 12
+    # only over the matrices both runs adapted (a LoRA on Q and V: FFT's K and O left out)
+    qv = {(r["layer"], r["module"]) for r in rows8 if r["module"] in "qv"}
+    only = amplification_summary(rows8, 8, qv)
+    assert only["matrices"] == len(qv) and set(only["per_module"]) == {"q", "v"}
+    old_rows = [{k: v for k, v in r.items() if k != "by_r"} for r in rows8]  # measured before by_r: own r
+    assert amplification_summary(old_rows, 4)["compared_rank"] is None
     summary = (d / "compare_summary.txt").read_text()
     line = next(x for x in summary.splitlines() if "amplification" in x)
     assert f"LoRA_r8 {amp['median']:.2f} (random directions 40.00)" in line and "FFT " in line

@@ -430,7 +430,7 @@ def test_skipped_measurements_are_added_by_a_later_run(fresh):
         MeasureConfig(skip=("update",))
 
 
-def test_the_extended_measures_read_a_fixed_sample_of_the_eval_examples(fresh):
+def test_the_extended_measures_read_a_fixed_sample_of_the_eval_examples(fresh, monkeypatch):
     """--extended-examples n: update_joint's rows are the losses of the same examples measured on all
     of them (joint_examples.npy names them), the analysis pairs them with those rows of effect_fwd,
     and changing n re-measures only the two extended measures."""
@@ -441,6 +441,12 @@ def test_the_extended_measures_read_a_fixed_sample_of_the_eval_examples(fresh):
     from headplast.measure.config import extended_indices
     from headplast.steps.analyse_step import analysed
 
+    import headplast.measure.funcchange as fc
+
+    seen = []
+    real = fc.function_sums
+    monkeypatch.setattr(fc, "function_sums", lambda m0, m1, ad, enc, *a, **k: seen.append(enc) or real(m0, m1, ad, enc,
+                                                                                                           *a, **k))
     root, fft, lora = fresh
     run_measure(fft, replace(QUIET, extended_examples=0))
     every = np.load(fft / "losses_joint_fwd.npy")
@@ -452,6 +458,8 @@ def test_the_extended_measures_read_a_fixed_sample_of_the_eval_examples(fresh):
     idx = np.load(fft / "joint_examples.npy")
     assert (idx == extended_indices(N, n)).all() and len(set(idx)) == n and (np.diff(idx) > 0).all()
     assert np.allclose(np.load(fft / "losses_joint_fwd.npy"), every[idx], atol=1e-5)
+    assert len(seen) == 2 and len(seen[0]) == N  # func_change read every example, then the same sample
+    assert seen[1].features == [seen[0].features[i] for i in idx] and (seen[1].labels == seen[0].labels[idx]).all()
     _, st, _ = analysed(fft, AnalysisConfig(n_boot=50, n_perm=20, n_boot_examples=50))
     fwd = np.load(fft / "losses_effect_fwd.npy")
     assert st["interactions"]["n_examples"] == n

@@ -90,3 +90,8 @@ def test_the_circuit_null_keeping_the_energy_in_theta0s_span_is_the_mean_phi_of_
     both_in_s[0, 0, :k, :k] = np.eye(k)
     assert circuit_null(both_in_s, both_in_s, np.ones((1, 1, k)), np.ones((1, 1, k)), np.full((1, 1), s), m,
                         k)[0, 0] == pytest.approx(k / s)  # both wholly inside S: chance is k / s
+    none = np.zeros((1, 1, k))  # both wholly outside S: k / (m - s), not k / m
+    assert circuit_null(both_in_s, both_in_s, none, none, np.full((1, 1), s), m, k)[0, 0] == pytest.approx(k / (m - s))
+    half = np.full((1, 1, k), 0.5)  # half of each vector's energy in S: (k²/4 / s + k²/4 / (m - s)) / k
+    assert circuit_null(both_in_s, both_in_s, half, half, np.full((1, 1), s), m, k)[0, 0] == pytest.approx(
+        (k * k / 4 / s + k * k / 4 / (m - s)) / k)

@@ -19,7 +19,7 @@ within the part (an independent Haar rotation of each part's d coordinates):
 
 (the cross terms vanish: E[R] = 0; E||A^T R B||^2 = ||A||^2 ||B||^2 / d for Haar R). It equals
 k / 4d when every part holds a quarter, and k / d when both subspaces sit in one part. phi is
-reported against it head by head (phi minus the null, paired over heads).
+reported against it head by head (phi minus the null, paired over heads; intervals resample layers).
 
 The same holds for parts of unequal dimensions d_p (each E||A_pᵀ R B_p||² = ||A_p||² ||B_p||² / d_p):
 `energy_null`. The circuit maps' subspaces (measure.circuit: ΔQK's query and key sides, ΔOV's
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from headplast.analysis.stats import bootstrap_indices, bootstrap_spearman, percentile_ci, spearman
+from headplast.analysis.stats import layer_bootstrap_spearman, layer_resamples, percentile_ci, spearman
 
 
 PARTS = 4  # Q, K, V, O: the rows of a head's basis are 4 blocks of d (measure.geometry.head_blocks)
@@ -100,13 +100,18 @@ def _summary(phi: np.ndarray) -> dict:
 
 
 def _above(phi, base, n_boot, seed) -> dict:
-    """phi minus a per-head baseline, paired over heads: mean and bootstrap 95% CI."""
-    d = (phi - base).ravel()
-    d = d[np.isfinite(d)]
-    if not d.size:
+    """phi minus a per-head baseline [L, H], paired over heads: mean over the heads and a 95% CI
+    from a layer-block bootstrap (the heads of a layer are not independent: under LoRA every head's
+    ΔW_Q of a layer shares the adapter's r input directions). Heads with no phi are left out."""
+    d = np.asarray(phi - base, float)
+    ok = np.isfinite(d)
+    if not ok.any():
         return {"mean": None, "ci95": [None, None]}
-    boot = d[bootstrap_indices(len(d), n_boot, seed)].mean(1)
-    return {"mean": float(d.mean()), "ci95": percentile_ci(boot)}
+    sums, counts = np.where(ok, d, 0).sum(1), ok.sum(1)  # [L]
+    choice = np.random.default_rng(seed).integers(0, len(sums), size=(n_boot, len(sums)))
+    n = counts[choice].sum(1)
+    boot = sums[choice].sum(1)[n > 0] / n[n > 0]
+    return {"mean": float(d[ok].mean()), "ci95": percentile_ci(boot), "resampled": "layers"}
 
 
 def subspace_statistics(phi: np.ndarray, floors: dict[str, np.ndarray], importance: np.ndarray, k: int,
@@ -114,13 +119,14 @@ def subspace_statistics(phi: np.ndarray, floors: dict[str, np.ndarray], importan
     """Summary of phi per head, its noise floors (label -> [L, H] phi of two seeds), phi of random
     subspaces (k / dim, dim = 4d; kept for old readers, too weak a baseline), the null that keeps
     each part's energy (`null`, [L, H] from random_within_parts: its summary and phi minus it,
-    paired over heads) and rho(I_pre, phi) with a bootstrap-over-heads 95% CI."""
+    paired over heads) and rho(I_pre, phi), each with a layer-block bootstrap 95% CI."""
     x, y = importance.ravel(), phi.ravel()
     ok = np.isfinite(x) & np.isfinite(y)
-    idx = bootstrap_indices(int(ok.sum()), n_boot, seed)
+    layers = np.repeat(np.arange(phi.shape[0]), phi.shape[1])[ok]
+    across, _ = layer_bootstrap_spearman(x[ok], y[ok], layer_resamples(layers, n_boot, seed))
     out = {"k": k, "random_subspaces": k / dim, "phi": _summary(phi),
-           "rho_I_pre_phi": {"spearman": spearman(x[ok], y[ok]),
-                             "ci95": percentile_ci(bootstrap_spearman(x[ok], y[ok], idx))},
+           "rho_I_pre_phi": {"spearman": spearman(x[ok], y[ok]), "ci95": percentile_ci(across[np.isfinite(across)]),
+                             "resampled": "layers"},
            "noise_floor": {lab: _summary(f) for lab, f in floors.items()}}
     if null is not None:
         out["random_within_parts"] = {**_summary(null), "phi_minus_null": _above(phi, null, n_boot, seed),

@@ -43,7 +43,10 @@ head reads or writes at θ0), and dim S. Both methods' updates put much of their
 (ΔQK = ΔAᵀ B1 + A0ᵀ ΔB: the second term's query side lies in S), so two unrelated updates overlap
 there more than random subspaces of the whole space would: the null of the overlap keeps each
 subspace's energy in S and in its complement and randomises its directions within each
-(analysis.subspace.random_within_parts_energy, as for φ of the weights).
+(analysis.subspace.circuit_null, as for φ of the weights). The sides of D + 1 coordinates carry
+the bias column as one more coordinate on the scale of the weights: a choice (x's own scale after
+a LayerNorm is about sqrt(D) per token) that moves their singular vectors little where the biases
+are small; where the biases are zero and stay so, that coordinate is 0 in both runs.
 
 Per weight matrix (`amplification.jsonl`), Hu et al. 2021 §7.3: with U, V the top-r left and right
 singular vectors of ΔW = W1 − W0, the amplification factor ||ΔW||_F / ||Uᵀ W0 V||_F (how much the

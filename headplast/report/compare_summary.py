@@ -169,7 +169,8 @@ def shape_lines(m: dict, n: int = 5) -> list[str]:
         d = null["phi_minus_null"]
         out.append(f"    chance keeping each part's share (random directions within Q, K, V, O): mean "
                    f"{null['mean']:.3f}; φ minus it {d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] "
-                   "(paired over heads; k / 4d above is too weak where both updates sit in one part)")
+                   "(paired over heads, intervals resample layers; k / 4d above is too weak where both updates sit in "
+                   "one part)")
     for lab, f in sub["noise_floor"].items():
         d = f["phi_minus_floor"]
         out.append(f"    noise floor, {lab} seed {m['seed']} vs seed {sub['noise_seed']}: mean {f['mean']:.3f}; "

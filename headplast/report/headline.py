@@ -253,7 +253,8 @@ def circuit_subspace_line(m: dict) -> list[str]:
     parts = [f"{v['name']} {v['phi']['mean']:.2f} (chance {v['random_within_parts']['mean']:.2f})" for v in cs.values()]
     above = sum(v["random_within_parts"]["phi_minus_null"]["ci95"][0] > 0 for v in cs.values())
     return [f"circuit updates: {' and '.join(m['labels'])} share φ of a head's top-{k} singular directions: "
-            + ", ".join(parts) + f"; above chance (95% CI over heads) on {above} of {len(cs)} sides"]
+            + ", ".join(parts) + f"; above chance on {above} of {len(cs)} sides (each side's 95% interval, "
+            "resampling layers; not adjusted for the four)"]
 
 
 def subspace_line(m: dict) -> list[str]:

@@ -155,7 +155,7 @@ def circuit_sides(run_dir: Path) -> tuple | None:
     b, rows = run_dir / CIRCUIT_BASES_FILE, run_dir / CIRCUIT_SUBSPACES_FILE
     if not (b.exists() and rows.exists()):
         return None
-    bases = np.load(b).astype(np.float64)
+    bases = np.load(b, mmap_mode="r")  # read one side at a time (a 7B model's: about 1 GB per run)
     S, L, H, _, K = bases.shape
     span, span_dim, dims = np.zeros((S, L, H, K)), np.zeros((S, L, H)), np.zeros(S, dtype=int)
     for r in read_jsonl(rows):
@@ -178,7 +178,7 @@ def circuit_subspaces(cfg: CompareConfig, dirs: dict, floor_dirs: dict, importan
     k, an, out = cfg.subspace_k, cfg.analysis, {}
     for i, side in enumerate(CIRCUIT_SIDES):
         dim = int(dims[i])
-        cut = lambda bases: bases[i, :, :, :dim]  # noqa: E731  (the sides of D coordinates are padded)
+        cut = lambda bases: np.asarray(bases[i, :, :, :dim, :k], dtype=np.float64)  # noqa: E731  (D sides padded)
         phi = overlap(cut(ba), cut(bb), k)
         null = circuit_null(cut(ba), cut(bb), sa[i], sb[i], span_dim[i], dim, k)
         floors = {lab: overlap(cut(runs[lab][0]), cut(f[0]), k) for lab, f in floor_runs.items()}
@@ -220,20 +220,27 @@ def update_shape(dirs: dict, dfs: dict, rank: int | None = None) -> dict:
                     "vectors_examined": sum(len(r["max_cos"]) for r in rows if _adapted(r)),
                     "matrices_adapted": sum(map(_adapted, rows)), "matrices": len(rows),
                     "intruder_k": rows[0]["k"], "intruder_epsilon": rows[0]["epsilon"]}
-        amp = d / AMPLIFICATION_FILE
-        if amp.exists():  # measured before the amplification factor existed: none
-            out[lab]["amplification"] = amplification_summary(
-                [json.loads(line) for line in amp.read_text().splitlines()], rank)
+    amp = {lab: [json.loads(line) for line in (d / AMPLIFICATION_FILE).read_text().splitlines()]
+           for lab, d in dirs.items() if (d / AMPLIFICATION_FILE).exists()}  # none: measured before it existed
+    both = set.intersection(*({(r["layer"], r["module"]) for r in rows if r["amplification"] is not None}
+                              for rows in amp.values())) if amp else set()
+    for lab, rows in amp.items():  # over the matrices every run adapted, so that the medians compare
+        out[lab]["amplification"] = amplification_summary(rows, rank, both)
     return out
 
 
-def amplification_summary(rows: list[dict], rank: int | None = None) -> dict:
+def amplification_summary(rows: list[dict], rank: int | None = None, modules: set | None = None) -> dict:
     """Median over the matrices fine-tuning changed of the amplification factor ||ΔW||_F / ||UᵀW0V||_F
     on ΔW's top-r singular directions, and of the same on random directions (measure.circuit); at
     r = `rank` (the compared LoRA rank: each row's `by_r` at that r, or at its update's rank where
-    that is smaller) where given and the rows have `by_r`, else at each row's own r."""
+    that is smaller) where given and the rows have `by_r`, else at each row's own r (and
+    `compared_rank` None); only over `modules` ((layer, module) pairs) where given."""
     if rank is not None and rows and all("by_r" in r for r in rows):
         rows = [_at_r(r, rank) for r in rows]
+    else:  # measured before by_r existed: each row at its own r
+        rank = None
+    if modules is not None:  # the matrices the other run adapted (a LoRA on Q and V only: those)
+        rows = [r for r in rows if (r["layer"], r["module"]) in modules]
     done = [r for r in rows if r["amplification"] is not None]
     med = lambda k: _num(np.median([r[k] for r in done])) if done else None  # noqa: E731
     return {"median": med("amplification"), "median_random": med("amplification_random"),
