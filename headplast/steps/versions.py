@@ -28,7 +28,8 @@ STEPS = {
     # 6: bootstrap p is its bound 2/(B+1) beyond every resample again (no normal tail), with the Holm
     #    family's resolution; counter-example counts resampled as often as the rest; finite heads only
     # 7: the overlap of the circuit updates' subspaces; amplification at the compared LoRA rank
-    "compare": 7,
+    # 8: φ's intervals resample layers; amplification over the matrices both runs adapted
+    "compare": 8,
     # 2: aggregate-first answer, raw disattenuated mean, tie-corrected Kendall's W, Fisher-z tests (issue 29)
     # 3: one display name per statistic, one reliability bar
     # 4: ρ beyond the gradient aggregated over seeds
@@ -41,7 +42,8 @@ STEPS = {
     # 4: the answer's line on what importance adds beyond the gradient
     # 5: the answer lists importance against the other measures of change
     # 6: the answer's line on the circuit updates' subspaces
-    "report": 6,
+    # 7: that line says its intervals resample layers, unadjusted for the four sides
+    "report": 7,
 }
 
 
