@@ -107,10 +107,8 @@ def _above(phi, base, n_boot, seed) -> dict:
     ok = np.isfinite(d)
     if not ok.any():
         return {"mean": None, "ci95": [None, None]}
-    sums, counts = np.where(ok, d, 0).sum(1), ok.sum(1)  # [L]
-    choice = np.random.default_rng(seed).integers(0, len(sums), size=(n_boot, len(sums)))
-    n = counts[choice].sum(1)
-    boot = sums[choice].sum(1)[n > 0] / n[n > 0]
+    layers = np.broadcast_to(np.arange(d.shape[0])[:, None], d.shape)[ok]
+    boot = np.concatenate([d[ok][idx].mean(1) for idx, _ in layer_resamples(layers, n_boot, seed)])
     return {"mean": float(d[ok].mean()), "ci95": percentile_ci(boot), "resampled": "layers"}
 
 

@@ -27,7 +27,7 @@ QK, OV and so these columns as they were.
 
 No [D, D] map is formed: ΔQK = ΔAᵀ B1 + A0ᵀ ΔB with A = [W_Q^h, b_Q^h], B = W_K^h is XᵀY with
 X = [ΔA; A0], Y = [B1; ΔB] of 2d rows; with Xᵀ = Q1 R1 and Yᵀ = Q2 R2 (QR), XᵀY = Q1 (R1 R2ᵀ) Q2ᵀ,
-so its singular values are those of the 2d × 2d core R1 R2ᵀ (`product_svals`). All in float64
+so its singular values are those of the 2d × 2d core R1 R2ᵀ (`product_svals`, `update_bases`). All in float64
 from the fp32 checkpoints.
 
 Subspaces of the circuit updates (`circuit_bases.npy`, `circuit_subspaces.jsonl`), for the FFT vs
@@ -66,7 +66,7 @@ import torch
 
 from headplast.arch.adapters import KINDS, ArchAdapter, get_adapter
 from headplast.measure.declare import Inputs, Measurement
-from headplast.measure.geometry import BASES_K, rank_tolerance, spectrum_stats
+from headplast.measure.geometry import BASES_K, kept_rank, spectrum_stats
 from headplast.measure.results import CircuitResult
 from headplast.measure.update import qkvo_weights
 from headplast.store import schema
@@ -107,32 +107,34 @@ def _update_factors(a0, a1, b0, b1) -> tuple[torch.Tensor, torch.Tensor] | None:
     return (torch.cat(xs), torch.cat(ys)) if xs else None
 
 
-def update_svals(a0, a1, b0, b1) -> torch.Tensor:
-    """Singular values of a1ᵀ b1 − a0ᵀ b0 (exactly zero where neither factor changed)."""
-    f = _update_factors(a0, a1, b0, b1)
-    return torch.zeros(1, dtype=a0.dtype) if f is None else product_svals(*f)
-
-
-def product_bases(x: torch.Tensor, y: torch.Tensor, n: int = BASES_K) -> tuple[torch.Tensor, torch.Tensor]:
-    """([m, n], [p, n]): the top-n left and right singular vectors of xᵀ y (x [k, m], y [k, p]) from
-    its k × k core (xᵀ = Q1 R1, yᵀ = Q2 R2, R1 R2ᵀ = U S Vᵀ: left Q1 U, right Q2 V), zero columns
-    beyond its rank (s_i <= geometry.rank_tolerance × s_1)."""
+def product_bases(x: torch.Tensor, y: torch.Tensor, n: int = BASES_K) -> tuple[torch.Tensor, torch.Tensor,
+                                                                             torch.Tensor]:
+    """([m, n], [p, n], singular values): the top-n left and right singular vectors of xᵀ y (x [k, m],
+    y [k, p]) from its k × k core (xᵀ = Q1 R1, yᵀ = Q2 R2, R1 R2ᵀ = U S Vᵀ: left Q1 U, right Q2 V),
+    zero columns beyond its rank (s_i <= geometry.rank_tolerance × s_1), and its singular values S."""
     q1, r1 = torch.linalg.qr(x.T)
     q2, r2 = torch.linalg.qr(y.T)
     u, s, vh = torch.linalg.svd(r1 @ r2.T)
-    r = int((s > rank_tolerance((x.shape[1], y.shape[1])) * s[0]).sum()) if len(s) and s[0] > 0 else 0
-    r = min(n, r)
+    r = min(n, kept_rank(s, (x.shape[1], y.shape[1])))
     left = torch.zeros(x.shape[1], n, dtype=x.dtype)
     right = torch.zeros(y.shape[1], n, dtype=y.dtype)
     left[:, :r], right[:, :r] = q1 @ u[:, :r], q2 @ vh[:r].T
-    return left, right
+    return left, right, s
+
+
+def update_bases(a0, a1, b0, b1, n: int = BASES_K) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """product_bases of a1ᵀ b1 − a0ᵀ b0; where neither factor changed: zero bases and the single
+    singular value 0."""
+    f = _update_factors(a0, a1, b0, b1)
+    if f is None:
+        return a0.new_zeros(a0.shape[1], n), b0.new_zeros(b0.shape[1], n), torch.zeros(1, dtype=a0.dtype)
+    return product_bases(*f, n)
 
 
 def span_basis(f: torch.Tensor) -> torch.Tensor:
     """[m, rank]: an orthonormal basis of the row space of f [k, m] (singular values above the tolerance)."""
     _, s, vh = torch.linalg.svd(f, full_matrices=False)
-    r = int((s > rank_tolerance(tuple(f.shape)) * s[0]).sum()) if len(s) and s[0] > 0 else 0
-    return vh[:r].T
+    return vh[:kept_rank(s, f.shape)].T
 
 
 def head_factors(w: dict, b: dict, adapter: ArchAdapter, config, layer: int, head: int) -> dict:
@@ -159,13 +161,11 @@ def circuit_updates(w0: dict, w1: dict, b0: dict, b1: dict, adapter: ArchAdapter
             for c in ("qk", "ov"):
                 (x0, y0), (x1, y1) = f0[c], f1[c]
                 base = spectrum_stats(product_svals(x0, y0).numpy())["fro"]
-                st = spectrum_stats(update_svals(x0, x1, y0, y1).numpy())
+                left, right, svals = update_bases(x0, x1, y0, y1, n)
+                st = spectrum_stats(svals.numpy())
                 out[f"{c}_rel"][l, h] = st["fro"] / base if base > 0 else np.nan
                 out[f"{c}_srank"][l, h] = st["srank"]
-                f = _update_factors(x0, x1, y0, y1)
-                sides = product_bases(*f, n) if f is not None else (x0.new_zeros(x0.shape[1], n),
-                                                                      y0.new_zeros(y0.shape[1], n))
-                for side, basis, theta0_factor in zip(("left", "right"), sides, (x0, y0)):
+                for side, basis, theta0_factor in zip(("left", "right"), (left, right), (x0, y0)):
                     i = SIDES.index((c, side))
                     bases[i, l, h, :basis.shape[0]] = basis.numpy()
                     span = span_basis(theta0_factor)
@@ -184,7 +184,7 @@ def amplification_rows(w0: dict, w1: dict, adapter: ArchAdapter, r: int, draws: 
         row = {"layer": l, "module": kind, "name": adapter.module_name(l, kind), "r_setting": r,
                "dw_fro": float(dw.norm()), "w0_fro": float(a0.norm())}
         u, s, vh = torch.linalg.svd(dw, full_matrices=False)
-        rank = int((s > rank_tolerance(tuple(dw.shape)) * s[0]).sum()) if s[0] > 0 else 0
+        rank = kept_rank(s, dw.shape)
         rr = min(r, rank)
         row["r"] = rr
         if rr == 0:
@@ -192,7 +192,8 @@ def amplification_rows(w0: dict, w1: dict, adapter: ArchAdapter, r: int, draws: 
                          "amplification_random": None, "by_r": {}})
             continue
         at = lambda q: _amplification(a0, u, vh, row["dw_fro"], q, draws, [seed, l, KINDS.index(kind)])  # noqa: E731
-        rows.append({**row, **at(rr), "by_r": {str(q): at(q) for q in AMP_RS if q <= rank}})
+        by_r = {str(q): at(q) for q in AMP_RS if q <= rank}
+        rows.append({**row, **(by_r.get(str(rr)) or at(rr)), "by_r": by_r})  # the same draws: rr's entry when there
     return rows
 
 

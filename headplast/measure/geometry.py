@@ -67,13 +67,17 @@ def rank_tolerance(shape: tuple[int, int]) -> float:
     return max(shape) * float(np.finfo(np.float32).eps)
 
 
+def kept_rank(s: torch.Tensor, shape: tuple[int, int]) -> int:
+    """How many singular values s (descending) of a matrix of `shape` are above rank_tolerance x s_1."""
+    return int((s > rank_tolerance(tuple(shape)) * s[0]).sum()) if len(s) and s[0] > 0 else 0
+
+
 def top_basis(m: torch.Tensor, n: int = BASES_K) -> tuple[np.ndarray, torch.Tensor]:
     """([rows, n], singular values): the top-n left singular vectors of m, zero columns beyond its
     rank (s_i <= rank_tolerance x s_1)."""
     out = np.zeros((m.shape[0], n))
     u, s, _ = torch.linalg.svd(m, full_matrices=False)
-    r = int((s > rank_tolerance(tuple(m.shape)) * s[0]).sum()) if len(s) and s[0] > 0 else 0
-    r = min(n, r)
+    r = min(n, kept_rank(s, m.shape))
     out[:, :r] = u[:, :r].numpy()
     return out, s
 
