@@ -23,18 +23,39 @@ def test_adapter_locates_qkvo_and_task_head(arch, enc_small, tok):
     model = tiny_model(arch)
     ad = get_adapter(model)
     L, H, d = ad.num_layers(model.config), ad.num_heads(model.config), ad.head_dim(model.config)
-    assert (L, H, d) == (2, 4, 8)
+    kv = ad.num_kv_heads(model.config)
+    assert (L, H, d, kv) == (2, 4, 16 if arch == "gemma" else 8, {"gemma": 1}.get(arch, 2 if ad.reads_last else 4))
+    shapes = {"q": (H * d, 32), "k": (kv * d, 32), "v": (kv * d, 32), "o": (32, H * d)}
     for l in range(L):
         for k in "qkvo":
             lin = ad.linear(model, l, k)
-            assert isinstance(lin, torch.nn.Linear) and lin.weight.shape == (H * d, H * d)
+            assert isinstance(lin, torch.nn.Linear) and lin.weight.shape == shapes[k]
             assert model.get_submodule(ad.module_name(l, k)) is lin
     for name in ad.head_modules:
         model.get_submodule(name)
     b = _batch(enc_small, tok)
     with torch.no_grad():
         hidden = getattr(model, ad.base)(**b).last_hidden_state
-        assert torch.allclose(ad.logits(model, hidden), model(**b).logits, atol=1e-6)
+        if ad.reads_last:  # the model's last_hidden_state is after the final norm; layers' outputs are not
+            hidden = ad.layer_output(_call(ad.layer_modules(model)[-1], _last_call(model, ad, b)))
+        assert torch.allclose(ad.logits(model, hidden, b["input_ids"]), model(**b).logits, atol=1e-6)
+        # the read position: the last token that is not padding (the examples have different lengths)
+        pos = ad.read_positions(model, b["input_ids"])
+        assert pos.tolist() == ((b["attention_mask"].sum(1) - 1) if ad.reads_last else 0 * pos).tolist()
+        assert len(set(pos.tolist())) > 1 or not ad.reads_last
+
+
+def _last_call(model, ad, b):
+    from headplast.measure.replay import record_layer_inputs
+
+    with record_layer_inputs(model, ad) as calls:
+        model(**b, use_cache=False)
+    args, kwargs = calls[-1]
+    return args, kwargs
+
+
+def _call(layer, call):
+    return layer(*call[0], **call[1])
 
 
 def test_unknown_model_type_lists_supported():
@@ -54,7 +75,7 @@ def test_gates_at_one_reproduce_logits_exactly_and_unhook(arch, enc_small, tok):
         with head_gates(model, ad, torch.ones(2, 4)):
             assert _hook_count(model) == before + 2
             gated = model(**b).logits
-        with head_gates(model, ad, torch.ones(2, 4), means=torch.randn(2, 32)):
+        with head_gates(model, ad, torch.ones(2, 4), means=torch.randn(2, 4 * ad.head_dim(model.config))):
             gated_mean = model(**b).logits
     assert torch.equal(ref, gated) and torch.equal(ref, gated_mean)
     assert _hook_count(model) == before

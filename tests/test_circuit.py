@@ -173,31 +173,50 @@ def _invertible(d, g):
     return q1 @ torch.diag(torch.exp(0.7 * torch.randn(d, generator=g, dtype=torch.float64))) @ q2
 
 
+def _commuting_with_rotary(d, g):
+    """An invertible d x d map that commutes with every rotary rotation (transformers' rotate_half
+    pairs coordinate i with i + d/2): a scaled rotation in each of those planes."""
+    half = d // 2
+    r = torch.exp(0.7 * torch.randn(half, generator=g, dtype=torch.float64))
+    phi = 3.0 * torch.randn(half, generator=g, dtype=torch.float64)
+    a, b = r * torch.cos(phi), r * torch.sin(phi)
+    m = torch.zeros(d, d, dtype=torch.float64)
+    i = torch.arange(half)
+    m[i, i], m[i, i + half], m[i + half, i], m[i + half, i + half] = a, -b, b, a
+    return m
+
+
 @torch.no_grad()
 def reparametrised(model, seed=0):
     """A copy of `model` with each head's queries mapped by Mᵀ and keys by M⁻¹ (scores q·k kept), its
-    values by N and O's columns by N⁻¹ (output kept); DeBERTa's separate position projections too."""
+    values by N and O's columns by N⁻¹ (output kept); DeBERTa's separate position projections too.
+    Decoders: M commutes with the rotary rotations (else q·R k changes); under grouped-query attention
+    one M and N per K/V group, shared by the group's query heads."""
     model = copy.deepcopy(model).double()
     ad = get_adapter(model)
     cfg = model.config
     g = torch.Generator().manual_seed(seed)
+    d, G = ad.head_dim(cfg), ad.group_size(cfg)
+
+    def apply(mod, s, t):
+        if mod is not None:
+            mod.weight[s] = t @ mod.weight[s]
+            if mod.bias is not None:
+                mod.bias[s] = t @ mod.bias[s]
     for l in range(ad.num_layers(cfg)):
         lin = {k: ad.linear(model, l, k) for k in "qkvo"}
         layer = ad.layer_modules(model)[l]
-        pos = {k: getattr(layer.attention.self, f"pos_{k}_proj", None) if hasattr(layer.attention, "self") else None
-               for k in ("query", "key")}
-        for h in range(ad.num_heads(cfg)):
-            s = ad.head_slice(cfg, h)
-            m, n = _invertible(ad.head_dim(cfg), g), _invertible(ad.head_dim(cfg), g)
-            rows = [(lin["q"], m.T), (lin["k"], torch.linalg.inv(m)), (lin["v"], n),
-                    (pos["query"], m.T), (pos["key"], torch.linalg.inv(m))]
-            for mod, t in rows:
-                if mod is None:
-                    continue
-                mod.weight[s] = t @ mod.weight[s]
-                if mod.bias is not None:
-                    mod.bias[s] = t @ mod.bias[s]
-            lin["o"].weight[:, s] = lin["o"].weight[:, s] @ torch.linalg.inv(n)
+        pos = {k: getattr(layer.attention.self, f"pos_{k}_proj", None) if hasattr(layer, "attention")
+               and hasattr(layer.attention, "self") else None for k in ("query", "key")}
+        for kv in range(ad.num_kv_heads(cfg)):
+            m = _commuting_with_rotary(d, g) if ad.reads_last else _invertible(d, g)
+            n = _invertible(d, g)
+            for h in range(kv * G, (kv + 1) * G):
+                s = ad.head_slice(cfg, h)
+                apply(lin["q"], s, m.T), apply(pos["query"], s, m.T), apply(pos["key"], s, torch.linalg.inv(m))
+                lin["o"].weight[:, s] = lin["o"].weight[:, s] @ torch.linalg.inv(n)
+            s = ad.head_slice(cfg, kv)
+            apply(lin["k"], s, torch.linalg.inv(m)), apply(lin["v"], s, n)
     return model
 
 

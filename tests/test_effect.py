@@ -11,7 +11,7 @@ from headplast.arch import get_adapter
 from headplast.measure.ablation import example_losses
 from headplast.measure.effect import update_effect
 from tiers import slow_except
-from tiny import ALL_ARCHS, tiny_model
+from tiny import ALL_ARCHS, expand_kv, tiny_model
 
 
 def _trained_like(model, seed: int, scale: float = 0.05):
@@ -48,8 +48,12 @@ def model_pair(arch: str, theta1: str):
 
 
 def _naive_losses(model, other, ad, enc, task, pad_id):
-    """[N, 1 + L*H]: the model's own losses, then one full forward pass per patched head."""
+    """[N, 1 + L*H]: the model's own losses, then one full forward pass per patched head. Grouped-query
+    attention: in the same models with one K/V copy per query head (weights edited), so that head h's
+    K/V rows are its own and its group's other heads keep theirs."""
     L, H = ad.num_layers(model.config), ad.num_heads(model.config)
+    if ad.group_size(model.config) > 1:
+        model, other = expand_kv(model), expand_kv(other)
     from headplast.data.tokenize import sorted_batches
 
     out = np.zeros((len(enc), 1 + L * H))

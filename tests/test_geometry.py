@@ -24,25 +24,30 @@ def _reference(m0, m1, arch):
     cfg = m0.config
     H = getattr(cfg, "num_attention_heads", getattr(cfg, "n_heads", None))
     D = getattr(cfg, "hidden_size", getattr(cfg, "dim", None))
-    d = D // H
+    d = getattr(cfg, "head_dim", None) or D // H
+    kv = getattr(cfg, "num_key_value_heads", None) or H  # grouped-query attention: K/V rows of h's group,
+    G = H // kv  # weighted 1/sqrt(group size) so the stacked update's squared norm is U^2
     names = {"distilbert": ("attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin"),
              "mpnet": ("attention.attn.q", "attention.attn.k", "attention.attn.v", "attention.attn.o")}.get(
         arch.split(":")[0], ("attention.self.query", "attention.self.key", "attention.self.value",
                              "attention.output.dense"))
+    if arch in ("llama", "qwen2", "mistral", "gemma"):
+        names = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
     if arch.startswith("deberta"):
         names = ("attention.self.query_proj", "attention.self.key_proj", "attention.self.value_proj",
                  "attention.output.dense")
     p0, p1 = dict(m0.named_parameters()), dict(m1.named_parameters())
-    layers = sorted({int(n.split(".layer.")[1].split(".")[0]) for n in p0 if ".layer." in n})
+    sep = ".layers." if ".layers." in next(n for n in p0 if "_proj" in n or ".layer." in n) else ".layer."
+    layers = sorted({int(n.split(sep)[1].split(".")[0]) for n in p0 if sep in n})
     out = {}
     for l in layers:
         dw = []
         for nm in names:
-            key = next(n for n in p0 if f".layer.{l}.{nm}.weight" in n)
+            key = next(n for n in p0 if f"{sep}{l}.{nm}.weight" in n)
             dw.append((p1[key] - p0[key]).detach().double().numpy())
         for h in range(H):
-            s = slice(h * d, (h + 1) * d)
-            parts = {"q": dw[0][s], "k": dw[1][s], "v": dw[2][s], "o": dw[3][:, s].T}
+            s, g = slice(h * d, (h + 1) * d), slice(h // G * d, (h // G + 1) * d)
+            parts = {"q": dw[0][s], "k": dw[1][g] / np.sqrt(G), "v": dw[2][g] / np.sqrt(G), "o": dw[3][:, s].T}
             parts["all"] = np.vstack([parts[k] for k in "qkvo"])
             out[(l, h)] = {p: _reference_stats(m) for p, m in parts.items()}, parts["all"]
     return out

@@ -8,7 +8,7 @@ from headplast.measure.ablation import example_losses
 from headplast.measure.gating import head_gates
 from headplast.measure.gradfisher import grad_fisher
 from tiers import slow_except
-from tiny import ALL_ARCHS, tiny_model
+from tiny import ALL_ARCHS, head_sq, tiny_model
 
 N = 6
 
@@ -31,7 +31,9 @@ def test_gate_gradients_equal_finite_differences_and_fisher_equals_loop(arch, en
 
     # central finite differences of each example's loss w.r.t. each gate
     fd = np.zeros((N, L, H))
-    eps = 1e-5
+    # decoders' RMSNorm and rotary embeddings compute in fp32 even in a float64 model: a larger step,
+    # and a tolerance for fp32 rounding of the loss divided by 2 eps (autograd itself is checked below)
+    eps, rtol = (1e-3, 2e-3) if ad.reads_last else (1e-5, 1e-5)
     for i in range(N):
         b, y = _one(enc, i)
         for l in range(L):
@@ -43,9 +45,9 @@ def test_gate_gradients_equal_finite_differences_and_fisher_equals_loop(arch, en
                     with torch.no_grad(), head_gates(model, ad, gates):
                         vals.append(example_losses(model(**b).logits, y, False).item())
                 fd[i, l, h] = (vals[0] - vals[1]) / (2 * eps)
-    np.testing.assert_allclose(res.gate_grad, np.abs(fd).mean(0), rtol=1e-5, atol=1e-9)
-    np.testing.assert_allclose(res.gate_fisher, (fd ** 2).mean(0), rtol=1e-5, atol=1e-12)
-    np.testing.assert_allclose(res.taylor, -fd.mean(0), rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(res.gate_grad, np.abs(fd).mean(0), rtol=rtol, atol=1e-9)
+    np.testing.assert_allclose(res.gate_fisher, (fd ** 2).mean(0), rtol=2 * rtol, atol=1e-12)
+    np.testing.assert_allclose(res.taylor, -fd.mean(0), rtol=rtol, atol=1e-9 if rtol < 1e-4 else 1e-5)
 
     # explicit loop over examples: per-example parameter gradients
     fisher = np.zeros((L, H))
@@ -59,9 +61,9 @@ def test_gate_gradients_equal_finite_differences_and_fisher_equals_loop(arch, en
                 g = ad.linear(model, l, k).weight.grad
                 total[(l, k)] = total.get((l, k), 0) + g / N
                 for h in range(H):
-                    fisher[l, h] += ad.head_weight(g, model.config, k, h).pow(2).sum().item() / N
-    grad_norm = np.array([[np.sqrt(sum(ad.head_weight(total[(l, k)], model.config, k, h).pow(2).sum().item()
-                                       for k in "qkvo")) for h in range(H)] for l in range(L)])
+                    fisher[l, h] += head_sq(g, model.config, k, h) / N
+    grad_norm = np.array([[np.sqrt(sum(head_sq(total[(l, k)], model.config, k, h) for k in "qkvo"))
+                           for h in range(H)] for l in range(L)])
     assert fisher.max() > 0
     np.testing.assert_allclose(res.fisher, fisher, rtol=1e-7)
     np.testing.assert_allclose(res.grad_norm, grad_norm, rtol=1e-7)

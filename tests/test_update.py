@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 from headplast.arch import get_adapter
 from headplast.measure.update import merged_peft_model, qkvo_weights, update_magnitude
 from headplast.train.lora import make_lora_model, resolve_targets
-from tiny import ALL_ARCHS, ARCHS, tiny_model, tiny_model_dir
+from tiny import ALL_ARCHS, ARCHS, head_sq, tiny_model, tiny_model_dir
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -62,7 +62,7 @@ def test_lora_update_equals_merge_and_by_hand(arch, tmp_path):
             B = sd[f"base_model.model.{name}.lora_B.weight"]
             dw = (8 / 4) * B @ A
             for h in range(4):
-                ref[l, h] += ad.head_weight(dw, theta0.config, k, h).pow(2).sum().item()
+                ref[l, h] += head_sq(dw, theta0.config, k, h)
     np.testing.assert_allclose(res.U, np.sqrt(ref), rtol=1e-5)
     assert res.U.min() > 0
 

@@ -12,7 +12,11 @@ ARCHS = ("bert", "roberta", "electra", "deberta-v2", "distilbert", "mpnet")
 # DeBERTa as released: v3 shares the position projections with Q/K (share_att_key); v2-xlarge
 # and -xxlarge also mix the embeddings into layer 0's output with a conv layer
 VARIANTS = ("deberta-v2:shared", "deberta-v2:conv")
-ALL_ARCHS = ARCHS + VARIANTS
+# decoders, each with what sets it apart: grouped-query attention (llama, qwen2, mistral; gemma:
+# one K/V head), Q/K/V biases (qwen2), a sliding window shorter than the examples (mistral),
+# head_dim != hidden / heads (gemma)
+DECODERS = ("llama", "qwen2", "mistral", "gemma")
+ALL_ARCHS = ARCHS + VARIANTS + DECODERS
 
 
 def tiny_tokenizer(path: Path):
@@ -32,6 +36,18 @@ def tiny_config(arch: str, num_labels: int = 2, layers: int = 2, heads: int = 4,
     arch, _, variant = arch.partition(":")
     common = dict(vocab_size=200, num_labels=num_labels, pad_token_id=0, max_position_embeddings=300,
                   initializer_range=init)
+    if arch in DECODERS:
+        cls = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config, "mistral": tf.MistralConfig,
+               "gemma": tf.GemmaConfig}[arch]
+        kw = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                  num_key_value_heads=1 if arch == "gemma" else heads // 2, intermediate_size=2 * hidden,
+                  head_dim=2 * hidden // heads if arch == "gemma" else hidden // heads, tie_word_embeddings=False,
+                  **common)
+        if arch == "mistral":
+            kw["sliding_window"] = 8
+        if arch == "llama":
+            kw["attention_bias"] = False
+        return cls(**kw)
     if arch == "distilbert":
         return tf.DistilBertConfig(dim=hidden, n_layers=layers, n_heads=heads, hidden_dim=2 * hidden, **common)
     cls = {"bert": tf.BertConfig, "roberta": tf.RobertaConfig, "electra": tf.ElectraConfig,
@@ -50,6 +66,37 @@ def tiny_config(arch: str, num_labels: int = 2, layers: int = 2, heads: int = 4,
     if arch in ("bert", "roberta", "electra"):
         kw["type_vocab_size"] = 2
     return cls(**kw)
+
+
+def head_sq(w: torch.Tensor, config, kind: str, h: int) -> float:
+    """Head h's squared norm in a Q/K/V/O weight [out, in], written out by hand (not through the
+    adapter): rows h*d:(h+1)*d of Q, columns of O; K/V under grouped-query attention: the rows of
+    h's group g = h // (H / n_kv), weighted 1/group size (so the query heads' squares add up)."""
+    H = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or H
+    d = getattr(config, "head_dim", None) or config.hidden_size // H
+    g, share = (h // (H // kv), kv / H) if kind in ("k", "v") else (h, 1.0)
+    part = w[:, g * d:(g + 1) * d] if kind == "o" else w[g * d:(g + 1) * d]
+    return share * float(part.double().pow(2).sum())
+
+
+def expand_kv(model):
+    """The same function without grouped-query attention: every query head gets its own copy of
+    its group's K/V rows (num_key_value_heads = heads). A reference built by editing weights."""
+    import copy
+
+    cfg = copy.deepcopy(model.config)
+    H, G = cfg.num_attention_heads, cfg.num_attention_heads // cfg.num_key_value_heads
+    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
+    cfg.num_key_value_heads = H
+    out = type(model)(cfg).eval()
+    sd = {}
+    for n, p in model.state_dict().items():
+        if n.endswith(("k_proj.weight", "v_proj.weight", "k_proj.bias", "v_proj.bias")):
+            p = p.unflatten(0, (-1, d)).repeat_interleave(G, dim=0).flatten(0, 1)
+        sd[n] = p
+    out.load_state_dict(sd)
+    return out
 
 
 def tiny_model(arch: str, seed: int = 0, **kw):

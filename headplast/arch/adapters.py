@@ -1,8 +1,11 @@
 """Where Q, K, V and O live in each model family, and how heads are laid out in them.
 
 Architecture support is data: one ArchAdapter per family, registered by `model_type`.
-Heads are laid out as contiguous blocks of d = hidden/H rows of W_Q, W_K, W_V
-([out, in] in torch's Linear) and the same block of columns of W_O.
+Heads are laid out as contiguous blocks of d rows of W_Q, W_K, W_V ([out, in] in torch's
+Linear) and the same block of columns of W_O; d = hidden/H unless the config says `head_dim`
+(Gemma). With grouped-query attention (n_kv_heads < H) query head h reads K/V group
+h // (H / n_kv_heads): its K/V "slice" is that group's rows, shared with the group's other heads.
+Encoders' task heads read token 0; decoders' read the last non-padding token (`reads_last`).
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ def _deberta_reuses_projections(config) -> bool:
                 and getattr(config, "pos_att_type", None))
 
 
+def _score_on_seq(model, seq):  # decoders: seq is already the read token [B, 1, D], normed
+    return model.score(seq[:, 0])
+
+
 def _distilbert_head(model, seq):
     x = torch.relu(model.pre_classifier(seq[:, 0]))
     return model.classifier(model.dropout(x))
@@ -76,6 +83,11 @@ class ArchAdapter:
     # path from a layer to the LayerNorm that takes O's output plus the residual (post-LN
     # families): with it, training runs the last layer's O and FFN for token 0 only
     post_attention_norm: str | None = None
+    # decoders: the task head reads the last non-padding token (as transformers'
+    # *ForSequenceClassification does), after the final norm at `final_norm` (path from the base)
+    reads_last: bool = False
+    final_norm: str | None = None
+    n_kv_heads_attr: str | None = None  # grouped-query attention: config attribute of the K/V head count
 
     # --- shape -------------------------------------------------------------
     def num_layers(self, config) -> int:
@@ -84,8 +96,17 @@ class ArchAdapter:
     def num_heads(self, config) -> int:
         return getattr(config, self.n_heads_attr)
 
+    def num_kv_heads(self, config) -> int:
+        n = getattr(config, self.n_kv_heads_attr, None) if self.n_kv_heads_attr else None
+        return self.num_heads(config) if n is None else n
+
+    def group_size(self, config) -> int:
+        """Query heads per K/V head (1 without grouped-query attention)."""
+        return self.num_heads(config) // self.num_kv_heads(config)
+
     def head_dim(self, config) -> int:
-        return getattr(config, self.hidden_attr) // self.num_heads(config)
+        d = getattr(config, "head_dim", None) if self.reads_last else None
+        return d or getattr(config, self.hidden_attr) // self.num_heads(config)
 
     # --- module access -----------------------------------------------------
     def layer_modules(self, model) -> nn.ModuleList:
@@ -105,10 +126,34 @@ class ArchAdapter:
         d = self.head_dim(config)
         return slice(head * d, (head + 1) * d)
 
+    def kv_group(self, config, head: int) -> int:
+        return head // self.group_size(config)
+
     def head_weight(self, weight: torch.Tensor, config, kind: str, head: int) -> torch.Tensor:
-        """Head h's part of a Q/K/V/O weight: rows for Q/K/V, columns for O."""
-        s = self.head_slice(config, head)
+        """Head h's part of a Q/K/V/O weight: rows for Q/K/V, columns for O; for K/V under
+        grouped-query attention, the rows of h's group (shared with the group's other heads)."""
+        s = self.head_slice(config, self.kv_group(config, head) if kind in "kv" else head)
         return weight[:, s] if kind == "o" else weight[s, :]
+
+    def head_bias(self, bias: torch.Tensor, config, kind: str, head: int) -> torch.Tensor:
+        """Head h's part of a Q/K/V bias [out] (K/V under grouped-query attention: its group's)."""
+        return bias[self.head_slice(config, self.kv_group(config, head) if kind in "kv" else head)]
+
+    def head_share(self, config, kind: str) -> float:
+        """The share of a head's K/V rows that counts towards that head in squared norms (U,
+        gradient, Fisher): 1/group size, so the heads' squares add up to the matrix's."""
+        return 1.0 / self.group_size(config) if kind in "kv" else 1.0
+
+    def head_sq(self, G: torch.Tensor, config, kind: str) -> torch.Tensor:
+        """[..., out, in] weight-shaped tensor -> [..., H] each query head's squared norm of its part
+        (K/V: its group's part times head_share), on G's device, no host transfer."""
+        H, d = self.num_heads(config), self.head_dim(config)
+        if kind == "o":
+            return G.pow(2).sum(-2).unflatten(-1, (H, d)).sum(-1)
+        per = G.pow(2).sum(-1).unflatten(-1, (-1, d)).sum(-1)  # [..., H or n_kv]
+        if per.shape[-1] == H:
+            return per
+        return per.repeat_interleave(self.group_size(config), dim=-1) * self.head_share(config, kind)
 
     def unmeasured_head_modules(self, model) -> list[str]:
         """Full names of the `other_head_modules` this model has."""
@@ -132,8 +177,32 @@ class ArchAdapter:
     def layer_output(self, out):
         return out[0] if self.returns_tuple or isinstance(out, tuple) else out
 
-    def logits(self, model, seq: torch.Tensor) -> torch.Tensor:
-        return self.head_fn(model, seq)
+    def read_positions(self, model, input_ids: torch.Tensor) -> torch.Tensor:
+        """[B] the position the task head reads: 0, or (decoders) the rightmost token that is not
+        padding, computed as transformers' *ForSequenceClassification computes it."""
+        if not self.reads_last:
+            return torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+        pad = model.config.pad_token_id
+        if pad is None:
+            raise HeadplastError("the model's config has no pad_token_id, so the last token of a padded "
+                                 "example cannot be found", "build theta0 with headplast (it sets the pad "
+                                 "token from EOS) or set config.pad_token_id")
+        idx = torch.arange(input_ids.shape[-1], device=input_ids.device)
+        return (idx * (input_ids != pad)).argmax(-1)
+
+    def read(self, model, seq: torch.Tensor, input_ids: torch.Tensor | None) -> torch.Tensor:
+        """The part of the last layer's output [B, T, D] the task head reads: seq itself for
+        encoders (their heads take token 0), the final-normed last token [B, 1, D] for decoders."""
+        if not self.reads_last:
+            return seq
+        if input_ids is not None:
+            seq = seq[torch.arange(seq.shape[0], device=seq.device), self.read_positions(model, input_ids)][:, None]
+        return _get(_get(model, self.base), self.final_norm)(seq)
+
+    def logits(self, model, seq: torch.Tensor, input_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, C] from the last layer's output [B, T, D] (decoders need input_ids to find
+        each example's last token; without them, seq[:, 0] is taken as that token)."""
+        return self.head_fn(model, self.read(model, seq, input_ids))
 
 
 def _get(obj, path: str):
@@ -179,6 +248,14 @@ register(ArchAdapter("mpnet", "mpnet", "encoder.layer",
                      ("attention.attn.q", "attention.attn.k", "attention.attn.v", "attention.attn.o"),
                      _BERT_FFN, ("classifier",), _classifier_on_seq, returns_tuple=True,
                      post_attention_norm="attention.LayerNorm"))
+
+
+# --- decoders: the classifier reads the last non-padding token after the final norm -------------
+_LLAMA_QKVO = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+_LLAMA_FFN = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+for _mt in ("llama", "qwen2", "mistral", "gemma"):  # same layout; Q/K/V biases, windows, head_dim: config
+    register(ArchAdapter(_mt, "model", "layers", _LLAMA_QKVO, _LLAMA_FFN, ("score",), _score_on_seq,
+                         reads_last=True, final_norm="norm", n_kv_heads_attr="num_key_value_heads"))
 
 
 def supported_model_types() -> list[str]:

@@ -54,9 +54,17 @@ def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(path)
+        tok = AutoTokenizer.from_pretrained(path)
     except OSError as e:
         raise _load_error(path, e) from e
+    if tok.pad_token is None:  # decoders (GPT-2, Llama): pad with EOS, as their classifiers expect
+        if tok.eos_token is None:
+            raise HeadplastError(f"the tokenizer of {path} has neither a pad nor an EOS token",
+                                 "save the tokenizer with a pad_token set")
+        tok.pad_token = tok.eos_token
+    # our batches pad on the right (data.tokenize.collate); Trainer's collator must agree
+    tok.padding_side = "right"
+    return tok
 
 
 def load_model(path: str, num_labels: int | None = None, problem_type: str | None = None,
@@ -75,9 +83,12 @@ def load_model(path: str, num_labels: int | None = None, problem_type: str | Non
     if attn_implementation:
         kw["attn_implementation"] = attn_implementation
     try:
-        return AutoModelForSequenceClassification.from_pretrained(path, **kw)
+        model = AutoModelForSequenceClassification.from_pretrained(path, **kw)
     except OSError as e:
         raise _load_error(path, e) from e
+    if getattr(model.config, "use_cache", None):  # decoders: a classifier never generates
+        model.config.use_cache = False
+    return model
 
 
 _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",

@@ -140,8 +140,7 @@ def span_basis(f: torch.Tensor) -> torch.Tensor:
 def head_factors(w: dict, b: dict, adapter: ArchAdapter, config, layer: int, head: int) -> dict:
     """The head's circuits as xᵀ y: {"qk": (A = [W_Q^h, b_Q^h], W_K^h), "ov": (W_O^hᵀ, [W_V^h, b_V^h])}."""
     hw = {k: adapter.head_weight(w[(layer, k)], config, k, head).double() for k in KINDS}
-    s = adapter.head_slice(config, head)
-    hb = {k: b[(layer, k)][s].double()[:, None] for k in ("q", "v")}
+    hb = {k: adapter.head_bias(b[(layer, k)], config, k, head).double()[:, None] for k in ("q", "v")}
     return {"qk": (torch.cat([hw["q"], hb["q"]], 1), hw["k"]), "ov": (hw["o"].T, torch.cat([hw["v"], hb["v"]], 1))}
 
 

@@ -77,6 +77,13 @@ def _mpnet_first(layer, h, add_mask, call):
     return _attend(at.q(h[:, :1]), at.k(h), at.v(h), add_mask, at.num_attention_heads, bias)
 
 
+# --- Llama, Qwen2, Mistral, Gemma (pre-norm; the task head reads each example's last token, so
+# the last layer runs in full: first_token_context is None) ------------------------------------
+def _llama_finish(layer, ctx, h_in):
+    a = h_in + layer.self_attn.o_proj(ctx)
+    return a + layer.mlp(layer.post_attention_layernorm(a))
+
+
 FAST_PATHS = {
     "bert": FastPath(_bert_finish, _bert_first),
     "roberta": FastPath(_bert_finish, _bert_first),
@@ -84,4 +91,5 @@ FAST_PATHS = {
     "deberta-v2": FastPath(_bert_finish, None),  # disentangled attention: full last layer
     "distilbert": FastPath(_distil_finish, _distil_first),
     "mpnet": FastPath(_mpnet_finish, _mpnet_first),
+    **{mt: FastPath(_llama_finish, None) for mt in ("llama", "qwen2", "mistral", "gemma")},
 }

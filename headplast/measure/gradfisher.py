@@ -28,13 +28,6 @@ from headplast.measure.results import GradFisherResult
 from headplast.store import schema
 
 
-def _head_sq(G: torch.Tensor, kind: str, H: int) -> torch.Tensor:
-    """[B, out, in] per-example weight gradients -> [B, H] squared norms of each head's part."""
-    if kind == "o":  # head h owns columns h*d:(h+1)*d of W_O
-        return G.pow(2).sum(1).view(G.shape[0], H, -1).sum(-1)
-    return G.pow(2).sum(2).view(G.shape[0], H, -1).sum(-1)  # and rows h*d:(h+1)*d of W_Q, W_K, W_V
-
-
 @contextmanager
 def per_example_sq_norms(model, adapter: ArchAdapter, acc: torch.Tensor, B: int):
     """Accumulate into acc[L, H] the sum over examples of ||d loss_x / d W_head||^2 (Q/K/V/O weights).
@@ -46,6 +39,7 @@ def per_example_sq_norms(model, adapter: ArchAdapter, acc: torch.Tensor, B: int)
     those models (ArchAdapter.reuses_projections) grad_fisher uses per_example_grads instead.
     """
     L, H = acc.shape
+    config = model.config
     handles = []
     pending: dict = {}  # (layer, kind) -> [calls whose gradient has not arrived, summed G]
 
@@ -54,7 +48,7 @@ def per_example_sq_norms(model, adapter: ArchAdapter, acc: torch.Tensor, B: int)
         entry[0] -= 1
         entry[1] = G if entry[1] is None else entry[1] + G
         if entry[0] == 0:
-            acc[key[0]] += _head_sq(pending.pop(key)[1], key[1], H).sum(0).to(acc.dtype)
+            acc[key[0]] += adapter.head_sq(pending.pop(key)[1], config, key[1]).sum(0).to(acc.dtype)
 
     def make(key):
         def fwd(module, args, out):
@@ -73,7 +67,7 @@ def per_example_sq_norms(model, adapter: ArchAdapter, acc: torch.Tensor, B: int)
         for key in list(pending):
             entry = pending.pop(key)
             if entry[1] is not None:
-                acc[key[0]] += _head_sq(entry[1], key[1], H).sum(0).to(acc.dtype)
+                acc[key[0]] += adapter.head_sq(entry[1], config, key[1]).sum(0).to(acc.dtype)
     try:
         for l in range(L):
             for kind in KINDS:
@@ -104,13 +98,9 @@ def per_example_grads(model, adapter: ArchAdapter, weights: dict, gates: torch.T
 
 
 def _head_param_norms(model, adapter: ArchAdapter, grads: dict) -> np.ndarray:
-    L, H = adapter.num_layers(model.config), adapter.num_heads(model.config)
-    out = np.zeros((L, H))
-    for l in range(L):
-        for h in range(H):
-            sq = sum(adapter.head_weight(grads[(l, k)], model.config, k, h).pow(2).sum().item() for k in KINDS)
-            out[l, h] = np.sqrt(sq)
-    return out
+    L = adapter.num_layers(model.config)
+    sq = torch.stack([sum(adapter.head_sq(grads[(l, k)].double(), model.config, k) for k in KINDS) for l in range(L)])
+    return sq.sqrt().cpu().numpy()  # [L, H], one host transfer
 
 
 def grad_fisher(model, adapter: ArchAdapter, enc: Encoded, task, pad_id: int, batch_size: int = 16,
@@ -142,7 +132,7 @@ def grad_fisher(model, adapter: ArchAdapter, enc: Encoded, task, pad_id: int, ba
                                                          task.is_regression)
                 for (l, kind), G in per_example.items():
                     G = G if G.dtype == torch.float64 else G.float()
-                    fisher_sum[l] += _head_sq(G, kind, H).sum(0).to(fisher_sum.dtype)
+                    fisher_sum[l] += adapter.head_sq(G, model.config, kind).sum(0).to(fisher_sum.dtype)
                     grad_sum[(l, kind)] += G.sum(0).float()
                 gg = g_gates.double().cpu().numpy()  # [B, L, H] = d loss_x / d g, once per batch
             else:

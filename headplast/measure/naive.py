@@ -105,10 +105,17 @@ def remove_head(model, adapter, l: int, h: int, edit: str, mean: torch.Tensor | 
     s = adapter.head_slice(model.config, h)
     o = adapter.linear(model, l, "o")
     if mean is not None:  # before the columns are zeroed; the engine's gate casts the mean the same way
-        o.bias += o.weight[:, s] @ mean.to(o.weight.dtype)  # [D]
+        shift = o.weight[:, s] @ mean.to(o.weight.dtype)  # [D]
+        if o.bias is None:  # Llama-like O has no bias: give it one
+            o.bias = torch.nn.Parameter(shift)
+        else:
+            o.bias += shift
     if edit == "o_columns":
         o.weight[:, s] = 0
     elif edit == "v_rows":
+        if adapter.group_size(model.config) > 1:
+            raise ValueError("v_rows under grouped-query attention would remove the whole K/V group: "
+                             "expand the K/V heads first (one copy per query head, the same function)")
         v = adapter.linear(model, l, "v")
         v.weight[s] = 0
         if v.bias is not None:

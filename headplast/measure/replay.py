@@ -41,9 +41,12 @@ class Replay:
         self.layers = adapter.layer_modules(model)
         self.L = len(self.layers)
         self.mask = batch["attention_mask"]  # [B, T]
+        self.ids = batch["input_ids"]  # [B, T]: decoders' task heads find the last token in them
         self.B = self.mask.shape[0]
         with record_layer_inputs(model, adapter) as calls, capture_o_inputs(model, adapter) as ctxs:
-            self.logits = model(**batch).logits  # [B, C]
+            # no KV cache: a replayed layer would append to the recorded pass's cache
+            nocache = {"use_cache": False} if adapter.reads_last else {}
+            self.logits = model(**batch, **nocache).logits  # [B, C]
         self.calls, self.ctxs = calls, ctxs  # per layer: (args, kwargs); input of O [B, T, D]
 
     def rep(self, x, k: int):
@@ -78,7 +81,11 @@ class Replay:
         """Logits [k*B, C] of layers start..L-1 run on `h` [k*B, T, D]."""
         for i in range(start, self.L):
             h = self.layer(i, h, k)
-        return self.adapter.logits(self.model, h)
+        return self.head_logits(h, k)
+
+    def head_logits(self, h: torch.Tensor, k: int) -> torch.Tensor:
+        """Logits [k*B, C] from the last layer's output h [k*B, T, D] of k stacked copies."""
+        return self.adapter.logits(self.model, h, self.rep(self.ids, k))
 
     def from_o_input(self, fast: FastPath, l: int, k: int) -> torch.Tensor:
         """Logits [k*B, C] when layer l's O input is changed by hooks the caller installed.
@@ -88,15 +95,17 @@ class Replay:
         """
         ctx, h_in = self.ctxs[l], self.calls[l][0][0]
         last = self.L - 1
-        if l == last and self._after(l) is None:
+        # decoders read a different token per example: their last layer runs in full
+        token0 = not self.adapter.reads_last
+        if l == last and token0 and self._after(l) is None:
             return self.adapter.logits(self.model, fast.finish(self.layers[l], self.rep(ctx[:, :1], k),
                                                                self.rep(h_in[:, :1], k)))
         h = self.finish_layer(l, fast.finish(self.layers[l], self.rep(ctx, k), self.rep(h_in, k)), k)
         if l == last:
-            return self.adapter.logits(self.model, h)
+            return self.head_logits(h, k)
         for i in range(l + 1, last):
             h = self.layer(i, h, k)
-        if fast.first_token_context is None or self._after(last) is not None:
+        if fast.first_token_context is None or not token0 or self._after(last) is not None:
             return self.run_from(last, h, k)
         add_mask = self.rep(additive_mask(self.mask, h.dtype), k)
         c0 = fast.first_token_context(self.layers[last], h, add_mask, self._arguments_call(last, k))

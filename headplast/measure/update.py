@@ -24,10 +24,10 @@ def qkvo_weights(model, adapter: ArchAdapter) -> dict:
 
 
 def update_magnitude(w0: dict, w1: dict, adapter: ArchAdapter, config) -> UpdateResult:
-    L, H = adapter.num_layers(config), adapter.num_heads(config)
+    L = adapter.num_layers(config)
 
-    def per_head(w, k):  # [H] squared norms of the heads' slices, one host transfer per matrix
-        return torch.stack([adapter.head_weight(w, config, k, h).pow(2).sum() for h in range(H)]).double().numpy()
+    def per_head(w, k):  # [H] squared norms of the heads' slices (K/V under GQA: a 1/G share of the group's)
+        return adapter.head_sq(w.double(), config, k).numpy()
 
     parts = {k: np.stack([per_head(w1[(l, k)] - w0[(l, k)], k) for l in range(L)]) for k in KINDS}
     base = sum(np.stack([per_head(w0[(l, k)], k) for l in range(L)]) for k in KINDS)

@@ -22,6 +22,8 @@ def build_theta0(model_path: str, task, tokenizer, train, seed: int, head_init: 
     problem = "regression" if task.is_regression else "single_label_classification"
     model = load_model(model_path, num_labels=task.num_labels, problem_type=problem).to(device)
     adapter = get_adapter(model)
+    if model.config.pad_token_id is None:  # decoders: the classifier finds the last token by the pad id
+        model.config.pad_token_id = tokenizer.pad_token_id
     probe = None
     if head_init == "probe":
         probe = fit_probe(model, adapter, tokenizer, train, task, seed, max_length, probe_epochs, probe_lr)
@@ -34,14 +36,17 @@ def build_theta0(model_path: str, task, tokenizer, train, seed: int, head_init: 
 
 @torch.no_grad()
 def first_token_features(model, adapter: ArchAdapter, enc, pad_id: int, batch_size: int = 64):
-    """Last-layer hidden state of token 0 for each example: [N, D] (all the head reads)."""
+    """Last-layer hidden state of the token the task head reads, for each example: [N, D] (token 0;
+    decoders: the last non-padding token, after the final norm)."""
     model.eval()
     base = getattr(model, adapter.base)
     device = next(model.parameters()).device
     feats = None
     for idx, batch in sorted_batches(enc, batch_size, pad_id):
         batch.pop("labels")
-        cls = base(**{k: v.to(device) for k, v in batch.items()}).last_hidden_state[:, 0]  # [B, D]
+        batch = {k: v.to(device) for k, v in batch.items()}
+        seq = base(**batch).last_hidden_state  # [B, T, D] (decoders: already after the final norm)
+        cls = seq[torch.arange(seq.shape[0], device=device), adapter.read_positions(model, batch["input_ids"])]
         if feats is None:
             feats = torch.zeros(len(enc), cls.shape[-1], device=device, dtype=cls.dtype)
         feats[torch.as_tensor(idx, device=device)] = cls
@@ -49,7 +54,7 @@ def first_token_features(model, adapter: ArchAdapter, enc, pad_id: int, batch_si
 
 
 def _probe_loss(model, adapter, feats, labels, regression: bool):
-    logits = adapter.logits(model, feats)
+    logits = adapter.head_fn(model, feats)  # feats [N, 1, D]: what the head reads
     return F.mse_loss(logits[:, 0], labels.float()) if regression else F.cross_entropy(logits, labels)
 
 
