@@ -24,13 +24,20 @@ def test_adapter_locates_qkvo_and_task_head(arch, enc_small, tok):
     ad = get_adapter(model)
     L, H, d = ad.num_layers(model.config), ad.num_heads(model.config), ad.head_dim(model.config)
     kv = ad.num_kv_heads(model.config)
-    assert (L, H, d, kv) == (2, 4, 16 if arch == "gemma" else 8, {"gemma": 1}.get(arch, 2 if ad.reads_last else 4))
+    assert (L, H, d, kv) == (2, 4, 16 if arch == "gemma" else 8, {"gemma": 1, "gpt2": 4}.get(arch, 2 if ad.reads_last else 4))
     shapes = {"q": (H * d, 32), "k": (kv * d, 32), "v": (kv * d, 32), "o": (32, H * d)}
     for l in range(L):
         for k in "qkvo":
             lin = ad.linear(model, l, k)
-            assert isinstance(lin, torch.nn.Linear) and lin.weight.shape == shapes[k]
             assert model.get_submodule(ad.module_name(l, k)) is lin
+            assert ad.weight(model, l, k).shape == shapes[k]  # [out, in] whatever the storage
+            if arch == "gpt2":  # Conv1D [in, out]; Q, K, V are thirds of c_attn's output
+                i = "qkvo".index(k) % 3
+                cols = slice(None) if k == "o" else slice(i * 32, (i + 1) * 32)
+                assert torch.equal(ad.weight(model, l, k), lin.weight[:, cols].T)
+                assert torch.equal(ad.bias(model, l, k), lin.bias[cols])
+            else:
+                assert isinstance(lin, torch.nn.Linear) and lin.weight.shape == shapes[k]
     for name in ad.head_modules:
         model.get_submodule(name)
     b = _batch(enc_small, tok)
@@ -60,7 +67,7 @@ def _call(layer, call):
 
 def test_unknown_model_type_lists_supported():
     with pytest.raises(HeadplastError) as e:
-        get_adapter("gpt2")
+        get_adapter("gpt_neox")
     assert all(t in str(e.value) for t in supported_model_types()) and "register" in str(e.value)
 
 

@@ -198,23 +198,26 @@ def reparametrised(model, seed=0):
     g = torch.Generator().manual_seed(seed)
     d, G = ad.head_dim(cfg), ad.group_size(cfg)
 
-    def apply(mod, s, t):
-        if mod is not None:
-            mod.weight[s] = t @ mod.weight[s]
-            if mod.bias is not None:
-                mod.bias[s] = t @ mod.bias[s]
+    def apply(mod, s, t):  # mod: (weight [out, in], bias) views, or a module
+        if mod is None:
+            return
+        w, b = mod if isinstance(mod, tuple) else (mod.weight, mod.bias)
+        w[s] = t @ w[s]
+        if b is not None:
+            b[s] = t @ b[s]
     for l in range(ad.num_layers(cfg)):
-        lin = {k: ad.linear(model, l, k) for k in "qkvo"}
+        lin = {k: (ad.weight(model, l, k), ad.bias(model, l, k)) for k in "qkvo"}  # GPT-2: Conv1D thirds
         layer = ad.layer_modules(model)[l]
         pos = {k: getattr(layer.attention.self, f"pos_{k}_proj", None) if hasattr(layer, "attention")
                and hasattr(layer.attention, "self") else None for k in ("query", "key")}
         for kv in range(ad.num_kv_heads(cfg)):
-            m = _commuting_with_rotary(d, g) if ad.reads_last else _invertible(d, g)
+            rotary = ad.reads_last and cfg.model_type != "gpt2"  # GPT-2's positions are added, not rotated
+            m = _commuting_with_rotary(d, g) if rotary else _invertible(d, g)
             n = _invertible(d, g)
             for h in range(kv * G, (kv + 1) * G):
                 s = ad.head_slice(cfg, h)
                 apply(lin["q"], s, m.T), apply(pos["query"], s, m.T), apply(pos["key"], s, torch.linalg.inv(m))
-                lin["o"].weight[:, s] = lin["o"].weight[:, s] @ torch.linalg.inv(n)
+                lin["o"][0][:, s] = lin["o"][0][:, s] @ torch.linalg.inv(n)
             s = ad.head_slice(cfg, kv)
             apply(lin["k"], s, torch.linalg.inv(m)), apply(lin["v"], s, n)
     return model

@@ -20,7 +20,8 @@ from headplast.measure import registry
 from headplast.store import layout
 from headplast.store.io import read_jsonl
 from outputs import results
-from tiny import tiny_model_dir
+from tiers import slow_except
+from tiny import DECODERS, tiny_model_dir
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -243,3 +244,28 @@ def test_pipeline_runs_resumes_and_survives_kill_9(tmp_path, capsys):
     cli(*args[:-4], "--n-boot", "301", "--n-perm", "200", "--output-root", a, capsys=capsys)
     st = _statuses(a)
     assert {k for k, v in st.items() if v == "ran"} == {k for k in first if k.startswith(("plot", "compare", "ranks", "report"))}
+
+
+@pytest.mark.parametrize("arch", slow_except(DECODERS, "llama"))
+def test_pipeline_runs_on_every_decoder_family(arch, tmp_path, capsys):
+    """FFT and LoRA, measure, compare and report on a tiny decoder whose tokenizer, like GPT-2's and
+    Llama's, has no pad token: padded with EOS, the classifier reads each example's last token."""
+    from safetensors.torch import load_file
+
+    model = tiny_model_dir(arch, tmp_path / "tiny", init=0.3)
+    a = tmp_path / "a"
+    text = cli("pipeline", "--model", model, "--ranks", 4, *SMALL, *STATS, "--output-root", a, capsys=capsys)
+    assert "ANSWER (SST-2, seed 1)" in text and "  LoRA_r4: across heads, " in text
+    fft, lora = a / "FFT" / "SST-2" / "seed1", a / "LoRA" / "SST-2" / "seed1_r4"
+    for d in (fft, lora):
+        _check_run(d)
+    rc = json.loads((lora / "run_config.json").read_text())
+    assert rc["model"]["reads"] == "last non-padding token" and rc["model"]["pad_is_eos"]
+    assert rc["model"]["pad_token_id"] == 4 and rc["model"]["padding_side"] == "right"
+    assert json.loads((fft / "ckpt_init" / "config.json").read_text())["pad_token_id"] == 4  # theta0 knows it
+    names = ("transformer.h.{}.attn.c_attn", "transformer.h.{}.attn.c_proj") if arch == "gpt2" else \
+        tuple(f"model.layers.{{}}.self_attn.{k}_proj" for k in "qkvo")
+    assert sorted(rc["adapted_modules"]) == sorted(n.format(l) for l in range(2) for n in names)
+    saved = load_file(str(lora / "ckpt_final" / "adapter_model.safetensors"))
+    assert "base_model.model.score.weight" in saved  # the trained classifier is saved with the adapter
+    assert (a / "COMPARE" / "SST-2" / "seed1" / "compare_metrics.json").exists() and (a / "report.html").exists()

@@ -65,12 +65,11 @@ def _naive_losses(model, other, ad, enc, task, pad_id):
                 for h in range(H):
                     m = copy.deepcopy(model)
                     s = ad.head_slice(m.config, h)
-                    for kind in ("q", "k", "v"):
-                        mine, theirs = ad.linear(m, l, kind), ad.linear(other, l, kind)
-                        mine.weight[s] = theirs.weight[s]
-                        if mine.bias is not None:
-                            mine.bias[s] = theirs.bias[s]
-                    ad.linear(m, l, "o").weight[:, s] = ad.linear(other, l, "o").weight[:, s]
+                    for kind in ("q", "k", "v"):  # [out, in] views (GPT-2's Conv1D: of the transposed thirds)
+                        ad.weight(m, l, kind)[s] = ad.weight(other, l, kind)[s]
+                        if (mine := ad.bias(m, l, kind)) is not None:
+                            mine[s] = ad.bias(other, l, kind)[s]
+                    ad.weight(m, l, "o")[:, s] = ad.weight(other, l, "o")[:, s]
                     out[idx, 1 + l * H + h] = example_losses(m(**batch).logits, labels, False).numpy()
     return out
 

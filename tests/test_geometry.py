@@ -31,13 +31,15 @@ def _reference(m0, m1, arch):
              "mpnet": ("attention.attn.q", "attention.attn.k", "attention.attn.v", "attention.attn.o")}.get(
         arch.split(":")[0], ("attention.self.query", "attention.self.key", "attention.self.value",
                              "attention.output.dense"))
+    if arch == "gpt2":
+        names = ("attn.c_attn", "attn.c_proj")
     if arch in ("llama", "qwen2", "mistral", "gemma"):
         names = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
     if arch.startswith("deberta"):
         names = ("attention.self.query_proj", "attention.self.key_proj", "attention.self.value_proj",
                  "attention.output.dense")
     p0, p1 = dict(m0.named_parameters()), dict(m1.named_parameters())
-    sep = ".layers." if ".layers." in next(n for n in p0 if "_proj" in n or ".layer." in n) else ".layer."
+    sep = {"gpt2": ".h."}.get(arch, ".layers." if any(".layers." in n for n in p0) else ".layer.")
     layers = sorted({int(n.split(sep)[1].split(".")[0]) for n in p0 if sep in n})
     out = {}
     for l in layers:
@@ -45,6 +47,8 @@ def _reference(m0, m1, arch):
         for nm in names:
             key = next(n for n in p0 if f"{sep}{l}.{nm}.weight" in n)
             dw.append((p1[key] - p0[key]).detach().double().numpy())
+        if arch == "gpt2":  # Conv1D [in, out]; Q, K, V: thirds of c_attn's output
+            dw = [dw[0][:, i * D:(i + 1) * D].T for i in range(3)] + [dw[1].T]
         for h in range(H):
             s, g = slice(h * d, (h + 1) * d), slice(h // G * d, (h // G + 1) * d)
             parts = {"q": dw[0][s], "k": dw[1][g] / np.sqrt(G), "v": dw[2][g] / np.sqrt(G), "o": dw[3][:, s].T}

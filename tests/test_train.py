@@ -10,27 +10,30 @@ from headplast.store.io import state_dict_hash
 from headplast.train.config import TrainConfig
 from headplast.train.lora import adapted_modules, make_lora_model, resolve_targets, trainable_audit
 from headplast.steps.train_step import run_train
-from tiny import ARCHS, tiny_model
+from tiny import ARCHS, DECODERS, tiny_model
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ARCHS + DECODERS)
 def test_lora_adapts_exactly_qkvo_and_audit_matches(arch):
     model = tiny_model(arch)
     ad = get_adapter(model)
     pm = make_lora_model(model, ad, 4, 8, 0.1, resolve_targets(ad, model))
     mods = adapted_modules(pm)
     L = ad.num_layers(model.config)
-    assert sorted(mods) == sorted(ad.module_name(l, k) for l in range(L) for k in "qkvo")
-    assert len(mods) == 4 * L
+    assert sorted(mods) == sorted({ad.module_name(l, k) for l in range(L) for k in "qkvo"})
+    assert len(mods) == (2 if ad.fused_qkv else 4) * L  # GPT-2: c_attn (Q, K, V) and c_proj
     ffn = {n for l in range(L) for n in ad.ffn_names(l)}
     assert not set(mods) & ffn and not any("pooler" in m or "classifier" in m for m in mods)
     audit = trainable_audit(pm, ad)
     trainable = sum(p.numel() for n, p in pm.named_parameters() if p.requires_grad)
     assert audit["trainable"] == trainable
     lora = sum(p.numel() for n, p in pm.named_parameters() if "lora_" in n)
-    assert audit["groups"]["lora"]["trainable"] == lora == 4 * L * 4 * (32 + 32)
+    # r (in + out) per adapted module (decoders: K/V narrower under grouped-query attention)
+    shapes = [pm.base_model.model.get_submodule(m).base_layer.weight.shape for m in mods]
+    assert audit["groups"]["lora"]["trainable"] == lora == sum(4 * (i + o) for o, i in shapes)
+    assert ad.reads_last or lora == 4 * L * 4 * (32 + 32)
     fresh = tiny_model(arch)  # peft wrapped `model`'s head modules (original + trained copy)
     head = sum(p.numel() for n in ad.head_modules for p in fresh.get_submodule(n).parameters())
     assert audit["groups"]["task_head"]["trainable"] == head

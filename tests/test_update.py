@@ -60,7 +60,8 @@ def test_lora_update_equals_merge_and_by_hand(arch, tmp_path):
             name = ad.module_name(l, k)
             A = sd[f"base_model.model.{name}.lora_A.weight"]
             B = sd[f"base_model.model.{name}.lora_B.weight"]
-            dw = (8 / 4) * B @ A
+            dw = (8 / 4) * B @ A  # [out, in]; GPT-2's Conv1D stores the transpose (fan_in_fan_out)
+            dw = dw.T if arch == "gpt2" else dw
             for h in range(4):
                 ref[l, h] += head_sq(dw, theta0.config, k, h)
     np.testing.assert_allclose(res.U, np.sqrt(ref), rtol=1e-5)

@@ -15,7 +15,7 @@ VARIANTS = ("deberta-v2:shared", "deberta-v2:conv")
 # decoders, each with what sets it apart: grouped-query attention (llama, qwen2, mistral; gemma:
 # one K/V head), Q/K/V biases (qwen2), a sliding window shorter than the examples (mistral),
 # head_dim != hidden / heads (gemma)
-DECODERS = ("llama", "qwen2", "mistral", "gemma")
+DECODERS = ("gpt2", "llama", "qwen2", "mistral", "gemma")  # gpt2: fused Q/K/V in a Conv1D ([in, out])
 ALL_ARCHS = ARCHS + VARIANTS + DECODERS
 
 
@@ -36,6 +36,9 @@ def tiny_config(arch: str, num_labels: int = 2, layers: int = 2, heads: int = 4,
     arch, _, variant = arch.partition(":")
     common = dict(vocab_size=200, num_labels=num_labels, pad_token_id=0, max_position_embeddings=300,
                   initializer_range=init)
+    if arch == "gpt2":
+        return tf.GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, n_positions=300, n_inner=2 * hidden,
+                             **common)
     if arch in DECODERS:
         cls = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config, "mistral": tf.MistralConfig,
                "gemma": tf.GemmaConfig}[arch]
@@ -75,6 +78,11 @@ def head_sq(w: torch.Tensor, config, kind: str, h: int) -> float:
     H = config.num_attention_heads
     kv = getattr(config, "num_key_value_heads", None) or H
     d = getattr(config, "head_dim", None) or config.hidden_size // H
+    if config.model_type == "gpt2":  # w is the Conv1D's [in, out]; Q, K, V: thirds of c_attn's output
+        w = w.T
+        if kind != "o" and w.shape[0] == 3 * H * d:
+            i = "qkv".index(kind)
+            w = w[i * H * d:(i + 1) * H * d]
     g, share = (h // (H // kv), kv / H) if kind in ("k", "v") else (h, 1.0)
     part = w[:, g * d:(g + 1) * d] if kind == "o" else w[g * d:(g + 1) * d]
     return share * float(part.double().pow(2).sum())
@@ -110,7 +118,11 @@ def tiny_model_dir(arch: str, path: Path, seed: int = 0, **kw) -> Path:
     """A local model directory (weights + tokenizer) usable as --model."""
     path = Path(path)
     tok = tiny_tokenizer(path / "_tok")
-    tiny_model(arch, seed, **kw).save_pretrained(path)
+    model = tiny_model(arch, seed, **kw)
+    if arch.split(":")[0] in DECODERS:  # as GPT-2's and Llama's: no pad token, an EOS that texts never contain
+        tok.pad_token, tok.eos_token = None, "[MASK]"
+        model.config.pad_token_id = None
+    model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
 

@@ -88,6 +88,10 @@ class ArchAdapter:
     reads_last: bool = False
     final_norm: str | None = None
     n_kv_heads_attr: str | None = None  # grouped-query attention: config attribute of the K/V head count
+    # GPT-2: Q, K and V are thirds of one module's output (qkvo[0..2] name it), and its modules are
+    # transformers' Conv1D, weights stored [in, out] (`weight` gives every kind as [out, in])
+    fused_qkv: bool = False
+    conv1d: bool = False
 
     # --- shape -------------------------------------------------------------
     def num_layers(self, config) -> int:
@@ -110,7 +114,14 @@ class ArchAdapter:
 
     # --- module access -----------------------------------------------------
     def layer_modules(self, model) -> nn.ModuleList:
-        return _get(_get(model, self.base), self.layers)
+        return _get(self.base_of(model), self.layers)
+
+    def base_of(self, model) -> nn.Module:
+        """The task model's base (encoder or decoder stack); through a peft wrapper too (whose own
+        `model` attribute would hide Llama's)."""
+        if hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        return _get(model, self.base)
 
     def linear(self, model, layer: int, kind: str) -> nn.Linear:
         return _get(self.layer_modules(model)[layer], self.qkvo[KINDS.index(kind)])
@@ -121,6 +132,30 @@ class ArchAdapter:
 
     def ffn_names(self, layer: int) -> list[str]:
         return [f"{self.base}.{self.layers}.{layer}.{p}" for p in self.ffn]
+
+    # --- weights of one kind, [out, in] whatever the storage ---------------------
+    def out_slice(self, config, kind: str) -> slice:
+        """Where `kind` lies in its module's output (a third of a fused Q/K/V module; else all of it)."""
+        if not (self.fused_qkv and kind in "qkv"):
+            return slice(None)
+        width = self.num_heads(config) * self.head_dim(config)
+        i = "qkv".index(kind)
+        return slice(i * width, (i + 1) * width)
+
+    def kind_view(self, t: torch.Tensor, config, kind: str) -> torch.Tensor:
+        """A module-shaped weight tensor (the weight, its gradient; [..., *weight.shape]) -> the kind's
+        [..., out, in] part, a view (writes go through)."""
+        if self.conv1d:
+            t = t.transpose(-1, -2)
+        return t[..., self.out_slice(config, kind), :]
+
+    def weight(self, model, layer: int, kind: str) -> torch.Tensor:
+        """Q/K/V/O's weight as [out, in] (a view of the parameter)."""
+        return self.kind_view(self.linear(model, layer, kind).weight, model.config, kind)
+
+    def bias(self, model, layer: int, kind: str) -> torch.Tensor | None:
+        b = self.linear(model, layer, kind).bias
+        return None if b is None else b[self.out_slice(model.config, kind)]
 
     def head_slice(self, config, head: int) -> slice:
         d = self.head_dim(config)
@@ -197,7 +232,7 @@ class ArchAdapter:
             return seq
         if input_ids is not None:
             seq = seq[torch.arange(seq.shape[0], device=seq.device), self.read_positions(model, input_ids)][:, None]
-        return _get(_get(model, self.base), self.final_norm)(seq)
+        return _get(self.base_of(model), self.final_norm)(seq)
 
     def logits(self, model, seq: torch.Tensor, input_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, C] from the last layer's output [B, T, D] (decoders need input_ids to find
@@ -251,6 +286,9 @@ register(ArchAdapter("mpnet", "mpnet", "encoder.layer",
 
 
 # --- decoders: the classifier reads the last non-padding token after the final norm -------------
+register(ArchAdapter("gpt2", "transformer", "h", ("attn.c_attn", "attn.c_attn", "attn.c_attn", "attn.c_proj"),
+                     ("mlp.c_fc", "mlp.c_proj"), ("score",), _score_on_seq, reads_last=True, final_norm="ln_f",
+                     fused_qkv=True, conv1d=True))
 _LLAMA_QKVO = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
 _LLAMA_FFN = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 for _mt in ("llama", "qwen2", "mistral", "gemma"):  # same layout; Q/K/V biases, windows, head_dim: config

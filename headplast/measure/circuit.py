@@ -82,8 +82,8 @@ def qkvo_biases(model, adapter: ArchAdapter) -> dict:
     out = {}
     for l in range(adapter.num_layers(model.config)):
         for k in KINDS:
-            lin = adapter.linear(model, l, k)
-            b = lin.bias if lin.bias is not None else torch.zeros(lin.weight.shape[0])
+            b = adapter.bias(model, l, k)
+            b = b if b is not None else torch.zeros(adapter.weight(model, l, k).shape[0])
             out[(l, k)] = b.detach().float().cpu().clone()
     return out
 

@@ -36,7 +36,8 @@ from headplast.store import schema
 @contextmanager
 def _qkv_from(model, other, adapter: ArchAdapter, l: int):
     """Every head's Q/K/V (weights and biases) of layer l taken from `other`."""
-    mods = [(adapter.linear(model, l, k), adapter.linear(other, l, k)) for k in ("q", "k", "v")]
+    mods = list({id(m): (m, o) for m, o in ((adapter.linear(model, l, k), adapter.linear(other, l, k))
+                                            for k in ("q", "k", "v"))}.values())  # GPT-2: one module
     saved = [(m.weight.data.clone(), None if m.bias is None else m.bias.data.clone()) for m, _ in mods]
     try:
         for m, o in mods:
@@ -110,7 +111,7 @@ def patch_losses(model, other, adapter: ArchAdapter, enc: Encoded, task, pad_id:
         def hooks(l, heads):  # copy j: head heads[j] of layer l patched
             if l not in patch:
                 o_mod = adapter.linear(model, l, "o")
-                d_o = adapter.linear(other, l, "o").weight.data - o_mod.weight.data  # [D, H*d]
+                d_o = (adapter.weight(other, l, "o") - adapter.weight(model, l, "o")).detach().contiguous()  # [D, H*d]
                 patch.clear()  # units come layer by layer: only the current layer's is kept
                 patch[l] = (o_mod, _patched_context(rp, other, l), d_o)
             return _patch_hooks(*patch[l], heads, d)

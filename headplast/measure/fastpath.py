@@ -84,6 +84,11 @@ def _llama_finish(layer, ctx, h_in):
     return a + layer.mlp(layer.post_attention_layernorm(a))
 
 
+def _gpt2_finish(layer, ctx, h_in):
+    a = h_in + layer.attn.resid_dropout(layer.attn.c_proj(ctx))
+    return a + layer.mlp(layer.ln_2(a))
+
+
 FAST_PATHS = {
     "bert": FastPath(_bert_finish, _bert_first),
     "roberta": FastPath(_bert_finish, _bert_first),
@@ -92,4 +97,5 @@ FAST_PATHS = {
     "distilbert": FastPath(_distil_finish, _distil_first),
     "mpnet": FastPath(_mpnet_finish, _mpnet_first),
     **{mt: FastPath(_llama_finish, None) for mt in ("llama", "qwen2", "mistral", "gemma")},
+    "gpt2": FastPath(_gpt2_finish, None),
 }

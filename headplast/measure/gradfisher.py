@@ -57,9 +57,11 @@ def per_example_sq_norms(model, adapter: ArchAdapter, acc: torch.Tensor, B: int)
                 raise RuntimeError(f"{key}: an input shared by the batch needs per-example batches of 1")
             pending.setdefault(key, [0, None])[0] += 1
 
+            cols = adapter.out_slice(config, key[1])  # GPT-2: this kind's third of the fused Q/K/V output
+
             def on_grad(g):  # g: [b, T, out]
                 dt = torch.float64 if g.dtype == torch.float64 else torch.float32
-                add(key, torch.einsum("bto,bti->boi", g.to(dt), x.to(dt)))  # per-example dW [b, out, in]
+                add(key, torch.einsum("bto,bti->boi", g[..., cols].to(dt), x.to(dt)))  # per-example dW [b, out, in]
             out.register_hook(on_grad)
         return fwd
 
@@ -99,7 +101,8 @@ def per_example_grads(model, adapter: ArchAdapter, weights: dict, gates: torch.T
 
 def _head_param_norms(model, adapter: ArchAdapter, grads: dict) -> np.ndarray:
     L = adapter.num_layers(model.config)
-    sq = torch.stack([sum(adapter.head_sq(grads[(l, k)].double(), model.config, k) for k in KINDS) for l in range(L)])
+    sq = torch.stack([sum(adapter.head_sq(adapter.kind_view(grads[(l, k)].double(), model.config, k), model.config, k)
+                          for k in KINDS) for l in range(L)])
     return sq.sqrt().cpu().numpy()  # [L, H], one host transfer
 
 
@@ -131,9 +134,9 @@ def grad_fisher(model, adapter: ArchAdapter, enc: Encoded, task, pad_id: int, ba
                 per_example, g_gates = per_example_grads(model, adapter, weights, gates, batch, labels,
                                                          task.is_regression)
                 for (l, kind), G in per_example.items():
-                    G = G if G.dtype == torch.float64 else G.float()
+                    G = adapter.kind_view(G if G.dtype == torch.float64 else G.float(), model.config, kind)
                     fisher_sum[l] += adapter.head_sq(G, model.config, kind).sum(0).to(fisher_sum.dtype)
-                    grad_sum[(l, kind)] += G.sum(0).float()
+                    grad_sum[(l, kind)] += per_example[(l, kind)].sum(0).float()
                 gg = g_gates.double().cpu().numpy()  # [B, L, H] = d loss_x / d g, once per batch
             else:
                 for w in weights.values():

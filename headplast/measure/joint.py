@@ -61,6 +61,7 @@ def heads_from(model, other, adapter: ArchAdapter, layers):
     pairs = [(m.weight, o.weight) for l in layers for m, o, bias in _per_head_modules(model, other, adapter, l)]
     pairs += [(m.bias, o.bias) for l in layers for m, o, bias in _per_head_modules(model, other, adapter, l)
               if bias and m.bias is not None and o.bias is not None]
+    pairs = list({id(a): (a, b) for a, b in pairs}.values())  # GPT-2's Q/K/V: one module, swapped once
     done = []
     try:
         for a, b in pairs:
@@ -107,7 +108,7 @@ def joint_losses(model, other, adapter: ArchAdapter, enc: Encoded, task, pad_id:
         buf[:, 0] = loss(rp.logits)
         for l in range(L):  # as the update effect patches one head, with every head of the layer at once
             o_mod = adapter.linear(model, l, "o")
-            d_o = adapter.linear(other, l, "o").weight.data - o_mod.weight.data  # [D, H*d]
+            d_o = (adapter.weight(other, l, "o") - adapter.weight(model, l, "o")).detach().contiguous()  # [D, H*d]
             with _whole_layer_hooks(o_mod, _patched_context(rp, other, l), d_o):
                 buf[:, 1 + l] = loss(rp.run_from(l, rp.input_of(l, 1), 1) if fast is None
                                      else rp.from_o_input(fast, l, 1))

@@ -103,23 +103,22 @@ def remove_head(model, adapter, l: int, h: int, edit: str, mean: torch.Tensor | 
     this ties slice h of O's input to head h's own value projection. mean [d] (mean ablation):
     O's bias += W_O[:, slice h] @ mean, what O adds for a head whose context is its mean."""
     s = adapter.head_slice(model.config, h)
-    o = adapter.linear(model, l, "o")
+    o, wo = adapter.linear(model, l, "o"), adapter.weight(model, l, "o")  # wo: [out, in], a view
     if mean is not None:  # before the columns are zeroed; the engine's gate casts the mean the same way
-        shift = o.weight[:, s] @ mean.to(o.weight.dtype)  # [D]
+        shift = wo[:, s] @ mean.to(wo.dtype)  # [D]
         if o.bias is None:  # Llama-like O has no bias: give it one
             o.bias = torch.nn.Parameter(shift)
         else:
             o.bias += shift
     if edit == "o_columns":
-        o.weight[:, s] = 0
+        wo[:, s] = 0
     elif edit == "v_rows":
         if adapter.group_size(model.config) > 1:
             raise ValueError("v_rows under grouped-query attention would remove the whole K/V group: "
                              "expand the K/V heads first (one copy per query head, the same function)")
-        v = adapter.linear(model, l, "v")
-        v.weight[s] = 0
-        if v.bias is not None:
-            v.bias[s] = 0
+        adapter.weight(model, l, "v")[s] = 0
+        if (bv := adapter.bias(model, l, "v")) is not None:
+            bv[s] = 0
     else:
         raise ValueError(f"edit {edit!r}: one of {EDITS}")
 

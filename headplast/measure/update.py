@@ -19,8 +19,7 @@ from headplast.store import schema
 def qkvo_weights(model, adapter: ArchAdapter) -> dict:
     """{(layer, kind): fp32 weight} for Q, K, V, O of every layer (biases excluded)."""
     L = adapter.num_layers(model.config)
-    return {(l, k): adapter.linear(model, l, k).weight.detach().float().cpu().clone()
-            for l in range(L) for k in KINDS}
+    return {(l, k): adapter.weight(model, l, k).detach().float().cpu().clone() for l in range(L) for k in KINDS}
 
 
 def update_magnitude(w0: dict, w1: dict, adapter: ArchAdapter, config) -> UpdateResult:

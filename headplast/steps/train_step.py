@@ -195,7 +195,11 @@ def _train(cfg: TrainConfig, run: layout.RunId, out: Path, defaults: dict, data,
     record = {"run": run.__dict__, "label": run.label, "config": cfg.run_fields(), "model_path": model_path,
               "status": "training", "theta0": theta0_info, "data": _data_info(data), "adapted_modules": adapted,
               "trainable": trainable_audit(model, adapter), "command": train_command(cfg.to_dict()),
-              "model": {"stored_dtype": stored_dtype(model_path), "loaded_dtype": "float32"},
+              "model": {"stored_dtype": stored_dtype(model_path), "loaded_dtype": "float32",
+                        # what the task head reads, and the padding that finds it (decoders: the last token)
+                        "reads": "last non-padding token" if adapter.reads_last else "token 0",
+                        "pad_token_id": tok.pad_token_id, "pad_is_eos": tok.pad_token == tok.eos_token,
+                        "padding_side": tok.padding_side},
               "device": describe(training_device(cfg.device)), "speed": cfg.speed(), "precision": precision_state(),
               **({"rank_pattern": pattern} if pattern else {}),
               "defaults": {"filled": defaults, "why": recipes.why(data.task.name)}, **provenance()}

@@ -29,6 +29,10 @@ def resolve_targets(adapter: ArchAdapter, model, spec: str = "attn") -> list[str
         if tok in ("attn", "qkvo"):
             names += [adapter.module_name(l, k) for l in range(L) for k in KINDS]
         elif tok in KINDS:
+            if adapter.fused_qkv and tok != "o":
+                raise HeadplastError(f"--lora-targets {tok}: this family's Q, K and V are one module "
+                                     f"({adapter.qkvo[0]}), so a LoRA on it adapts all three",
+                                     "use attn (Q/K/V and O) or name the module: " + adapter.module_name(0, tok))
             names += [adapter.module_name(l, tok) for l in range(L)]
         elif tok == "ffn":
             names += [n for l in range(L) for n in adapter.ffn_names(l)]
@@ -56,6 +60,7 @@ def make_lora_model(model, adapter: ArchAdapter, r: int, alpha: float, dropout: 
     cfg = LoraConfig(
         task_type=TaskType.SEQ_CLS, r=r, lora_alpha=alpha, lora_dropout=dropout,
         target_modules=targets, bias="none", rank_pattern=rank_pattern, alpha_pattern=alpha_pattern,
+        fan_in_fan_out=adapter.conv1d,  # GPT-2's Conv1D stores weights [in, out]
         # SEQ_CLS saves only `classifier`: the pooler / pre_classifier must be listed too
         modules_to_save=list(adapter.head_modules),
     )
@@ -96,7 +101,7 @@ def _group(name: str, adapter: ArchAdapter, attn_suffixes) -> str:
         return "lora"
     if any(clean.startswith(h + ".") for h in adapter.head_modules):
         return "task_head"
-    if "embeddings" in clean:
+    if "embeddings" in clean or "embed_tokens" in clean:
         return "embeddings"
     stem = clean.rsplit(".", 1)[0]
     if any(stem.endswith(s) for s in attn_suffixes):
@@ -138,16 +143,19 @@ def module_scores(by: str, heads: dict[str, np.ndarray], adapter: ArchAdapter, t
     U: the Frobenius norm of the module's part of the update, sqrt(sum_h U_kind[l, h]^2) (of the
     whole layer for an FFN module). I_pre / effect_fwd: sum over the layer's heads of max(score, 0)
     (a head whose removal helps gets no rank), the same for Q, K, V, O and the FFN of a layer."""
-    where = {adapter.module_name(l, k): (l, k) for l in range(num_layers) for k in KINDS}
+    where: dict = {}
+    for l in range(num_layers):  # a module holds one kind, or (GPT-2's c_attn) Q, K and V
+        for k in KINDS:
+            where.setdefault(adapter.module_name(l, k), (l, []))[1].append(k)
     where.update({n: (l, None) for l in range(num_layers) for n in adapter.ffn_names(l)})
     out = {}
     for name in targets:
         if name not in where:
             raise HeadplastError(f"--rank-by {by}: {name} is not an attention or FFN module of a layer, so no "
                                  "head score applies to it", "use --lora-targets attn (or attn,ffn)")
-        l, kind = where[name]
+        l, kinds = where[name]
         if by == "U":
-            parts = [heads[f"U_{kind}"][l]] if kind else [heads[f"U_{k}"][l] for k in KINDS]
+            parts = [heads[f"U_{k}"][l] for k in (kinds or KINDS)]
             out[name] = float(np.sqrt(sum((p ** 2).sum() for p in parts)))
         else:
             out[name] = float(np.clip(heads[by][l], 0, None).sum())

@@ -22,7 +22,9 @@ def build_theta0(model_path: str, task, tokenizer, train, seed: int, head_init: 
     problem = "regression" if task.is_regression else "single_label_classification"
     model = load_model(model_path, num_labels=task.num_labels, problem_type=problem).to(device)
     adapter = get_adapter(model)
-    if model.config.pad_token_id is None:  # decoders: the classifier finds the last token by the pad id
+    if adapter.reads_last and model.config.pad_token_id != tokenizer.pad_token_id:
+        # decoders' classifiers find each example's last token by the pad id: it must be the one the
+        # batches are padded with (the tokenizer's; from EOS where it had none)
         model.config.pad_token_id = tokenizer.pad_token_id
     probe = None
     if head_init == "probe":
@@ -39,7 +41,7 @@ def first_token_features(model, adapter: ArchAdapter, enc, pad_id: int, batch_si
     """Last-layer hidden state of the token the task head reads, for each example: [N, D] (token 0;
     decoders: the last non-padding token, after the final norm)."""
     model.eval()
-    base = getattr(model, adapter.base)
+    base = adapter.base_of(model)
     device = next(model.parameters()).device
     feats = None
     for idx, batch in sorted_batches(enc, batch_size, pad_id):
