@@ -17,7 +17,9 @@ short still says how far it got:
 - C. speed at the guide's scale: a random DeBERTa-v3-base-shaped model (no hub), RTE up to 256
   tokens: theta0 seconds, FFT and LoRA steady-state seconds per step and peak memory, then
   the measurements at the device's defaults (importance head-examples/s, update effect,
-  gradient/Fisher ms per example), the engine next to the naive loop on a slice.
+  gradient/Fisher ms per example), the engine next to the naive loop on a slice; a random
+  Qwen2.5-0.5B-shaped decoder: the engine vs the naive loop in fp32, and on bf16 weights (its
+  agreement with fp32 reported).
 - D. engines: a Ray task given one GPU sees one, given none sees none; torchrun on 2 GPUs
   writes the files one process writes (skipped below 2 GPUs).
 
@@ -65,7 +67,8 @@ BUDGETS = {"cuda": ({"A": 30, "B": 170, "C": 200, "D": 50}, 450),
            "cpu": ({"A": 60, "B": 150, "C": 150, "D": 90}, 600)}
 RTOL = 1e-4
 # B: the user's family first, so a budget cut keeps it
-FAMILIES = ("deberta-v2:shared", "bert", "roberta", "electra", "distilbert", "mpnet", "deberta-v2", "deberta-v2:conv")
+FAMILIES = ("deberta-v2:shared", "bert", "roberta", "electra", "distilbert", "mpnet", "deberta-v2", "deberta-v2:conv",
+            "llama", "gpt2", "qwen2", "mistral", "gemma")
 # --device cpu (CI's time): the default path on one family, the other ablations than zero on one
 CPU_FAMILIES = ("deberta-v2:shared",)
 
@@ -818,6 +821,53 @@ class Session:
         ck.run("fft.measure", self.c_measure, "fft")
         ck.run("engine_vs_naive", self.c_naive)
         ck.run("lora.measure", self.c_measure, "lora")
+        ck.run("decoder_engine", self.c_decoder)
+
+    def c_decoder(self, r: Result) -> None:
+        """A random Qwen2.5-0.5B-shaped decoder (grouped-query attention, 24 x 14 heads): importance by
+        the engine vs the naive loop in fp32 (must agree), and the engine on bf16 weights (its
+        agreement with fp32 reported, not required: bf16 is not the exact default)."""
+        import numpy as np
+        import torch
+        from transformers import Qwen2Config, Qwen2ForSequenceClassification
+
+        from headplast.arch import get_adapter
+        from headplast.data import get_task
+        from headplast.data.tokenize import Encoded
+        from headplast.measure.ablation import ablation_importance
+        from headplast.measure.naive import naive_importance
+
+        shape = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                     intermediate_size=4864, vocab_size=151936) if not self.a.tiny else \
+            dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=64, vocab_size=200)
+        torch.manual_seed(0)
+        model = Qwen2ForSequenceClassification(Qwen2Config(**shape, num_labels=2, pad_token_id=0)).eval().to(self.dev)
+        ad, task = get_adapter(model), get_task("SST-2")
+        n = 32 if not self.a.tiny else 4
+        rng = np.random.default_rng(0)
+        lens = rng.integers(16, 33, n)
+        enc = Encoded([{"input_ids": rng.integers(1, shape["vocab_size"], t).tolist(), "attention_mask": [1] * t}
+                       for t in lens], rng.integers(0, 2, n))
+        res, peak = {}, Peak(self.dev)
+        runs = (("engine", lambda: ablation_importance(model, ad, enc, task, 0, batch_size=n, progress=False)),
+                ("naive", lambda: naive_importance(model, ad, enc, task, 0, batch_size=n)),
+                ("engine_bf16", lambda: ablation_importance(model.to(torch.bfloat16), ad, enc, task, 0,
+                                                            batch_size=n, progress=False)))
+        for name, fn in runs:
+            with exact():
+                peak.start()
+                t = time.perf_counter()
+                res[name] = fn().importance
+                sync(self.dev)
+                r.numbers[name] = {"seconds": round(time.perf_counter() - t, 3), "peak_gpu_mib": peak.read()}
+        r.numbers.update(examples=n, parameters=sum(p.numel() for p in model.parameters()),
+                         speedup=round(r.numbers["naive"]["seconds"] / r.numbers["engine"]["seconds"], 2),
+                         rel_diff=rel_diff(res["engine"], res["naive"]),
+                         bf16_rel_diff=rel_diff(res["engine_bf16"], res["engine"]))
+        expect(r.numbers["rel_diff"] <= RTOL, f"engine vs naive differ by {r.numbers['rel_diff']:.2e} relative")
+        r.summary = (f"{r.numbers['parameters'] / 1e6:.0f}M, {n} ex: engine {r.numbers['speedup']}x the naive loop "
+                     f"(rel diff {r.numbers['rel_diff']:.1e}); bf16 weights vs fp32: {r.numbers['bf16_rel_diff']:.1e}")
 
     def c_model(self, r: Result) -> None:
         """A random DeBERTa-v3-base-shaped classifier (seeded) and the embedded tokenizer."""

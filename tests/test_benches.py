@@ -35,7 +35,7 @@ def test_gpu_check_on_cpu_runs_every_phase_that_applies(tmp_path):
     # what the CPU can do ran; what needs CUDA or 2 GPUs says so
     ran = ["A.tf32", "A.bf16", "A.trainer_gpus", "A.half_checkpoint_loads_fp32", "A.frozen_weights_move",
            "B.deberta-v2:shared.engine_vs_naive", "B.bert.engine_vs_naive", "B.deberta-v2:shared.default_path",
-           "C.model", "C.fft.train", "C.lora.train", "C.fft.measure", "C.lora.measure", "C.engine_vs_naive", "D.ray"]
+           "C.model", "C.fft.train", "C.lora.train", "C.fft.measure", "C.lora.measure", "C.engine_vs_naive", "C.decoder_engine", "D.ray"]
     assert {n: checks[n]["status"] for n in ran} == {n: "passed" for n in ran}
     assert "needs CUDA" in checks["B.cross_device"]["reason"]
     assert checks["D.torchrun_2_gpus"]["status"] == "skipped" and "needs 2 GPUs" in checks["D.torchrun_2_gpus"]["reason"]
@@ -43,6 +43,8 @@ def test_gpu_check_on_cpu_runs_every_phase_that_applies(tmp_path):
     assert checks["C.fft.train"]["numbers"]["steady_s_per_step"] > 0 and checks["C.fft.train"]["numbers"]["theta0_seconds"] > 0
     assert checks["C.fft.measure"]["numbers"]["importance_head_examples_per_s"] > 0
     assert checks["C.fft.measure"]["numbers"]["gradfisher_ms_per_example"] > 0
+    dec = checks["C.decoder_engine"]["numbers"]  # grouped-query decoder: engine = naive loop; bf16 reported
+    assert dec["rel_diff"] <= 1e-4 and dec["bf16_rel_diff"] > dec["rel_diff"] and dec["speedup"] > 0
     # the table: a row per phase and per check
     assert "B: same numbers on CUDA as on the CPU" in p.stdout and "D.ray" in p.stdout and "PASSED in" in p.stdout
 

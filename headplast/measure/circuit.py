@@ -17,7 +17,9 @@ Elhage et al. write these as W_Q^h W_K^hᵀ and W_O^h W_V^h on row vectors; the 
 (DeBERTa's 1/sqrt(d · scale_factor)) is a constant and left out (it cancels in both columns).
 DeBERTa's relative-position terms (content-to-position q_i · k_pos(δ), position-to-content
 k_j · q_pos(δ); in DeBERTa the key bias meets the position queries there) are not part of QK, nor
-MPNet's relative position bias: QK is the content-to-content circuit only.
+MPNet's relative position bias: QK is the content-to-content circuit only. Decoders with rotary
+embeddings score q_iᵀ R(j−i) k_j: QK is that map at relative distance 0. Under grouped-query
+attention head h's K/V are its group's (adapter.head_weight): QK and OV are the maps h applies.
 
 ΔQK = QK(θ1) − QK(θ0), ΔOV likewise; qk_rel = ||ΔQK||_F / ||QK(θ0)||_F, ov_rel likewise, and
 the stable ranks ||Δ||_F² / ||Δ||_2² (NaN where the map did not change). Any invertible d×d map M

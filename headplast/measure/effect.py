@@ -3,7 +3,10 @@
   effect_fwd(l,h) = mean_x [loss_x(theta0) - loss_x(theta0 with head h's Q/K/V rows and O columns from theta1)]
   effect_rev(l,h) = mean_x [loss_x(theta1 with head h's Q/K/V rows and O columns from theta0) - loss_x(theta1)]
 
-"Q/K/V rows" include their biases; everything that is not per head (O's bias, LayerNorms, FFN,
+Under grouped-query attention head h's K/V rows are its group's, shared with the group's other
+heads: patching "head h" computes h with the other model's Q rows, group K/V rows and O columns
+while the other heads keep their own K/V (what patching h's rows gives in the same model with the
+K/V heads copied once per query head). "Q/K/V rows" include their biases; everything that is not per head (O's bias, LayerNorms, FFN,
 embeddings, task head) keeps the model's own values. LoRA's theta1 is the merged model.
 
 Exact and fast, on the ablation engine (headplast.measure.replay): heads do not mix before O,

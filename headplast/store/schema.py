@@ -180,7 +180,7 @@ UPDATE = Schema(
     compare=(("I_pre", "U"), ("I_pre", "Urel"), ("I_post", "U"), ("I_post", "Urel")),
     summary=(("I_pre", "U"), ("I_pre", "Urel"), ("I_post", "U")), section=PRIMARY_SECTION,
     table=("U", "Urel"), heatmap=("U",), rank_by=("U",),
-    version=2)  # 2: W0 (issue 30 item 4)
+    version=3)  # 2: W0 (issue 30 item 4); 3: squared norms summed in float64 (last bits), K/V per query head under GQA
 
 GRADFISHER = Schema(
     "gradfisher_pre", ("grad_norm", "fisher", "gate_grad", "gate_fisher", "taylor"), needs=("theta0", "eval"),
@@ -189,7 +189,7 @@ GRADFISHER = Schema(
             "taylor": "Taylor estimate −mean ∂L_x/∂g (nats)"},
     log_columns=("grad_norm", "fisher", "gate_grad", "gate_fisher"),
     pairs=(("I_pre", "grad_norm"), ("I_pre", "fisher"), ("I_pre", "gate_grad"), ("I_pre", "taylor")),
-    settings=("dtype",))
+    settings=("dtype",), version=2)  # 2: grad_norm's squares summed in float64 (last bits); K/V per query head under GQA
 
 _EFFECT_PAIRS = (("I_pre", "effect_fwd"), ("U", "effect_fwd"), ("I_post", "effect_rev"), ("U", "effect_rev"))
 UPDATE_EFFECT = Schema(
