@@ -107,3 +107,49 @@ def test_identical_models_have_zero_effect(enc_small, tok, rte):
     assert np.abs(res.effect_fwd).max() < 1e-6 and np.abs(res.effect_rev).max() < 1e-6
     assert len(res.rows()) == 8 and set(res.rows()[0]) == {"layer", "head", "effect_fwd", "effect_fwd_se",
                                                            "effect_rev", "effect_rev_se"}
+
+
+@pytest.mark.parametrize("arch", slow_except(("llama", "gemma", "bert"), "llama"))
+def test_the_group_effect_equals_patching_the_whole_groups_weights(arch, enc_small, tok, rte):
+    """--kv-group-effect: every Q/K/V row and O column of a K/V group's heads from the other model at
+    once, against a deep copy with those weights set (a weight patch, no hook); llama 2 groups of 2,
+    gemma 1 group of 4 (one K/V head), bert groups of 1 (= the update effect)."""
+    from headplast.measure.effect import group_effect
+
+    task, _ = rte
+    m0, m1, ad = model_pair(arch, "trained")
+    res = group_effect(m0, m1, ad, enc_small, task, tok.pad_token_id, batch_size=4, max_tokens=100, progress=False)
+    cfg = m0.config
+    L, H, G = ad.num_layers(cfg), ad.num_heads(cfg), ad.group_size(cfg)
+    assert G == {"llama": 2, "gemma": 4, "bert": 1}[arch]
+    from headplast.data.tokenize import sorted_batches
+
+    def naive(model, other):
+        out = np.zeros((len(enc_small), 1 + L * (H // G)))
+        for idx, batch in sorted_batches(enc_small, 3, tok.pad_token_id):
+            labels = batch.pop("labels")
+            with torch.no_grad():
+                out[idx, 0] = example_losses(model(**batch).logits, labels, False).numpy()
+                for l in range(L):
+                    for g in range(H // G):
+                        m = copy.deepcopy(model)
+                        d = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
+                        rows = {"q": slice(g * G * d, (g + 1) * G * d),  # the group's query heads
+                                "k": slice(g * d, (g + 1) * d), "v": slice(g * d, (g + 1) * d)}
+                        for kind, s in rows.items():
+                            ad.weight(m, l, kind)[s] = ad.weight(other, l, kind)[s]
+                            if (b := ad.bias(m, l, kind)) is not None:
+                                b[s] = ad.bias(other, l, kind)[s]
+                        ad.weight(m, l, "o")[:, rows["q"]] = ad.weight(other, l, "o")[:, rows["q"]]
+                        out[idx, 1 + l * (H // G) + g] = example_losses(m(**batch).logits, labels, False).numpy()
+        return out
+    fwd, rev = naive(m0, m1), naive(m1, m0)
+    f = np.repeat((fwd[:, :1] - fwd[:, 1:]).mean(0).reshape(L, H // G), G, axis=1)
+    r = np.repeat((rev[:, 1:] - rev[:, :1]).mean(0).reshape(L, H // G), G, axis=1)
+    assert np.abs(f).max() > 1e-3
+    np.testing.assert_allclose(res.group_effect_fwd, f, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(res.group_effect_rev, r, atol=1e-5, rtol=0)
+    if G == 1:  # groups of one head: the update effect itself
+        eff = update_effect(m0, m1, ad, enc_small, task, tok.pad_token_id, batch_size=4, max_tokens=100,
+                            progress=False)
+        np.testing.assert_allclose(res.group_effect_fwd, eff.effect_fwd, atol=1e-9, rtol=0)

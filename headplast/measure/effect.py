@@ -32,7 +32,7 @@ from headplast.measure.fastpath import FAST_PATHS
 from headplast.measure.gating import capture_o_inputs
 from headplast.measure.headloop import mean_se, sweep
 from headplast.measure.replay import Replay
-from headplast.measure.results import UpdateEffectResult
+from headplast.measure.results import GroupEffectResult, UpdateEffectResult
 from headplast.store import schema
 
 
@@ -102,11 +102,15 @@ def o_hooks(o_module, pre, post):
 
 
 def patch_losses(model, other, adapter: ArchAdapter, enc: Encoded, task, pad_id: int, batch_size: int = 32,
-                 max_tokens: int = 1 << 14, progress: bool = True, desc: str = "update effect") -> np.ndarray:
+                 max_tokens: int = 1 << 14, progress: bool = True, desc: str = "update effect",
+                 groups: bool = False) -> np.ndarray:
     """Per-example losses [N, 1 + L*H]: column 0 `model`'s own, column 1 + l*H + h with head (l, h)'s
-    parameters taken from `other` (same architecture and shapes)."""
+    parameters taken from `other` (same architecture and shapes). groups: per K/V group instead,
+    [N, 1 + L*n_kv], every parameter of the group's heads taken at once (a group's heads are
+    consecutive: one unit of G*d columns of O's input)."""
     model.eval(), other.eval()
-    d = adapter.head_dim(model.config)
+    G = adapter.group_size(model.config) if groups else 1
+    d = adapter.head_dim(model.config) * G
 
     def per_batch(rp: Replay, idx, labels):
         patch = {}  # layer -> (O, patched context, O's weight difference), once for all its units here
@@ -124,7 +128,8 @@ def patch_losses(model, other, adapter: ArchAdapter, enc: Encoded, task, pad_id:
         return score, hooks
 
     losses, = sweep(model, adapter, enc, pad_id, batch_size, max_tokens, per_batch,
-                    FAST_PATHS.get(adapter.model_type), desc, progress, "while patching heads")
+                    FAST_PATHS.get(adapter.model_type), desc, progress, "while patching heads",
+                    units_per_layer=adapter.num_heads(model.config) // G)
     return losses
 
 
@@ -147,3 +152,26 @@ def _compute(x: Inputs) -> UpdateEffectResult:
 
 
 UPDATE_EFFECT = Measurement.of(schema.UPDATE_EFFECT, UpdateEffectResult, _compute)
+
+
+def group_effect(theta0, theta1, adapter: ArchAdapter, enc: Encoded, task, pad_id: int, batch_size: int = 32,
+                 max_tokens: int = 1 << 14, progress: bool = True) -> GroupEffectResult:
+    """The update effect of each K/V group as a whole (every Q/K/V row and O column of the group's heads
+    patched at once: a weight patch, as the per-head effect is without grouped-query attention), one
+    row per query head holding its group's value; without grouped-query attention, the update effect."""
+    cfg = theta0.config
+    L, H, G = adapter.num_layers(cfg), adapter.num_heads(cfg), adapter.group_size(cfg)
+    kw = dict(batch_size=batch_size, max_tokens=max_tokens, progress=progress, groups=True)
+    fwd = patch_losses(theta0, theta1, adapter, enc, task, pad_id, desc="group effect (forward)", **kw)
+    rev = patch_losses(theta1, theta0, adapter, enc, task, pad_id, desc="group effect (reverse)", **kw)
+    f, f_se = mean_se(fwd[:, :1] - fwd[:, 1:], L, H // G)
+    r, r_se = mean_se(rev[:, 1:] - rev[:, :1], L, H // G)
+    return GroupEffectResult(*(np.repeat(x, G, axis=1) for x in (f, f_se, r, r_se)))
+
+
+def _compute_group(x: Inputs) -> GroupEffectResult:
+    m0, m1, c = x.model("theta0"), x.model("theta1"), x.cfg
+    return group_effect(m0, m1, get_adapter(m0), x.enc, x.task, x.pad_id, c.batch_size, c.max_tokens, c.progress)
+
+
+UPDATE_EFFECT_GROUP = Measurement.of(schema.UPDATE_EFFECT_GROUP, GroupEffectResult, _compute_group)

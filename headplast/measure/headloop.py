@@ -49,12 +49,15 @@ def mean_se(diff: np.ndarray, L: int, H: int) -> tuple[np.ndarray, np.ndarray]:
 
 @torch.no_grad()
 def sweep(model, adapter: ArchAdapter, enc: Encoded, pad_id: int, batch_size: int, max_tokens: int,
-          per_batch: PerBatch, fast: FastPath | None, desc: str, progress: bool, what: str) -> list[np.ndarray]:
+          per_batch: PerBatch, fast: FastPath | None, desc: str, progress: bool, what: str,
+          units_per_layer: int | None = None) -> list[np.ndarray]:
     """Per-example values of every head (see module docstring): one host array [N, 1 + L*H, ...]
-    per value of `score`, in its dtype. fast: the family's fast path, or None to replay whole layers."""
+    per value of `score`, in its dtype. fast: the family's fast path, or None to replay whole layers.
+    units_per_layer: H by default; the K/V group count for a sweep over groups (H then reads as it)."""
     model.eval()
     device = next(model.parameters()).device
-    L, H, N = adapter.num_layers(model.config), adapter.num_heads(model.config), len(enc)
+    L, N = adapter.num_layers(model.config), len(enc)
+    H = units_per_layer or adapter.num_heads(model.config)
     shard = current()  # other processes compute other heads (headplast.measure.shard)
     owned = np.zeros((N, 1 + L * H), dtype=bool)  # the (example, column) entries this process computed
     host: list[np.ndarray] = []

@@ -6,7 +6,7 @@ from __future__ import annotations
 from headplast.measure.ablation import IMPORTANCE_POST, IMPORTANCE_PRE, VARIANTS
 from headplast.measure.circuit import CIRCUIT_UPDATE
 from headplast.measure.declare import Measurement
-from headplast.measure.effect import UPDATE_EFFECT
+from headplast.measure.effect import UPDATE_EFFECT, UPDATE_EFFECT_GROUP
 from headplast.measure.funcchange import FUNC_CHANGE
 from headplast.measure.geometry import UPDATE_GEOMETRY
 from headplast.measure.gradfisher import GRADFISHER
@@ -16,7 +16,8 @@ from headplast.store import schema
 
 # optional ones (importance under further ablations) last: computed only when --ablation asks for them
 MEASUREMENTS: tuple[Measurement, ...] = (IMPORTANCE_PRE, UPDATE, GRADFISHER, IMPORTANCE_POST, UPDATE_EFFECT,
-                                         UPDATE_GEOMETRY, CIRCUIT_UPDATE, UPDATE_JOINT, FUNC_CHANGE, *VARIANTS)
+                                         UPDATE_GEOMETRY, CIRCUIT_UPDATE, UPDATE_JOINT, FUNC_CHANGE, *VARIANTS,
+                                         UPDATE_EFFECT_GROUP)
 if tuple(m.name for m in MEASUREMENTS) != tuple(s.name for s in schema.SCHEMAS):  # one order: heads.csv's
     raise ImportError("headplast.measure.registry and headplast.store.schema.SCHEMAS list different measurements")
 

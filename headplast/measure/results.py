@@ -101,6 +101,14 @@ class UpdateEffectResult(HeadTable):
 
 
 @dataclass(frozen=True)
+class GroupEffectResult(HeadTable):
+    group_effect_fwd: np.ndarray  # [L, H] the update effect of the head's K/V group as a whole (the same per group)
+    group_effect_fwd_se: np.ndarray
+    group_effect_rev: np.ndarray  # [L, H] its reverse: loss when the whole group is reverted to theta0
+    group_effect_rev_se: np.ndarray
+
+
+@dataclass(frozen=True)
 class CircuitResult(HeadTable):
     qk_rel: np.ndarray  # [L, H] ||ΔQK||_F / ||QK(theta0)||_F (headplast.measure.circuit)
     ov_rel: np.ndarray  # [L, H] ||ΔOV||_F / ||OV(theta0)||_F

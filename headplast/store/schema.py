@@ -269,10 +269,18 @@ FUNC_CHANGE = Schema(
             "attn_jsd = Jensen-Shannon divergence of its attention pattern, θ0 vs θ1 on the eval examples)",
     table=("func_change", "attn_jsd"), heatmap=("func_change",), required=False)
 
+UPDATE_EFFECT_GROUP = Schema(
+    "update_effect_group", ("group_effect_fwd", "group_effect_fwd_se", "group_effect_rev", "group_effect_rev_se"),
+    needs=("theta0", "theta1", "eval"),
+    labels={"group_effect_fwd": "update effect of the head's K/V group: loss gain from every Q/K/V/O update of "
+                                "the group's heads at once (nats; the same for each head of a group)",
+            "group_effect_rev": "reverse group effect: loss when the head's whole K/V group is reverted to θ0 (nats)"},
+    settings=("dtype",), enabled=lambda cfg: cfg.kv_group_effect)
+
 # in the order of heads.csv's columns and of the measure step; the optional ones (importance
-# under further ablations) last: computed only when --ablation asks for them
+# under further ablations, the K/V group effect) last: computed only when asked for
 SCHEMAS: tuple[Schema, ...] = (IMPORTANCE_PRE, UPDATE, GRADFISHER, IMPORTANCE_POST, UPDATE_EFFECT, UPDATE_GEOMETRY,
-                               CIRCUIT_UPDATE, UPDATE_JOINT, FUNC_CHANGE, *VARIANTS)
+                               CIRCUIT_UPDATE, UPDATE_JOINT, FUNC_CHANGE, *VARIANTS, UPDATE_EFFECT_GROUP)
 
 
 def named(items, name: str):
