@@ -651,6 +651,7 @@ class Session:
         task, enc = rte(tok, 8, 40)
         model = load_model(str(d), num_labels=2).eval().to(self.dev)
         ad = get_adapter(model)
+        model.config.pad_token_id = tok.pad_token_id  # decoders read the last token before the padding
         worst_all = 0.0
         ablations = ("zero", "mean", "resample") if self.cuda or fam in CPU_FAMILIES else ("zero",)
         for ablation in ablations:

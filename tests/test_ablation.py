@@ -98,3 +98,8 @@ def test_resample_donors_are_a_fixed_derangement_and_align_by_position():
     out = align(ctx, 3, 5)
     assert torch.equal(out[:3], ctx[:3]) and torch.equal(out[3], ctx[:3].mean(0)) and torch.equal(out[4], out[3])
     assert torch.equal(align(ctx, 3, 2), ctx[:2])
+    # decoders: the last real tokens meet (receiver of 2 in a batch of 5: donor tokens 1, 2, then the mean)
+    out = align(ctx, 3, 5, receiver_len=2)
+    assert torch.equal(out[:2], ctx[1:3]) and torch.equal(out[2], ctx[:3].mean(0))
+    out = align(ctx, 3, 5, receiver_len=4)  # a longer receiver: the mean first, then the donor's 3
+    assert torch.equal(out[0], ctx[:3].mean(0)) and torch.equal(out[1:4], ctx[:3]) and out.shape == (5, 3)

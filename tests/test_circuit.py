@@ -13,7 +13,7 @@ from headplast.arch import get_adapter
 from headplast.measure.circuit import AMP_DRAWS, amplification_rows, circuit_result, product_svals
 from headplast.measure.update import qkvo_weights, update_magnitude
 from tiers import slow_except
-from tiny import ALL_ARCHS, tiny_model
+from tiny import ALL_ARCHS, DECODERS, tiny_model
 
 ARCH_TIERS = slow_except(ALL_ARCHS, "bert", "deberta-v2:shared")  # every architecture in the full suite
 NAMES = {"distilbert": ("attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin"),
@@ -24,11 +24,27 @@ BERT = ("attention.self.query", "attention.self.key", "attention.self.value", "a
 
 
 def _params(model, arch):
-    """{layer: (Wq, bq, Wk, bk, Wv, bv, Wo)} in float64 numpy, from the named parameters."""
-    names = NAMES.get(arch.split(":")[0], BERT)
+    """{layer: (Wq, bq, Wk, bk, Wv, bv, Wo)} in float64 numpy [out, in], from the named parameters
+    (zero biases where a module has none; GPT-2's Conv1D transposed and cut into thirds)."""
     p = {n: t.detach().double().numpy() for n, t in model.named_parameters()}
-    layers = sorted({int(n.split(".layer.")[1].split(".")[0]) for n in p if ".layer." in n})
+    fam = arch.split(":")[0]
     out = {}
+    if fam == "gpt2":
+        for l in sorted({int(n.split(".h.")[1].split(".")[0]) for n in p if ".h." in n}):
+            w, b = p[f"transformer.h.{l}.attn.c_attn.weight"].T, p[f"transformer.h.{l}.attn.c_attn.bias"]
+            D = w.shape[1]
+            (wq, wk, wv), (bq, bk, bv) = (w[i * D:(i + 1) * D] for i in range(3)), (b[i * D:(i + 1) * D] for i in range(3))
+            out[l] = (wq, bq, wk, bk, wv, bv, p[f"transformer.h.{l}.attn.c_proj.weight"].T)
+        return out
+    if fam in DECODERS:
+        for l in sorted({int(n.split(".layers.")[1].split(".")[0]) for n in p if ".layers." in n}):
+            pre = f"model.layers.{l}.self_attn."
+            get = lambda k: (p[pre + f"{k}_proj.weight"], p.get(pre + f"{k}_proj.bias",  # noqa: E731
+                                                             np.zeros(p[pre + f"{k}_proj.weight"].shape[0])))
+            out[l] = (*get("q"), *get("k"), *get("v"), p[pre + "o_proj.weight"])
+        return out
+    names = NAMES.get(fam, BERT)
+    layers = sorted({int(n.split(".layer.")[1].split(".")[0]) for n in p if ".layer." in n})
     for l in layers:
         get = lambda nm, what: p[next(n for n in p if n.endswith(f".layer.{l}.{nm}.{what}"))]  # noqa: E731
         q, k, v, o = names
@@ -38,11 +54,14 @@ def _params(model, arch):
 
 
 def _maps(prm, h, d):
-    """QK = [W_Q^h, b_Q^h]ᵀ W_K^h [(D+1), D] and OV = W_O^h [W_V^h, b_V^h] [D, (D+1)], materialised."""
+    """QK = [W_Q^h, b_Q^h]ᵀ W_K^g and OV = W_O^h [W_V^g, b_V^g], materialised; g = h // G, the K/V
+    group of query head h (G = 1 without grouped-query attention)."""
     wq, bq, wk, _, wv, bv, wo = prm
     s = slice(h * d, (h + 1) * d)
-    qk = np.hstack([wq[s], bq[s, None]]).T @ wk[s]
-    ov = wo[:, s] @ np.hstack([wv[s], bv[s, None]])
+    g = h // (wq.shape[0] // wk.shape[0])
+    sg = slice(g * d, (g + 1) * d)
+    qk = np.hstack([wq[s], bq[s, None]]).T @ wk[sg]
+    ov = wo[:, s] @ np.hstack([wv[sg], bv[sg, None]])
     return qk, ov
 
 
@@ -54,6 +73,7 @@ def _srank(m):
 def reference(m0, m1, arch):
     H = get_adapter(m0).num_heads(m0.config)
     p0, p1 = _params(m0, arch), _params(m1, arch)
+    assert p0, "no layer found: the reference would check nothing"
     out = {}
     for l in p0:
         d = p0[l][0].shape[0] // H
@@ -130,6 +150,7 @@ def _check_circuit_bases(m0, m1, arch):
     res = circuit_result(m0, m1)
     H = get_adapter(m0).num_heads(m0.config)
     p0, p1 = _params(m0, arch), _params(m1, arch)
+    assert p0, "no layer found: the reference would check nothing"
     rows = {(r["layer"], r["head"], r["circuit"], r["side"]): r for r in res.subspaces}
     k = 3
     for l in p0:
@@ -139,8 +160,10 @@ def _check_circuit_bases(m0, m1, arch):
             (qk0, ov0), (qk1, ov1) = _maps(p0[l], h, d), _maps(p1[l], h, d)
             wq, bq, wk, _, wv, bv, wo = p0[l]
             sl = slice(h * d, (h + 1) * d)
-            theta0_rows = {("qk", "left"): np.hstack([wq[sl], bq[sl, None]]), ("qk", "right"): wk[sl],
-                           ("ov", "left"): wo[:, sl].T, ("ov", "right"): np.hstack([wv[sl], bv[sl, None]])}
+            g = h // (wq.shape[0] // wk.shape[0])  # the K/V group (grouped-query attention)
+            sg = slice(g * d, (g + 1) * d)
+            theta0_rows = {("qk", "left"): np.hstack([wq[sl], bq[sl, None]]), ("qk", "right"): wk[sg],
+                           ("ov", "left"): wo[:, sl].T, ("ov", "right"): np.hstack([wv[sg], bv[sg, None]])}
             for c, delta in (("qk", qk1 - qk0), ("ov", ov1 - ov0)):
                 u, sv, vt = np.linalg.svd(delta)
                 assert sv[k - 1] > 1.01 * sv[k]  # a gap: the top-k subspace is defined
@@ -280,7 +303,8 @@ def _amp_reference(a0, a1, r, seed, draws):
     return rr, np.linalg.norm(dw) / proj, np.linalg.norm(dw) / np.mean(rand)
 
 
-@pytest.mark.parametrize("arch,r", [("bert", 8), ("deberta-v2:shared", 3), ("distilbert", 40)])
+@pytest.mark.parametrize("arch,r", [("bert", 8), ("deberta-v2:shared", 3), ("distilbert", 40), ("gpt2", 8),
+                                    ("llama", 8)])
 def test_amplification_equals_numpy(arch, r):
     m0 = _base(arch)
     m1 = _near(m0, scale=0.05)
@@ -292,7 +316,7 @@ def test_amplification_equals_numpy(arch, r):
         key = (row["layer"], row["module"])
         rr, amp, amp_rand = _amp_reference(w0[key].double().numpy(), w1[key].double().numpy(), r,
                                            [0, key[0], "qkvo".index(key[1])], AMP_DRAWS)
-        assert row["r"] == rr and rr <= min(r, 32) and rr >= min(r, 30) and row["r_setting"] == r
+        assert row["r"] == rr and rr <= min(r, *w0[key].shape) and rr >= min(r, 30) and row["r_setting"] == r
         assert row["amplification"] == pytest.approx(amp, rel=1e-9)
         assert row["amplification_random"] == pytest.approx(amp_rand, rel=1e-9)
         sv = np.linalg.svd(w1[key].double().numpy() - w0[key].double().numpy(), compute_uv=False)

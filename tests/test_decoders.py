@@ -58,3 +58,13 @@ def test_grouped_query_heads_share_their_groups_kv_rows():
     assert torch.allclose(sq.sum(), w.pow(2).sum()) and torch.allclose(sq[2], w[8:16].pow(2).sum() / 2)
     gemma = tiny_model("gemma")
     assert get_adapter(gemma).head_dim(gemma.config) == 16 != 32 // 4  # head_dim from the config
+
+
+def test_batches_padded_with_another_id_than_the_configs_are_refused(enc_small, tok, rte):
+    """The classifier would read the wrong token: refused before any work, naming the fix."""
+    from headplast.measure.ablation import ablation_importance
+
+    model = tiny_model("llama")
+    model.config.pad_token_id = 4
+    with pytest.raises(HeadplastError, match="pad_token_id=4"):
+        ablation_importance(model, get_adapter(model), enc_small, rte[0], tok.pad_token_id, progress=False)

@@ -75,6 +75,28 @@ def test_module_scores_aggregate_heads():
     assert np.isclose(upd[ad.ffn_names(1)[1]], np.sqrt(sum((heads[f"U_{k}"][1] ** 2).sum() for k in "qkvo")))
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_decoders_module_shapes_scores_and_budget(arch):
+    """GPT-2's Conv1D ([in, out]) and fused c_attn (its U: Q, K and V together), Llama's narrower K/V
+    (grouped-query attention: a shape group of their own): the budget of uniform r is kept exactly."""
+    from headplast.train.lora import module_shapes
+
+    model = tiny_model(arch)
+    ad = get_adapter(model)
+    targets = resolve_targets(ad, model)
+    shapes = module_shapes(model, targets)
+    if arch == "gpt2":
+        assert shapes == {n: (32, 96 if n.endswith("c_attn") else 32) for n in targets} and len(targets) == 4
+    else:
+        assert shapes[ad.module_name(0, "k")] == (32, 16) and shapes[ad.module_name(0, "q")] == (32, 32)
+    heads = {f"U_{k}": RNG.random((2, 4)) for k in "qkvo"}
+    upd = module_scores("U", heads, ad, targets, 2)
+    qkv = np.sqrt(sum((heads[f"U_{k}"][1] ** 2).sum() for k in "qkv"))
+    assert np.isclose(upd[ad.module_name(1, "q")], qkv if arch == "gpt2" else np.linalg.norm(heads["U_q"][1]))
+    ranks = allocate_ranks(upd, shapes, 4)
+    assert sum(k * sum(shapes[n]) for n, k in ranks.items()) == sum(4 * sum(shapes[n]) for n in targets)
+
+
 def test_peft_builds_exactly_the_pattern_with_lora_scale_kept():
     """12 layers: 'layer.1.' must not also match 'layer.11.' (peft reads pattern keys as regexes)."""
     model = tiny_model("bert", layers=12)

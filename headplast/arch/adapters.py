@@ -63,7 +63,7 @@ class ArchAdapter:
     qkvo: tuple[str, str, str, str]  # paths from a layer to the Q, K, V, O Linear modules
     ffn: tuple[str, ...]  # paths from a layer to the FFN Linear modules
     head_modules: tuple[str, ...]  # task-head modules (full names) trained in full by every method
-    head_fn: Callable  # (model, last_hidden [B,T,D]) -> logits; reads only token 0
+    head_fn: Callable  # (model, last_hidden [B,T,D]) -> logits; reads only token 0 (decoders: the read token, normed)
     n_layers_attr: str = "num_hidden_layers"
     n_heads_attr: str = "num_attention_heads"
     hidden_attr: str = "hidden_size"
@@ -225,18 +225,29 @@ class ArchAdapter:
         idx = torch.arange(input_ids.shape[-1], device=input_ids.device)
         return (idx * (input_ids != pad)).argmax(-1)
 
+    def check_pad(self, model, pad_id: int) -> None:
+        """Decoders find each example's last token by the config's pad id: batches padded with
+        another id would be read at the wrong token. Raises before any work."""
+        if self.reads_last and model.config.pad_token_id != pad_id:
+            raise HeadplastError(f"the batches are padded with id {pad_id} but the model's config says "
+                                 f"pad_token_id={model.config.pad_token_id}: its classifier would read the "
+                                 "wrong token", "set model.config.pad_token_id = tokenizer.pad_token_id "
+                                 "(headplast's theta0 does)")
+
     def read(self, model, seq: torch.Tensor, input_ids: torch.Tensor | None) -> torch.Tensor:
         """The part of the last layer's output [B, T, D] the task head reads: seq itself for
         encoders (their heads take token 0), the final-normed last token [B, 1, D] for decoders."""
         if not self.reads_last:
             return seq
-        if input_ids is not None:
-            seq = seq[torch.arange(seq.shape[0], device=seq.device), self.read_positions(model, input_ids)][:, None]
+        if input_ids is None:
+            raise ValueError(f"{self.model_type}: the task head reads each example's last token; "
+                             "pass input_ids to find it")
+        seq = seq[torch.arange(seq.shape[0], device=seq.device), self.read_positions(model, input_ids)][:, None]
         return _get(self.base_of(model), self.final_norm)(seq)
 
     def logits(self, model, seq: torch.Tensor, input_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, C] from the last layer's output [B, T, D] (decoders need input_ids to find
-        each example's last token; without them, seq[:, 0] is taken as that token)."""
+        each example's last token)."""
         return self.head_fn(model, self.read(model, seq, input_ids))
 
 

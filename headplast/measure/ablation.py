@@ -82,7 +82,7 @@ def ablation_importance(model, adapter: ArchAdapter, enc: Encoded, task, pad_id:
     def per_batch(rp: Replay, idx, labels):
         B, T = rp.mask.shape
         # resample: per batch, the donors' outputs on these examples' positions
-        targets = means if donors is None else replacements(model, adapter, enc, donors[idx], T, pad_id)
+        targets = means if donors is None else replacements(model, adapter, enc, donors[idx], T, pad_id, idx)
 
         def score(lg):  # [B, C] -> loss [B], logits [B, C], KL from the unablated model [B]
             row = (example_losses(lg, labels, regression).double(), lg.float())

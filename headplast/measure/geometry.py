@@ -85,7 +85,8 @@ def top_basis(m: torch.Tensor, n: int = BASES_K) -> tuple[np.ndarray, torch.Tens
 def head_blocks(dw: dict, adapter: ArchAdapter, config, layer: int, head: int) -> dict[str, torch.Tensor]:
     """The head's update per part, each [d, D]; "all" stacks them [4d, D]. Under grouped-query
     attention K/V are the group's rows times sqrt(1/group size) (adapter.head_share), so that
-    ||all||_F = U: the scale changes no rank, angle or share of a single part."""
+    ||all||_F = U. The scale changes no statistic of a single part; those of "all" (its spectrum,
+    hence srank, r90, top_share and the bases compared FFT vs LoRA) weigh K/V by it."""
     blocks = {k: adapter.head_weight(dw[(layer, k)], config, k, head) * adapter.head_share(config, k) ** 0.5
               for k in KINDS}
     blocks["o"] = blocks["o"].T  # O's columns: [D, d] -> [d, D], so every part has D columns

@@ -110,6 +110,7 @@ def grad_fisher(model, adapter: ArchAdapter, enc: Encoded, task, pad_id: int, ba
                 progress: bool = True) -> GradFisherResult:
     """grad_norm, fisher, gate_grad, gate_fisher and taylor for every head (definitions: heads.csv glossary in README.md)."""
     model.eval()  # dropout off: gradients of the deterministic model
+    adapter.check_pad(model, pad_id)
     device = next(model.parameters()).device
     L, H = adapter.num_layers(model.config), adapter.num_heads(model.config)
     weights = {(l, k): adapter.linear(model, l, k).weight for l in range(L) for k in KINDS}

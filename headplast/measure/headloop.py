@@ -55,6 +55,7 @@ def sweep(model, adapter: ArchAdapter, enc: Encoded, pad_id: int, batch_size: in
     per value of `score`, in its dtype. fast: the family's fast path, or None to replay whole layers.
     units_per_layer: H by default; the K/V group count for a sweep over groups (H then reads as it)."""
     model.eval()
+    adapter.check_pad(model, pad_id)
     device = next(model.parameters()).device
     L, N = adapter.num_layers(model.config), len(enc)
     H = units_per_layer or adapter.num_heads(model.config)

@@ -18,7 +18,7 @@ from headplast.data.tokenize import collate, padded_batches, sorted_batches
 from headplast.measure.ablation import example_losses, head_means, kl_base_to, summarize
 from headplast.measure.gating import capture_o_inputs, head_gates
 from headplast.measure.headloop import check_finite
-from headplast.measure.resample import align, derangement
+from headplast.measure.resample import align, derangement, receiver_lengths
 from headplast.measure.results import ImportanceResult
 
 
@@ -65,7 +65,7 @@ def naive_importance(model, adapter, enc, task, pad_id, batch_size=128, pad_to=N
                    else sorted_batches(enc, batch_size, pad_id))
     if ablation == "resample":  # per batch {layer: [B, T, H*d]}, each donor run on its own
         donors = derangement(len(enc))
-        means = [_donor_outputs(model, adapter, enc, donors[idx], batch["input_ids"].shape[1], pad_id)
+        means = [_donor_outputs(model, adapter, enc, donors[idx], batch["input_ids"].shape[1], pad_id, idx)
                  for idx, batch in batches]
 
     def gated(l, h):  # the engine's own gate hook on O
@@ -80,15 +80,16 @@ def naive_importance(model, adapter, enc, task, pad_id, batch_size=128, pad_to=N
     return _one_pass_per_head(model, adapter, enc, task, batches, gated, ablation, progress)
 
 
-def _donor_outputs(model, adapter, enc, donors, T: int, pad_id: int) -> dict:
+def _donor_outputs(model, adapter, enc, donors, T: int, pad_id: int, receivers) -> dict:
     """{layer: [B, T, H*d]}: each donor's O inputs from a forward pass of that example alone."""
     rows = []
-    for j in donors:
+    rl = receiver_lengths(adapter, enc, receivers, len(donors))
+    for b, j in enumerate(donors):
         batch = collate([enc.features[j]], pad_id)
         batch.pop("labels", None)
         with capture_o_inputs(model, adapter) as store:
             model(**{k: v.to(next(model.parameters()).device) for k, v in batch.items()})
-        rows.append({l: align(ctx[0], len(enc.features[j]["input_ids"]), T) for l, ctx in store.items()})
+        rows.append({l: align(ctx[0], len(enc.features[j]["input_ids"]), T, rl[b]) for l, ctx in store.items()})
     return {l: torch.stack([r[l] for r in rows]) for l in rows[0]}
 
 

@@ -10,7 +10,7 @@ from headplast.measure import registry
 from headplast.steps.runs import measurement_arrays, run_info
 from headplast.store import records
 from headplast.train.config import TrainConfig
-from headplast.train.lora import ROUNDING, allocate_ranks, module_scores
+from headplast.train.lora import ROUNDING, allocate_ranks, module_scores, module_shapes
 
 
 def rank_source(cfg: TrainConfig, task: str) -> dict | None:
@@ -42,8 +42,7 @@ def guided_ranks(source: dict, model, adapter, targets: list[str], r: int) -> di
         raise HeadplastError(f"--rank-from {source['from']} has {heads[source['by']].shape} heads, this model "
                              f"{(L, H)}", "give a run of the same model")
     scores = module_scores(source["by"], heads, adapter, targets, L)
-    modules = dict(model.named_modules())
-    shapes = {n: (modules[n].in_features, modules[n].out_features) for n in targets}
+    shapes = module_shapes(model, targets)
     ranks = allocate_ranks(scores, shapes, r)
     return {**source, "ranks": ranks, "module_scores": scores, "rounding": ROUNDING,
             "lora_parameters": sum(k * sum(shapes[n]) for n, k in ranks.items()),

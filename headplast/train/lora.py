@@ -67,6 +67,14 @@ def make_lora_model(model, adapter: ArchAdapter, r: int, alpha: float, dropout: 
     return get_peft_model(model, cfg)
 
 
+def module_shapes(model, names: list[str]) -> dict[str, tuple[int, int]]:
+    """{module: (in_features, out_features)} of Linear modules and of transformers' Conv1D (GPT-2,
+    weights stored [in, out])."""
+    mods = dict(model.named_modules())
+    return {n: (m.in_features, m.out_features) if hasattr(m, "in_features") else tuple(m.weight.shape)
+            for n, m in ((n, mods[n]) for n in names)}
+
+
 def adapted_modules(peft_model) -> list[str]:
     """Names (in the task model) of the modules peft actually wrapped with LoRA."""
     from peft.tuners.lora import LoraLayer
@@ -101,7 +109,7 @@ def _group(name: str, adapter: ArchAdapter, attn_suffixes) -> str:
         return "lora"
     if any(clean.startswith(h + ".") for h in adapter.head_modules):
         return "task_head"
-    if "embeddings" in clean or "embed_tokens" in clean:
+    if "embeddings" in clean or "embed_tokens" in clean or clean.startswith(("transformer.wte.", "transformer.wpe.")):
         return "embeddings"
     stem = clean.rsplit(".", 1)[0]
     if any(stem.endswith(s) for s in attn_suffixes):
