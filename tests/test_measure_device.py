@@ -35,7 +35,7 @@ def test_key_names_device_and_precision_except_the_legacy_cpu_fp32_case(m):
     cpu = _key(m, _ctx("cpu"))
     # what the key was before devices were recorded: settings and hashes alone
     assert cpu == records.step_key(m.name, {**({"ablation": "zero"} if "ablation" in m.settings else {}),
-                                            "dtype": "float32"}, {n: HASHES[n] for n in m.needs})
+                                            "dtype": "float32"}, {n: HASHES[n] for n in m.needs}, m.version)
     assert _key(m, _ctx("cpu", max_tokens=7, batch_size=3)) == cpu  # sizes do not change results
     gpu = _key(m, _ctx("cuda:0"))
     assert gpu != cpu and gpu == _key(m, _ctx("cuda:3"))  # the device type, not which GPU

@@ -135,9 +135,9 @@ def verify(base: str | Path, step: str, fix: str) -> dict:
         raise HeadplastError(f"{base} has no record of step '{step}' ({record_path(base, step)} is missing)", fix)
     bad = changed_outputs(base, rec)
     if bad:
-        p = base / bad[0]
-        if not p.is_file():
-            raise HeadplastError(f"{p} is missing (step '{step}' wrote it)", fix)
-        raise HeadplastError(f"{p} was altered, truncated or replaced after step '{step}' wrote it "
+        altered = [b for b in bad if (base / b).is_file()]  # named first: a missing file beside it means replaced
+        if not altered:
+            raise HeadplastError(f"{base / bad[0]} is missing (step '{step}' wrote it)", fix)
+        raise HeadplastError(f"{base / altered[0]} was altered, truncated or replaced after step '{step}' wrote it "
                              f"(its content hash differs from {record_path(base, step)})", fix)
     return rec
