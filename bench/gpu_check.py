@@ -850,18 +850,11 @@ class Session:
         lens = rng.integers(16, 33, n)
         enc = Encoded([{"input_ids": rng.integers(1, shape["vocab_size"], t).tolist(), "attention_mask": [1] * t}
                        for t in lens], rng.integers(0, 2, n))
-        res, peak = {}, Peak(self.dev)
         runs = (("engine", lambda: ablation_importance(model, ad, enc, task, 0, batch_size=n, progress=False)),
                 ("naive", lambda: naive_importance(model, ad, enc, task, 0, batch_size=n)),
                 ("engine_bf16", lambda: ablation_importance(model.to(torch.bfloat16), ad, enc, task, 0,
                                                             batch_size=n, progress=False)))
-        for name, fn in runs:
-            with exact():
-                peak.start()
-                t = time.perf_counter()
-                res[name] = fn().importance
-                sync(self.dev)
-                r.numbers[name] = {"seconds": round(time.perf_counter() - t, 3), "peak_gpu_mib": peak.read()}
+        res = self.timed_importance(r, runs)
         r.numbers.update(examples=n, parameters=sum(p.numel() for p in model.parameters()),
                          speedup=round(r.numbers["naive"]["seconds"] / r.numbers["engine"]["seconds"], 2),
                          rel_diff=rel_diff(res["engine"], res["naive"]),
@@ -1001,6 +994,18 @@ class Session:
         r.summary = (f"{N} ex: importance {n.get('importance_head_examples_per_s', '-')} head-ex/s ({imp}), "
                      f"effect {sec.get('update_effect', '-')} s, grad/Fisher {gf}, total {total:.1f} s{mem}")
 
+    def timed_importance(self, r: Result, runs) -> dict:
+        """{name: importance} of each (name, function) in IEEE fp32, its seconds and peak GPU memory in r."""
+        res, peak = {}, Peak(self.dev)
+        for name, fn in runs:
+            with exact():
+                peak.start()
+                t = time.perf_counter()
+                res[name] = fn().importance
+                sync(self.dev)
+                r.numbers[name] = {"seconds": round(time.perf_counter() - t, 3), "peak_gpu_mib": peak.read()}
+        return res
+
     def c_naive(self, r: Result) -> None:
         """Importance at theta0 on a slice: the naive reference (one pass per head) vs the engine."""
         import numpy as np
@@ -1020,16 +1025,9 @@ class Session:
         model = ctx.model("theta0")
         ad = get_adapter(model)
         kw = {k: v for k, v in (("max_tokens", ctx.cfg.max_tokens), ("batch_size", ctx.cfg.batch_size)) if v}
-        res, peak = {}, Peak(self.dev)
-        for name, fn in (("engine", lambda: ablation_importance(model, ad, enc, ctx.task, ctx.pad_id, progress=False,
-                                                                **kw)),
-                         ("naive", lambda: naive_importance(model, ad, enc, ctx.task, ctx.pad_id, batch_size=32))):
-            with exact():
-                peak.start()
-                t = time.perf_counter()
-                res[name] = fn().importance
-                sync(self.dev)
-                r.numbers[name] = {"seconds": round(time.perf_counter() - t, 3), "peak_gpu_mib": peak.read()}
+        res = self.timed_importance(r, (
+            ("engine", lambda: ablation_importance(model, ad, enc, ctx.task, ctx.pad_id, progress=False, **kw)),
+            ("naive", lambda: naive_importance(model, ad, enc, ctx.task, ctx.pad_id, batch_size=32))))
         r.numbers["examples"] = n
         r.numbers["speedup"] = round(r.numbers["naive"]["seconds"] / r.numbers["engine"]["seconds"], 2)
         r.numbers["rel_diff"] = rel_diff(res["engine"], res["naive"])
