@@ -88,6 +88,7 @@ class ArchAdapter:
     reads_last: bool = False
     final_norm: str | None = None
     n_kv_heads_attr: str | None = None  # grouped-query attention: config attribute of the K/V head count
+    head_dim_attr: str | None = None  # config attribute of the head size where it need not be hidden / H (Gemma)
     # GPT-2: Q, K and V are thirds of one module's output (qkvo[0..2] name it), and its modules are
     # transformers' Conv1D, weights stored [in, out] (`weight` gives every kind as [out, in])
     fused_qkv: bool = False
@@ -109,7 +110,7 @@ class ArchAdapter:
         return self.num_heads(config) // self.num_kv_heads(config)
 
     def head_dim(self, config) -> int:
-        d = getattr(config, "head_dim", None) if self.reads_last else None
+        d = getattr(config, self.head_dim_attr, None) if self.head_dim_attr else None
         return d or getattr(config, self.hidden_attr) // self.num_heads(config)
 
     # --- module access -----------------------------------------------------
@@ -164,15 +165,18 @@ class ArchAdapter:
     def kv_group(self, config, head: int) -> int:
         return head // self.group_size(config)
 
+    def kind_head_slice(self, config, kind: str, head: int) -> slice:
+        """Head h's rows of Q (columns of O); for K/V, those of h's group (shared under grouped-query attention)."""
+        return self.head_slice(config, self.kv_group(config, head) if kind in "kv" else head)
+
     def head_weight(self, weight: torch.Tensor, config, kind: str, head: int) -> torch.Tensor:
-        """Head h's part of a Q/K/V/O weight: rows for Q/K/V, columns for O; for K/V under
-        grouped-query attention, the rows of h's group (shared with the group's other heads)."""
-        s = self.head_slice(config, self.kv_group(config, head) if kind in "kv" else head)
+        """Head h's part of a Q/K/V/O weight: rows for Q/K/V, columns for O (kind_head_slice)."""
+        s = self.kind_head_slice(config, kind, head)
         return weight[:, s] if kind == "o" else weight[s, :]
 
     def head_bias(self, bias: torch.Tensor, config, kind: str, head: int) -> torch.Tensor:
-        """Head h's part of a Q/K/V bias [out] (K/V under grouped-query attention: its group's)."""
-        return bias[self.head_slice(config, self.kv_group(config, head) if kind in "kv" else head)]
+        """Head h's part of a Q/K/V bias [out] (kind_head_slice)."""
+        return bias[self.kind_head_slice(config, kind, head)]
 
     def head_share(self, config, kind: str) -> float:
         """The share of a head's K/V rows that counts towards that head in squared norms (U,
@@ -304,7 +308,8 @@ _LLAMA_QKVO = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self
 _LLAMA_FFN = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 for _mt in ("llama", "qwen2", "mistral", "gemma"):  # same layout; Q/K/V biases, windows, head_dim: config
     register(ArchAdapter(_mt, "model", "layers", _LLAMA_QKVO, _LLAMA_FFN, ("score",), _score_on_seq,
-                         reads_last=True, final_norm="norm", n_kv_heads_attr="num_key_value_heads"))
+                         reads_last=True, final_norm="norm", n_kv_heads_attr="num_key_value_heads",
+                         head_dim_attr="head_dim"))
 
 
 def supported_model_types() -> list[str]:

@@ -133,17 +133,24 @@ def patch_losses(model, other, adapter: ArchAdapter, enc: Encoded, task, pad_id:
     return losses
 
 
+def _both_ways(theta0, theta1, adapter: ArchAdapter, enc: Encoded, task, pad_id: int, batch_size: int,
+               max_tokens: int, progress: bool, what: str, groups: bool = False):
+    """(forward losses, reverse losses, (effect_fwd, its SE, effect_rev, its SE) per unit [L, units]):
+    patch_losses both ways, units heads or (groups) K/V groups."""
+    cfg = theta0.config
+    L, units = adapter.num_layers(cfg), adapter.num_heads(cfg) // (adapter.group_size(cfg) if groups else 1)
+    kw = dict(batch_size=batch_size, max_tokens=max_tokens, progress=progress, groups=groups)
+    fwd = patch_losses(theta0, theta1, adapter, enc, task, pad_id, desc=f"{what} (forward)", **kw)
+    rev = patch_losses(theta1, theta0, adapter, enc, task, pad_id, desc=f"{what} (reverse)", **kw)
+    # per-example values are kept so that value = m[:, 1:] - m[:, :1], as for importance
+    return fwd, rev, (*mean_se(fwd[:, :1] - fwd[:, 1:], L, units), *mean_se(rev[:, 1:] - rev[:, :1], L, units))
+
+
 def update_effect(theta0, theta1, adapter: ArchAdapter, enc: Encoded, task, pad_id: int, batch_size: int = 32,
                   max_tokens: int = 1 << 14, progress: bool = True) -> UpdateEffectResult:
-    L, H = adapter.num_layers(theta0.config), adapter.num_heads(theta0.config)
-    fwd = patch_losses(theta0, theta1, adapter, enc, task, pad_id, batch_size, max_tokens, progress,
-                       "update effect (forward)")
-    rev = patch_losses(theta1, theta0, adapter, enc, task, pad_id, batch_size, max_tokens, progress,
-                       "update effect (reverse)")
-    # per-example values are kept so that value = m[:, 1:] - m[:, :1], as for importance
-    f, f_se = mean_se(fwd[:, :1] - fwd[:, 1:], L, H)
-    r, r_se = mean_se(rev[:, 1:] - rev[:, :1], L, H)
-    return UpdateEffectResult(f, f_se, r, r_se, -fwd.astype(np.float32), rev.astype(np.float32))
+    fwd, rev, stats = _both_ways(theta0, theta1, adapter, enc, task, pad_id, batch_size, max_tokens, progress,
+                                 "update effect")
+    return UpdateEffectResult(*stats, -fwd.astype(np.float32), rev.astype(np.float32))
 
 
 def _compute(x: Inputs) -> UpdateEffectResult:
@@ -159,14 +166,9 @@ def group_effect(theta0, theta1, adapter: ArchAdapter, enc: Encoded, task, pad_i
     """The update effect of each K/V group as a whole (every Q/K/V row and O column of the group's heads
     patched at once: a weight patch, as the per-head effect is without grouped-query attention), one
     row per query head holding its group's value; without grouped-query attention, the update effect."""
-    cfg = theta0.config
-    L, H, G = adapter.num_layers(cfg), adapter.num_heads(cfg), adapter.group_size(cfg)
-    kw = dict(batch_size=batch_size, max_tokens=max_tokens, progress=progress, groups=True)
-    fwd = patch_losses(theta0, theta1, adapter, enc, task, pad_id, desc="group effect (forward)", **kw)
-    rev = patch_losses(theta1, theta0, adapter, enc, task, pad_id, desc="group effect (reverse)", **kw)
-    f, f_se = mean_se(fwd[:, :1] - fwd[:, 1:], L, H // G)
-    r, r_se = mean_se(rev[:, 1:] - rev[:, :1], L, H // G)
-    return GroupEffectResult(*(np.repeat(x, G, axis=1) for x in (f, f_se, r, r_se)))
+    _, _, stats = _both_ways(theta0, theta1, adapter, enc, task, pad_id, batch_size, max_tokens, progress,
+                             "group effect", groups=True)
+    return GroupEffectResult(*(np.repeat(x, adapter.group_size(theta0.config), axis=1) for x in stats))
 
 
 def _compute_group(x: Inputs) -> GroupEffectResult:
