@@ -68,3 +68,38 @@ def test_batches_padded_with_another_id_than_the_configs_are_refused(enc_small, 
     model.config.pad_token_id = 4
     with pytest.raises(HeadplastError, match="pad_token_id=4"):
         ablation_importance(model, get_adapter(model), enc_small, rte[0], tok.pad_token_id, progress=False)
+
+
+@pytest.mark.parametrize("arch", DECODERS)
+def test_the_engines_last_layer_computes_only_the_read_token(arch, enc_small, tok, rte):
+    """The fast path runs the last layer's query, O and FFN for each example's last real token only,
+    and gives what the full layer gives there (mixed lengths; mistral's window is shorter than them)."""
+    from headplast.measure.ablation import ablation_importance
+    from headplast.measure.fastpath import FAST_PATHS, additive_mask, gather_rows
+    from headplast.measure.replay import Replay
+
+    model = tiny_model(arch, init=0.3)
+    ad, fast = get_adapter(model), FAST_PATHS[arch]
+    batch = collate(enc_small.features[:5], tok.pad_token_id)
+    batch.pop("labels", None)
+    with torch.no_grad():
+        rp = Replay(model, ad, batch)
+        last = rp.L - 1
+        h = rp.input_of(last, 1)  # [B, T, D]
+        full = rp.layer(last, h, 1)  # [B, T, D]
+        ctx = fast.read_context(rp.layers[last], h, additive_mask(rp.mask, h.dtype), rp._arguments_call(last, 1),
+                                rp.pos)
+        one = fast.finish(rp.layers[last], ctx, gather_rows(h, rp.pos))  # [B, 1, D]
+    assert len(set(rp.pos.tolist())) > 1
+    torch.testing.assert_close(one, gather_rows(full, rp.pos), atol=1e-5, rtol=0)
+    torch.testing.assert_close(ad.read_token_logits(model, one), rp.logits, atol=1e-5, rtol=0)
+
+    seen = []
+    mlp = rp.layers[last].mlp
+    hd = mlp.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[1]))
+    try:
+        ablation_importance(model, ad, enc_small, rte[0], tok.pad_token_id, batch_size=4, progress=False)
+    finally:
+        hd.remove()
+    # the recorded pass of each batch runs every token; every replay, the read token alone
+    assert seen.count(1) > 0 and len([t for t in seen if t > 1]) == -(-len(enc_small) // 4)

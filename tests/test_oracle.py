@@ -91,8 +91,8 @@ def test_oracle_notices_a_gate_on_the_wrong_slice(ablation, monkeypatch, enc_sma
     model = tiny_model("bert", init=0.3)
     right = gating._gate_hook
 
-    def shifted(n_heads, gate, mean):
-        return right(n_heads, gate.roll(1, -1), mean)
+    def shifted(n_heads, gate, mean, rows):
+        return right(n_heads, gate.roll(1, -1), mean, rows)
     monkeypatch.setattr(gating, "_gate_hook", shifted)
     engine = _engine(model, enc_small, task, tok.pad_token_id, ablation)
     for edit in EDITS:

@@ -247,12 +247,19 @@ class ArchAdapter:
             raise ValueError(f"{self.model_type}: the task head reads each example's last token; "
                              "pass input_ids to find it")
         seq = seq[torch.arange(seq.shape[0], device=seq.device), self.read_positions(model, input_ids)][:, None]
-        return _get(self.base_of(model), self.final_norm)(seq)
+        return self._final_norm(model, seq)
+
+    def _final_norm(self, model, x: torch.Tensor) -> torch.Tensor:
+        return x if self.final_norm is None else _get(self.base_of(model), self.final_norm)(x)
 
     def logits(self, model, seq: torch.Tensor, input_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, C] from the last layer's output [B, T, D] (decoders need input_ids to find
         each example's last token)."""
         return self.head_fn(model, self.read(model, seq, input_ids))
+
+    def read_token_logits(self, model, x: torch.Tensor) -> torch.Tensor:
+        """Logits [B, C] from the last layer's output at the read token only, x [B, 1, D]."""
+        return self.head_fn(model, self._final_norm(model, x))
 
 
 def _get(obj, path: str):

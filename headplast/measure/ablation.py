@@ -92,7 +92,7 @@ def ablation_importance(model, adapter: ArchAdapter, enc: Encoded, task, pad_id:
             gates = torch.ones(len(heads) * B, H, device=device)  # [k*B, H]
             for j, h in enumerate(heads):
                 gates[j * B:(j + 1) * B, h] = 0.0
-            return head_gates(model, adapter, {l: gates}, targets)
+            return head_gates(model, adapter, {l: gates}, targets, rp.o_rows)
         return score, hooks
 
     fast = FAST_PATHS.get(adapter.model_type) if use_fast_path else None

@@ -63,9 +63,10 @@ def _patched_context(rp: Replay, other, l: int) -> torch.Tensor:
 
 
 @contextmanager
-def _patch_hooks(o_module, ctx1: torch.Tensor, d_o: torch.Tensor, heads: list[int], d: int):
+def _patch_hooks(o_module, ctx1: torch.Tensor, d_o: torch.Tensor, heads: list[int], d: int, rows):
     """Copy j of the k stacked copies gets head heads[j] patched: its slice of O's input replaced
-    by ctx1's, and d_o[:, slice] @ that slice added to O's output (one tensor op for all copies)."""
+    by ctx1's, and d_o[:, slice] @ that slice added to O's output (one tensor op for all copies).
+    rows(ctx1, T'): ctx1 on the T' positions O sees (Replay.o_rows)."""
     B, k, h0 = ctx1.shape[0], len(heads), heads[0]
     H = ctx1.shape[-1] // d
     if heads != list(range(h0, h0 + k)):
@@ -76,15 +77,15 @@ def _patch_hooks(o_module, ctx1: torch.Tensor, d_o: torch.Tensor, heads: list[in
     d_sel = d_o.view(d_o.shape[0], H, d)[:, h0:h0 + k].contiguous()  # [D_out, k, d]
 
     def pre(module, args):
-        x = args[0]  # [k*B, T', H*d]; T' = 1 where the engine needs token 0 only
+        x = args[0]  # [k*B, T', H*d]; T' = 1 where the engine needs the read token only
         T = x.shape[1]
         xh = x.view(k, B, T, H, d)
-        c = ctx1[:, :T].view(1, B, T, H, d)
+        c = rows(ctx1, T).view(1, B, T, H, d)
         return ((xh + select * (c - xh)).view(k * B, T, H * d), *args[1:])
 
     def post(module, args, out):
         T = out.shape[1]
-        c = ctx1[:, :T].view(B, T, H, d)[:, :, h0:h0 + k].contiguous()  # [B, T', k, d]
+        c = rows(ctx1, T).view(B, T, H, d)[:, :, h0:h0 + k].contiguous()  # [B, T', k, d]
         return out + torch.einsum("btkd,okd->kbto", c, d_sel).reshape(k * B, T, -1)
     with o_hooks(o_module, pre, post):
         yield
@@ -121,7 +122,7 @@ def patch_losses(model, other, adapter: ArchAdapter, enc: Encoded, task, pad_id:
                 d_o = (adapter.weight(other, l, "o") - adapter.weight(model, l, "o")).detach().contiguous()  # [D, H*d]
                 patch.clear()  # units come layer by layer: only the current layer's is kept
                 patch[l] = (o_mod, _patched_context(rp, other, l), d_o)
-            return _patch_hooks(*patch[l], heads, d)
+            return _patch_hooks(*patch[l], heads, d, rp.o_rows)
 
         def score(lg):  # [B, C] -> loss [B]
             return (example_losses(lg, labels, task.is_regression).double(),)

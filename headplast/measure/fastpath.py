@@ -1,15 +1,17 @@
 """Per-family pieces of a layer, so the ablation engine can skip work that cannot change.
 
 Ablating a head of layer l changes nothing before O of layer l: the engine restarts from
-the recorded input of O (`finish`). In sequence classification the task head reads only
-token 0 of the last layer, so that layer needs keys and values for every token but
-queries, O and the FFN only for token 0 (`first_token_context`).
+the recorded input of O (`finish`). In sequence classification the task head reads one
+token of the last layer (token 0 for encoders, each example's last real token for decoders),
+so that layer needs keys and values for every token but queries, O and the FFN only for the
+read token (`read_context`).
 A family without an entry here falls back to full layer calls (still exact).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+import sys
 from typing import Callable
 
 import torch
@@ -35,10 +37,40 @@ def additive_mask(attention_mask: torch.Tensor, dtype) -> torch.Tensor:
     return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
 
 
+def gather_rows(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """x [B, T, ...] at one position per example, pos [B] -> [B, 1, ...]."""
+    return x[torch.arange(x.shape[0], device=x.device), pos][:, None]
+
+
+def read_row_mask(add_mask: torch.Tensor, pos: torch.Tensor, window: int | None) -> torch.Tensor:
+    """The causal (and sliding-window) mask row of the query at pos [B] on top of the padding
+    mask [B,1,1,T]: key j is seen iff j <= pos and (no window or j > pos - window), as
+    transformers' masking_utils builds it."""
+    j = torch.arange(add_mask.shape[-1], device=add_mask.device)[None]  # [1, T]
+    hidden = j > pos[:, None]
+    if window is not None:
+        hidden = hidden | (j <= pos[:, None] - window)
+    return add_mask.masked_fill(hidden[:, None, None, :], torch.finfo(add_mask.dtype).min)
+
+
+def _attend_read(q, k, v, add_mask, scaling):
+    """One query row per example. q [B,H,1,d], k/v [B,Hkv,T,d] (query head h reads K/V head
+    h // G), add_mask [B,1,1,T] -> [B,1,H*d]. Softmax in fp32 at least (as transformers' eager
+    path for bf16/fp16; fp64 models keep fp64)."""
+    G = q.shape[1] // k.shape[1]
+    if G > 1:
+        k, v = k.repeat_interleave(G, 1), v.repeat_interleave(G, 1)
+    s = torch.matmul(q, k.transpose(-1, -2)) * scaling + add_mask  # [B, H, 1, T]
+    p = F.softmax(s, dim=-1, dtype=torch.promote_types(s.dtype, torch.float32)).to(q.dtype)
+    B = q.shape[0]
+    return torch.matmul(p, v).transpose(1, 2).reshape(B, 1, -1)
+
+
 @dataclass(frozen=True)
 class FastPath:
     finish: Callable  # (layer, ctx [B,T,D] = input of O, h_in [B,T,D]) -> layer output
-    first_token_context: Callable | None  # (layer, h [B,T,D], add_mask, call) -> ctx of token 0 [B,1,D]
+    # (layer, h [B,T,D], add_mask [B,1,1,T], call, pos [B]) -> input of O at the read token [B,1,D]
+    read_context: Callable | None
 
 
 # --- BERT, RoBERTa, ELECTRA (and DeBERTa's post-attention part) ------------------------
@@ -47,7 +79,7 @@ def _bert_finish(layer, ctx, h_in):
     return layer.output(layer.intermediate(a), a)
 
 
-def _bert_first(layer, h, add_mask, call):
+def _bert_first(layer, h, add_mask, call, pos):  # encoders read token 0
     sa = layer.attention.self
     return _attend(sa.query(h[:, :1]), sa.key(h), sa.value(h), add_mask, sa.num_attention_heads)
 
@@ -58,7 +90,7 @@ def _distil_finish(layer, ctx, h_in):
     return layer.output_layer_norm(layer.ffn(a) + a)
 
 
-def _distil_first(layer, h, add_mask, call):
+def _distil_first(layer, h, add_mask, call, pos):  # encoders read token 0
     at = layer.attention
     return _attend(at.q_lin(h[:, :1]), at.k_lin(h), at.v_lin(h), add_mask, at.n_heads)
 
@@ -69,7 +101,7 @@ def _mpnet_finish(layer, ctx, h_in):
     return layer.output(layer.intermediate(a), a)
 
 
-def _mpnet_first(layer, h, add_mask, call):
+def _mpnet_first(layer, h, add_mask, call, pos):  # encoders read token 0
     args, kwargs = call
     bias = args[2] if len(args) > 2 else kwargs.get("position_bias")
     at = layer.attention.attn
@@ -77,16 +109,44 @@ def _mpnet_first(layer, h, add_mask, call):
     return _attend(at.q(h[:, :1]), at.k(h), at.v(h), add_mask, at.num_attention_heads, bias)
 
 
-# --- Llama, Qwen2, Mistral, Gemma (pre-norm; the task head reads each example's last token, so
-# the last layer runs in full: first_token_context is None) ------------------------------------
+# --- Llama, Qwen2, Mistral, Gemma (pre-norm, rotary, grouped-query; the task head reads each
+# example's last real token, pos) ----------------------------------------------------------------
 def _llama_finish(layer, ctx, h_in):
     a = h_in + layer.self_attn.o_proj(ctx)
     return a + layer.mlp(layer.post_attention_layernorm(a))
 
 
+def _llama_read(layer, h, add_mask, call, pos):
+    at = layer.self_attn
+    B, T, _ = h.shape
+    d = at.head_dim
+    x = layer.input_layernorm(h)  # [B, T, D]
+    q = at.q_proj(gather_rows(x, pos)).view(B, 1, -1, d).transpose(1, 2)  # [B, H, 1, d]
+    k = at.k_proj(x).view(B, T, -1, d).transpose(1, 2)  # [B, Hkv, T, d]
+    v = at.v_proj(x).view(B, T, -1, d).transpose(1, 2)
+    cos, sin = call[1]["position_embeddings"]  # [B or 1, T, d], as the model computed them
+    cos, sin = cos.expand(B, -1, -1), sin.expand(B, -1, -1)
+    rotary = sys.modules[type(at).__module__].apply_rotary_pos_emb  # the family's own rotation
+    q, _ = rotary(q, q, gather_rows(cos, pos), gather_rows(sin, pos))
+    _, k = rotary(k, k, cos, sin)
+    # Qwen2 names a window per layer (None on full-attention layers); Mistral one for all
+    window = getattr(at, "sliding_window", getattr(at.config, "sliding_window", None))
+    return _attend_read(q, k, v, read_row_mask(add_mask, pos, window), at.scaling)
+
+
 def _gpt2_finish(layer, ctx, h_in):
     a = h_in + layer.attn.resid_dropout(layer.attn.c_proj(ctx))
     return a + layer.mlp(layer.ln_2(a))
+
+
+def _gpt2_read(layer, h, add_mask, call, pos):
+    at = layer.attn
+    B, T, _ = h.shape
+    H, d = at.num_heads, at.head_dim
+    q, k, v = at.c_attn(layer.ln_1(h)).split(at.split_size, dim=2)  # one fused module: [B, T, D] each
+    q = gather_rows(q, pos).view(B, 1, H, d).transpose(1, 2)  # [B, H, 1, d]
+    k, v = (t.view(B, T, H, d).transpose(1, 2) for t in (k, v))
+    return _attend_read(q, k, v, read_row_mask(add_mask, pos, None), at.scaling)
 
 
 FAST_PATHS = {
@@ -96,6 +156,6 @@ FAST_PATHS = {
     "deberta-v2": FastPath(_bert_finish, None),  # disentangled attention: full last layer
     "distilbert": FastPath(_distil_finish, _distil_first),
     "mpnet": FastPath(_mpnet_finish, _mpnet_first),
-    **{mt: FastPath(_llama_finish, None) for mt in ("llama", "qwen2", "mistral", "gemma")},
-    "gpt2": FastPath(_gpt2_finish, None),
+    **{mt: FastPath(_llama_finish, _llama_read) for mt in ("llama", "qwen2", "mistral", "gemma")},
+    "gpt2": FastPath(_gpt2_finish, _gpt2_read),
 }

@@ -16,16 +16,21 @@ import torch
 from headplast.arch.adapters import ArchAdapter
 
 
-def _target(mean: torch.Tensor, B: int, T: int, n_heads: int, dtype) -> torch.Tensor:
+def first_rows(x: torch.Tensor, t: int) -> torch.Tensor:
+    return x[:, :t]
+
+
+def _target(mean: torch.Tensor, B: int, T: int, n_heads: int, dtype, rows) -> torch.Tensor:
     """What a gate of 0 moves a head to: a mean output [H*d] (the same everywhere), or per-example
-    outputs [B0, T0, H*d] (resample ablation) for k = B / B0 stacked copies, first T positions."""
+    outputs [B0, T0, H*d] (resample ablation) for k = B / B0 stacked copies, on O's T positions
+    (`rows`: which ones, when T < T0)."""
     if mean.dim() == 1:
         return mean.to(dtype).view(1, 1, n_heads, -1)
-    r = mean[:, :T].to(dtype)
+    r = rows(mean, T).to(dtype)
     return r.repeat(B // r.shape[0], 1, 1).view(B, T, n_heads, -1)
 
 
-def _gate_hook(n_heads: int, gate: torch.Tensor, mean: torch.Tensor | None):
+def _gate_hook(n_heads: int, gate: torch.Tensor, mean: torch.Tensor | None, rows=first_rows):
     def hook(module, args):
         x = args[0]  # [B, T, H*d]
         B, T, D = x.shape
@@ -35,18 +40,18 @@ def _gate_hook(n_heads: int, gate: torch.Tensor, mean: torch.Tensor | None):
         if mean is None:
             xh = xh * g
         else:
-            xh = xh * g + (1 - g) * _target(mean, B, T, n_heads, x.dtype)
+            xh = xh * g + (1 - g) * _target(mean, B, T, n_heads, x.dtype, rows)
         return (xh.reshape(B, T, D), *args[1:])
     return hook
 
 
 @contextmanager
-def head_gates(model, adapter: ArchAdapter, gates, means: torch.Tensor | None = None):
+def head_gates(model, adapter: ArchAdapter, gates, means: torch.Tensor | None = None, rows=first_rows):
     """Install gates for the duration of the block.
 
     gates: {layer: [H] or [B, H]} or a tensor [L, H] / [B, L, H].
     means: optional [L, H*d] per-head mean outputs (mean ablation), or {layer: [B, T, H*d]} per-example
-    outputs (resample ablation).
+    outputs (resample ablation); rows(x, t): x's rows where O sees t < T positions (Replay.o_rows).
     Hooks are always removed on exit, even when the block raises.
     """
     H = adapter.num_heads(model.config)
@@ -57,7 +62,7 @@ def head_gates(model, adapter: ArchAdapter, gates, means: torch.Tensor | None = 
         for layer, g in gates.items():
             o = adapter.linear(model, layer, "o")
             m = None if means is None else means[layer]
-            handles.append(o.register_forward_pre_hook(_gate_hook(H, g, m)))
+            handles.append(o.register_forward_pre_hook(_gate_hook(H, g, m, rows)))
         yield
     finally:
         for h in handles:

@@ -74,14 +74,15 @@ def heads_from(model, other, adapter: ArchAdapter, layers):
 
 
 @contextmanager
-def _whole_layer_hooks(o_module, ctx1: torch.Tensor, d_o: torch.Tensor):
+def _whole_layer_hooks(o_module, ctx1: torch.Tensor, d_o: torch.Tensor, rows):
     """O reads ctx1 (every head's context with the other model's Q/K/V) and adds d_o @ it (the other
-    model's O weight, O's own bias kept): effect._patch_hooks with every head in one copy."""
+    model's O weight, O's own bias kept): effect._patch_hooks with every head in one copy.
+    rows(ctx1, T'): ctx1 on the T' positions O sees (the read token only in the engine's last layer)."""
     def pre(module, args):
-        return (ctx1[:, :args[0].shape[1]], *args[1:])  # T' = 1 where the engine needs token 0 only
+        return (rows(ctx1, args[0].shape[1]), *args[1:])
 
     def post(module, args, out):
-        return out + ctx1[:, :out.shape[1]] @ d_o.T
+        return out + rows(ctx1, out.shape[1]) @ d_o.T
     with o_hooks(o_module, pre, post):
         yield
 
@@ -109,7 +110,7 @@ def joint_losses(model, other, adapter: ArchAdapter, enc: Encoded, task, pad_id:
         for l in range(L):  # as the update effect patches one head, with every head of the layer at once
             o_mod = adapter.linear(model, l, "o")
             d_o = (adapter.weight(other, l, "o") - adapter.weight(model, l, "o")).detach().contiguous()  # [D, H*d]
-            with _whole_layer_hooks(o_mod, _patched_context(rp, other, l), d_o):
+            with _whole_layer_hooks(o_mod, _patched_context(rp, other, l), d_o, rp.o_rows):
                 buf[:, 1 + l] = loss(rp.run_from(l, rp.input_of(l, 1), 1) if fast is None
                                      else rp.from_o_input(fast, l, 1))
         with heads_from(model, other, adapter, range(L)):

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import torch
 
 from headplast.arch.adapters import ArchAdapter
-from headplast.measure.fastpath import FastPath, additive_mask
+from headplast.measure.fastpath import FastPath, additive_mask, gather_rows
 from headplast.measure.gating import capture_o_inputs
 
 
@@ -43,6 +43,7 @@ class Replay:
         self.mask = batch["attention_mask"]  # [B, T]
         self.ids = batch["input_ids"]  # [B, T]: decoders' task heads find the last token in them
         self.B = self.mask.shape[0]
+        self.pos = adapter.read_positions(model, self.ids)  # [B]: the token the task head reads
         with record_layer_inputs(model, adapter) as calls, capture_o_inputs(model, adapter) as ctxs:
             # no KV cache: a replayed layer would append to the recorded pass's cache
             nocache = {"use_cache": False} if adapter.reads_last else {}
@@ -87,29 +88,38 @@ class Replay:
         """Logits [k*B, C] from the last layer's output h [k*B, T, D] of k stacked copies."""
         return self.adapter.logits(self.model, h, self.rep(self.ids, k))
 
+    def read_rows(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """The read token's row of a per-example x [B, T, D], repeated k times -> [k*B, 1, D]."""
+        return self.rep(x[:, :1] if not self.adapter.reads_last else gather_rows(x, self.pos), k)
+
+    def o_rows(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        """A per-example x [B, T, ...] on the t positions an O input of this replay has: all T, or
+        (t = 1 < T: from_o_input's last layer) the read token's row [B, 1, ...]."""
+        return x if t == x.shape[1] else self.read_rows(x, 1)
+
     def from_o_input(self, fast: FastPath, l: int, k: int) -> torch.Tensor:
         """Logits [k*B, C] when layer l's O input is changed by hooks the caller installed.
 
         Restarts at O of layer l (attention below O is unchanged), runs the middle layers in
-        full and, where the family allows, the last layer for token 0 only (all the task head reads).
+        full and, where the family allows, the last layer for the read token only (all the task
+        head reads: token 0, or each example's last real token).
         """
         ctx, h_in = self.ctxs[l], self.calls[l][0][0]
         last = self.L - 1
-        # decoders read a different token per example: their last layer runs in full
-        token0 = not self.adapter.reads_last
-        if l == last and token0 and self._after(l) is None:
-            return self.adapter.logits(self.model, fast.finish(self.layers[l], self.rep(ctx[:, :1], k),
-                                                               self.rep(h_in[:, :1], k)))
+        if l == last and self._after(l) is None:
+            return self.adapter.read_token_logits(
+                self.model, fast.finish(self.layers[l], self.read_rows(ctx, k), self.read_rows(h_in, k)))
         h = self.finish_layer(l, fast.finish(self.layers[l], self.rep(ctx, k), self.rep(h_in, k)), k)
         if l == last:
             return self.head_logits(h, k)
         for i in range(l + 1, last):
             h = self.layer(i, h, k)
-        if fast.first_token_context is None or not token0 or self._after(last) is not None:
+        if fast.read_context is None or self._after(last) is not None:
             return self.run_from(last, h, k)
         add_mask = self.rep(additive_mask(self.mask, h.dtype), k)
-        c0 = fast.first_token_context(self.layers[last], h, add_mask, self._arguments_call(last, k))
-        return self.adapter.logits(self.model, fast.finish(self.layers[last], c0, h[:, :1]))
+        pos = self.rep(self.pos, k)
+        c = fast.read_context(self.layers[last], h, add_mask, self._arguments_call(last, k), pos)  # [k*B, 1, D]
+        return self.adapter.read_token_logits(self.model, fast.finish(self.layers[last], c, gather_rows(h, pos)))
 
     def _arguments_call(self, i: int, k: int):
         args, kwargs = self._arguments(i, k)
