@@ -28,7 +28,8 @@ import torch
 SHAPE = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
              intermediate_size=4864, vocab_size=151936, max_position_embeddings=512, tie_word_embeddings=True,
              num_labels=2, pad_token_id=151643)
-MEASURES = ("importance", "naive", "gradfisher", "weights", "effect")
+# importance_full_last: the baseline for the read-token last layer, the same engine running that layer in full
+MEASURES = ("importance", "importance_full_last", "naive", "gradfisher", "weights", "effect")
 
 
 def _peak_mib(dev) -> float:
@@ -90,6 +91,18 @@ def run_one(a) -> dict:
             b = np.load(ref)
             out["rel_diff_vs_fp32"] = float(np.abs(res.importance - b).max() / np.abs(b).max())
             out["spearman_vs_fp32"] = float(spearmanr(res.importance.ravel(), b.ravel())[0])
+    elif a.only == "importance_full_last":
+        import dataclasses
+
+        from headplast.measure import fastpath
+        from headplast.measure.ablation import ablation_importance
+        fastpath.FAST_PATHS[ad.model_type] = dataclasses.replace(fastpath.FAST_PATHS[ad.model_type], read_context=None)
+        res = ablation_importance(m0, ad, enc, task, pad, batch_size=a.n, progress=False)
+        out["head_examples"] = L * H * a.n
+        ref = Path(a.dir) / f"importance_{a.dtype}.npy"
+        if ref.exists():  # the same numbers as the read-token path
+            b = np.load(ref)
+            out["rel_diff_vs_read_token"] = float(np.abs(res.importance - b).max() / np.abs(b).max())
     elif a.only == "naive":
         from headplast.data.tokenize import sorted_batches
         from headplast.measure.ablation import example_losses

@@ -103,3 +103,46 @@ def test_the_engines_last_layer_computes_only_the_read_token(arch, enc_small, to
         hd.remove()
     # the recorded pass of each batch runs every token; every replay, the read token alone
     assert seen.count(1) > 0 and len([t for t in seen if t > 1]) == -(-len(enc_small) // 4)
+
+
+def test_qwen2_sliding_window_on_some_layers_only(enc_small, tok, rte):
+    """Qwen2 with use_sliding_window and max_window_layers = 1: layer 0 attends in full, layer 1 (the
+    last, which the engine computes for the read token only) within 8 tokens; engine = naive loop."""
+    import numpy as np
+    import transformers as tf
+
+    from headplast.measure.ablation import ablation_importance
+    from headplast.measure.naive import naive_importance
+    from tiny import tiny_config
+
+    base = tiny_config("qwen2", init=0.3).to_dict()
+    cfg = tf.Qwen2Config(**{**base, "use_sliding_window": True, "sliding_window": 8, "max_window_layers": 1,
+                            "layer_types": None})
+    assert cfg.layer_types == ["full_attention", "sliding_attention"]
+    torch.manual_seed(0)
+    model = tf.Qwen2ForSequenceClassification(cfg).eval()
+    full = tf.Qwen2ForSequenceClassification(tf.Qwen2Config(**{**base, "layer_types": None})).eval()
+    full.load_state_dict(model.state_dict())
+    b = collate(enc_small.features[:3], tok.pad_token_id)
+    with torch.no_grad():
+        assert (model(**b).logits - full(**b).logits).abs().max() > 1e-3  # the window matters
+    ad = get_adapter(model)
+    fast = ablation_importance(model, ad, enc_small, rte[0], tok.pad_token_id, batch_size=4, max_tokens=100,
+                               progress=False)
+    ref = naive_importance(model, ad, enc_small, rte[0], tok.pad_token_id, batch_size=3)
+    np.testing.assert_allclose(fast.losses, ref.losses, atol=1e-5, rtol=0)
+
+
+def test_the_read_token_path_is_off_where_it_was_not_measured(enc_small, tok):
+    """bf16 (its eager attention would differ from the model's fused kernel by a rounding every head
+    shares) and GPUs (unmeasured) run the decoders' last layer through the model's own modules."""
+    from headplast.measure import replay
+
+    model = tiny_model("llama", init=0.3)
+    b = collate(enc_small.features[:2], tok.pad_token_id)
+    b.pop("labels", None)
+    with torch.no_grad():
+        assert replay.Replay(model, get_adapter(model), b).read_token_only()
+        assert not replay.Replay(model.to(torch.bfloat16), get_adapter(model), b).read_token_only()
+        enc = tiny_model("bert", init=0.3).to(torch.bfloat16)
+        assert replay.Replay(enc, get_adapter(enc), b).read_token_only()  # encoders' token 0: as before

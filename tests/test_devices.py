@@ -233,9 +233,11 @@ def test_exact_fp32_leaves_no_mixed_tf32_state_and_restores_the_callers(setup):
         with exact_fp32() as inside:
             assert b.cuda.matmul.allow_tf32 is False  # what cuBLAS asks at each call: no mixed-API error
             assert inside["float32_matmul_precision"] == "highest" and inside["cuda_matmul"] in ("ieee", "none")
+            # --dtype bfloat16: bf16 weights, fp32 accumulation (torch's default allows bf16 reductions)
+            assert not b.cuda.matmul.allow_bf16_reduced_precision_reduction and inside["half_reductions"] == "fp32"
             a, c = torch.randn(64, 64), torch.randn(64, 64)
             assert torch.allclose(a @ c, (a.double() @ c.double()).float(), rtol=1e-5, atol=1e-5)
-        assert precision_state() == before
+        assert precision_state() == before and before["half_reductions"] == "reduced"  # torch's default, back
     finally:
         torch.set_float32_matmul_precision("highest")
         if hasattr(b, "fp32_precision"):

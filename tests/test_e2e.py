@@ -269,3 +269,19 @@ def test_pipeline_runs_on_every_decoder_family(arch, tmp_path, capsys):
     saved = load_file(str(lora / "ckpt_final" / "adapter_model.safetensors"))
     assert "base_model.model.score.weight" in saved  # the trained classifier is saved with the adapter
     assert (a / "COMPARE" / "SST-2" / "seed1" / "compare_metrics.json").exists() and (a / "report.html").exists()
+    # grouped-query families (gemma: one K/V head for 4; llama, qwen2, mistral: 2 for 4) get K/V-group statistics
+    groups = json.loads((lora / "stats.json").read_text()).get("kv_groups")
+    if arch == "gpt2":
+        assert groups is None and "K/V groups (" not in (a / "report.html").read_text()
+    else:
+        G = 4 if arch == "gemma" else 2
+        assert groups["group_size"] == G and groups["n_groups"] == 2 * 4 // G
+        assert "I_pre~U_k" in groups["pairs"] and f"{G} query heads per K/V head" in (a / "report.html").read_text()
+        assert rc["model"]["kv_group_size"] == G
+    if arch == "llama":  # the groups' own measurements, added to a measured run, flow to the table and statistics
+        cli("measure", lora, "--kv-group-effect", capsys=capsys)
+        cli("plot", lora, *STATS, capsys=capsys)
+        heads = (lora / "heads.csv").read_text().splitlines()[0].split(",")
+        assert {"group_I_pre", "group_I_post", "group_effect_fwd", "group_effect_rev"} <= set(heads)
+        pairs = json.loads((lora / "stats.json").read_text())["kv_groups"]["pairs"]
+        assert {"group_I_pre~U_k", "group_I_pre~group_effect_fwd", "I_pre~group_effect_fwd"} <= set(pairs)

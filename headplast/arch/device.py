@@ -114,6 +114,11 @@ def precision_state() -> dict:
         state = {"cuda_matmul": "tf32" if b.cuda.matmul.allow_tf32 else "ieee",
                  "cudnn_conv": "tf32" if b.cudnn.allow_tf32 else "ieee"}
     state["float32_matmul_precision"] = _global_precision()
+    # bf16/fp16 matrix products (--dtype bfloat16): cuBLAS may reduce split-K partial sums in bf16
+    # ('reduced', torch's default) or keeps fp32 accumulation throughout ('fp32')
+    m = b.cuda.matmul
+    state["half_reductions"] = ("reduced" if m.allow_bf16_reduced_precision_reduction
+                                or m.allow_fp16_reduced_precision_reduction else "fp32")
     state[TF32_OVERRIDE] = os.environ.get(TF32_OVERRIDE)
     return state
 
@@ -131,7 +136,8 @@ def refuse_tf32_override() -> None:
 @contextmanager
 def exact_fp32():
     """IEEE fp32 matrix products inside the block (no TF32 on CUDA, no bf16 math mode in oneDNN;
-    on CUDA, attention through SDPA's math kernel, whose fp32 is plain fp32); the previous settings
+    on CUDA, attention through SDPA's math kernel, whose fp32 is plain fp32; bf16/fp16 products
+    accumulate in fp32, without cuBLAS's reduced-precision reductions); the previous settings
     are back afterwards. Yields the state inside, for the record."""
     refuse_tf32_override()
     b = torch.backends
@@ -151,7 +157,7 @@ def exact_fp32():
         else:
             backend.allow_tf32 = False
     try:
-        with _math_attention():
+        with _math_attention(), _fp32_half_reductions():
             yield {**precision_state(), "attention": "sdpa math kernel" if torch.cuda.is_available() else "as is"}
     finally:
         if before_global is not None:
@@ -161,6 +167,19 @@ def exact_fp32():
                 backend.fp32_precision = value
             else:
                 backend.allow_tf32 = value
+
+
+@contextmanager
+def _fp32_half_reductions():
+    """bf16/fp16 matrix products accumulate in fp32 throughout (no reduced-precision split-K
+    reductions in cuBLAS): --dtype bfloat16 is then bf16 weights with fp32 accumulation."""
+    m = torch.backends.cuda.matmul
+    saved = (m.allow_bf16_reduced_precision_reduction, m.allow_fp16_reduced_precision_reduction)
+    m.allow_bf16_reduced_precision_reduction = m.allow_fp16_reduced_precision_reduction = False
+    try:
+        yield
+    finally:
+        m.allow_bf16_reduced_precision_reduction, m.allow_fp16_reduced_precision_reduction = saved
 
 
 def _math_attention():

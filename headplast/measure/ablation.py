@@ -26,7 +26,7 @@ from headplast.measure.gating import capture_o_inputs, head_gates
 from headplast.measure.headloop import mean_se, sweep
 from headplast.measure.replay import Replay
 from headplast.measure.resample import derangement, replacements
-from headplast.measure.results import ImportanceResult
+from headplast.measure.results import GroupImportanceResult, ImportanceResult
 from headplast.store import schema
 
 
@@ -70,11 +70,15 @@ def head_means(model, adapter: ArchAdapter, enc: Encoded, pad_id: int, batch_siz
 @torch.no_grad()
 def ablation_importance(model, adapter: ArchAdapter, enc: Encoded, task, pad_id: int,
                         batch_size: int = 32, ablation: str = "zero", max_tokens: int = 1 << 14,
-                        progress: bool = True, use_fast_path: bool = True) -> ImportanceResult:
-    """Importance of every head on the examples of `enc` (see module docstring)."""
+                        progress: bool = True, use_fast_path: bool = True, group_size: int = 1) -> ImportanceResult:
+    """Importance of every head on the examples of `enc` (see module docstring). group_size G > 1:
+    of every block of G consecutive heads removed at once (a K/V group's query heads), [L, H/G]."""
     model.eval()
     device = next(model.parameters()).device
     L, H = adapter.num_layers(model.config), adapter.num_heads(model.config)
+    G = group_size
+    if G < 1 or H % G:
+        raise ValueError(f"{H} heads do not split into groups of {G}")
     means = head_means(model, adapter, enc, pad_id, batch_size) if ablation == "mean" else None
     donors = derangement(len(enc)) if ablation == "resample" else None
     regression = task.is_regression
@@ -88,19 +92,20 @@ def ablation_importance(model, adapter: ArchAdapter, enc: Encoded, task, pad_id:
             row = (example_losses(lg, labels, regression).double(), lg.float())
             return row if regression else (*row, kl_base_to(rp.logits, lg).double())
 
-        def hooks(l, heads):  # copy j: head heads[j] of layer l gated
-            gates = torch.ones(len(heads) * B, H, device=device)  # [k*B, H]
-            for j, h in enumerate(heads):
-                gates[j * B:(j + 1) * B, h] = 0.0
+        def hooks(l, units):  # copy j: head (or group of G heads) units[j] of layer l gated
+            gates = torch.ones(len(units) * B, H, device=device)  # [k*B, H]
+            for j, u in enumerate(units):
+                gates[j * B:(j + 1) * B, u * G:(u + 1) * G] = 0.0
             return head_gates(model, adapter, {l: gates}, targets, rp.o_rows)
         return score, hooks
 
     fast = FAST_PATHS.get(adapter.model_type) if use_fast_path else None
     losses, logits_all, *kl = sweep(model, adapter, enc, pad_id, batch_size, max_tokens, per_batch, fast,
-                                    f"ablation ({ablation})", progress, "during ablation")
+                                    f"ablation ({ablation})" if G == 1 else f"group ablation ({ablation})",
+                                    progress, "during ablation", units_per_layer=H // G)
     # column 0 of KL is the unablated model's own (0); regression has none
-    kl = np.ascontiguousarray(kl[0][:, 1:]) if kl else np.zeros((len(enc), L * H))
-    return summarize(losses, logits_all, kl, enc.labels, task, ablation, L, H)
+    kl = np.ascontiguousarray(kl[0][:, 1:]) if kl else np.zeros((len(enc), L * H // G))
+    return summarize(losses, logits_all, kl, enc.labels, task, ablation, L, H // G)
 
 
 def summarize(losses, logits_all, kl, labels, task, ablation, L, H) -> ImportanceResult:
@@ -129,3 +134,21 @@ IMPORTANCE_POST = Measurement.of(schema.IMPORTANCE_POST, ImportanceResult, lambd
 VARIANTS = tuple(Measurement.of(s, ImportanceResult,
                                 lambda x, s=s: _importance(x, s.needs[0], s.name.rsplit("_", 1)[1]))
                  for s in schema.VARIANTS)
+
+def group_importance(theta0, theta1, adapter: ArchAdapter, enc: Encoded, task, pad_id: int, batch_size: int = 32,
+                     ablation: str = "zero", max_tokens: int = 1 << 14, progress: bool = True) -> GroupImportanceResult:
+    """Importance of each K/V group (its G query heads removed at once) before and after fine-tuning,
+    one row per query head holding its group's value; without grouped-query attention, importance."""
+    G = adapter.group_size(theta0.config)
+    res = [ablation_importance(m, adapter, enc, task, pad_id, batch_size, ablation, max_tokens, progress, group_size=G)
+           for m in (theta0, theta1)]
+    return GroupImportanceResult(*(np.repeat(x, G, axis=1) for r in res for x in (r.importance, r.importance_se)))
+
+
+def _compute_group(x: Inputs) -> GroupImportanceResult:
+    m0, m1, c = x.model("theta0"), x.model("theta1"), x.cfg
+    return group_importance(m0, m1, get_adapter(m0), x.enc, x.task, x.pad_id, c.batch_size, c.ablation[0],
+                            c.max_tokens, c.progress)
+
+
+IMPORTANCE_GROUP = Measurement.of(schema.IMPORTANCE_GROUP, GroupImportanceResult, _compute_group)

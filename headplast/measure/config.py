@@ -54,10 +54,11 @@ class MeasureConfig:
                                     "0, every one; n, a fixed seeded sample of n, the same for every run (for a "
                                     "large model: each is two or more forward passes per example; their split-half "
                                     "reliability and intervals say whether the sample is enough)", **NONNEGATIVE)
-    kv_group_effect: bool = option(False, "also the update effect of each K/V group as a whole (grouped-query "
-                                   "decoders: every Q/K/V/O update of the group's heads at once; columns "
-                                   "group_effect_fwd/rev, a query head's row holds its group's); costs 1/G of the "
-                                   "update effect for groups of G heads")
+    kv_group_effect: bool = option(False, "also each K/V group as a whole (grouped-query decoders): its update "
+                                   "effect (every Q/K/V/O update of the group's heads at once; group_effect_fwd/rev) "
+                                   "and its importance (its query heads removed at once, θ0 and θ1; "
+                                   "group_I_pre/post); a query head's row holds its group's; costs 1/G of the "
+                                   "update effect and of importance for groups of G heads")
     skip: tuple[str, ...] = option((), "measurements not to compute this time, comma-separated, of those a run "
                                    f"may lack ({', '.join(SKIPPABLE)}); a later run without --skip adds them",
                                    sep=",",

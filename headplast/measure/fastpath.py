@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import sys
+from functools import partial
 from typing import Callable
 
 import torch
@@ -57,13 +58,12 @@ def _attend_read(q, k, v, add_mask, scaling):
     """One query row per example. q [B,H,1,d], k/v [B,Hkv,T,d] (query head h reads K/V head
     h // G), add_mask [B,1,1,T] -> [B,1,H*d]. Softmax in fp32 at least (as transformers' eager
     path for bf16/fp16; fp64 models keep fp64)."""
-    G = q.shape[1] // k.shape[1]
-    if G > 1:
-        k, v = k.repeat_interleave(G, 1), v.repeat_interleave(G, 1)
-    s = torch.matmul(q, k.transpose(-1, -2)) * scaling + add_mask  # [B, H, 1, T]
+    B, H, _, d = q.shape
+    Hkv = k.shape[1]
+    q = q.reshape(B, Hkv, H // Hkv, d)  # a group's G query rows against its one K/V head: no K/V copies
+    s = torch.matmul(q, k.transpose(-1, -2)) * scaling + add_mask  # [B, Hkv, G, T]
     p = F.softmax(s, dim=-1, dtype=torch.promote_types(s.dtype, torch.float32)).to(q.dtype)
-    B = q.shape[0]
-    return torch.matmul(p, v).transpose(1, 2).reshape(B, 1, -1)
+    return torch.matmul(p, v).reshape(B, 1, H * d)  # [B, Hkv, G, d] -> heads h = g * G + i
 
 
 @dataclass(frozen=True)
@@ -116,8 +116,11 @@ def _llama_finish(layer, ctx, h_in):
     return a + layer.mlp(layer.post_attention_layernorm(a))
 
 
-def _llama_read(layer, h, add_mask, call, pos):
+def _llama_read(layer, h, add_mask, call, pos, config_window: bool = False):
     at = layer.self_attn
+    for unsupported in ("q_norm", "k_norm", "attn_logit_softcapping"):  # families this path does not compute
+        if getattr(at, unsupported, None) is not None or getattr(at.config, unsupported, None) is not None:
+            raise NotImplementedError(f"{type(at).__name__} has {unsupported}: no read-token path for it")
     B, T, _ = h.shape
     d = at.head_dim
     x = layer.input_layernorm(h)  # [B, T, D]
@@ -129,8 +132,9 @@ def _llama_read(layer, h, add_mask, call, pos):
     rotary = sys.modules[type(at).__module__].apply_rotary_pos_emb  # the family's own rotation
     q, _ = rotary(q, q, gather_rows(cos, pos), gather_rows(sin, pos))
     _, k = rotary(k, k, cos, sin)
-    # Qwen2 names a window per layer (None on full-attention layers); Mistral one for all
-    window = getattr(at, "sliding_window", getattr(at.config, "sliding_window", None))
+    # Qwen2 names a window per layer (None on full-attention layers); Mistral's config one for every
+    # layer (other families' models ignore a stray config.sliding_window: so does this path)
+    window = at.config.sliding_window if config_window else getattr(at, "sliding_window", None)
     return _attend_read(q, k, v, read_row_mask(add_mask, pos, window), at.scaling)
 
 
@@ -156,6 +160,7 @@ FAST_PATHS = {
     "deberta-v2": FastPath(_bert_finish, None),  # disentangled attention: full last layer
     "distilbert": FastPath(_distil_finish, _distil_first),
     "mpnet": FastPath(_mpnet_finish, _mpnet_first),
-    **{mt: FastPath(_llama_finish, _llama_read) for mt in ("llama", "qwen2", "mistral", "gemma")},
+    **{mt: FastPath(_llama_finish, _llama_read) for mt in ("llama", "qwen2", "gemma")},
+    "mistral": FastPath(_llama_finish, partial(_llama_read, config_window=True)),
     "gpt2": FastPath(_gpt2_finish, _gpt2_read),
 }

@@ -3,7 +3,7 @@ schema of headplast.store.schema.SCHEMAS with the code that computes it."""
 
 from __future__ import annotations
 
-from headplast.measure.ablation import IMPORTANCE_POST, IMPORTANCE_PRE, VARIANTS
+from headplast.measure.ablation import IMPORTANCE_GROUP, IMPORTANCE_POST, IMPORTANCE_PRE, VARIANTS
 from headplast.measure.circuit import CIRCUIT_UPDATE
 from headplast.measure.declare import Measurement
 from headplast.measure.effect import UPDATE_EFFECT, UPDATE_EFFECT_GROUP
@@ -17,7 +17,7 @@ from headplast.store import schema
 # optional ones (importance under further ablations) last: computed only when --ablation asks for them
 MEASUREMENTS: tuple[Measurement, ...] = (IMPORTANCE_PRE, UPDATE, GRADFISHER, IMPORTANCE_POST, UPDATE_EFFECT,
                                          UPDATE_GEOMETRY, CIRCUIT_UPDATE, UPDATE_JOINT, FUNC_CHANGE, *VARIANTS,
-                                         UPDATE_EFFECT_GROUP)
+                                         UPDATE_EFFECT_GROUP, IMPORTANCE_GROUP)
 if tuple(m.name for m in MEASUREMENTS) != tuple(s.name for s in schema.SCHEMAS):  # one order: heads.csv's
     raise ImportError("headplast.measure.registry and headplast.store.schema.SCHEMAS list different measurements")
 

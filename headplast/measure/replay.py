@@ -33,6 +33,11 @@ def record_layer_inputs(model, adapter: ArchAdapter):
             h.remove()
 
 
+# None: Replay.read_token_only's rule; True / False: forced (bench/gpu_check.py measures the decoders'
+# read-token last layer against the full one on a GPU and in bf16)
+READ_TOKEN: bool | None = None
+
+
 class Replay:
     """The recorded pass of one batch [B, T]; `logits` are the unmodified model's."""
 
@@ -95,7 +100,23 @@ class Replay:
     def o_rows(self, x: torch.Tensor, t: int) -> torch.Tensor:
         """A per-example x [B, T, ...] on the t positions an O input of this replay has: all T, or
         (t = 1 < T: from_o_input's last layer) the read token's row [B, 1, ...]."""
-        return x if t == x.shape[1] else self.read_rows(x, 1)
+        if t == x.shape[1]:
+            return x
+        assert t == 1, f"an O input of {t} of {x.shape[1]} positions"
+        return self.read_rows(x, 1)
+
+    def read_token_only(self) -> bool:
+        """Whether from_o_input computes the last layer for the read token only. Decoders: in fp32 and
+        fp64 on a CPU, where it equals the full layer (tests) and was measured faster (bench/
+        bench_decoder_scale.py); elsewhere their last layer runs through the model's own modules: on
+        a GPU it is unmeasured (bench/gpu_check.py phase C measures it), and in bf16/fp16 its eager
+        attention would differ from the model's fused kernel by a rounding every head would share."""
+        if not self.adapter.reads_last:
+            return True
+        if READ_TOKEN is not None:
+            return READ_TOKEN
+        h = self.calls[-1][0][0]  # the last layer's recorded input
+        return h.device.type == "cpu" and h.dtype in (torch.float32, torch.float64)
 
     def from_o_input(self, fast: FastPath, l: int, k: int) -> torch.Tensor:
         """Logits [k*B, C] when layer l's O input is changed by hooks the caller installed.
@@ -106,6 +127,9 @@ class Replay:
         """
         ctx, h_in = self.ctxs[l], self.calls[l][0][0]
         last = self.L - 1
+        if not self.read_token_only():
+            return self.run_from(l + 1, self.finish_layer(l, fast.finish(self.layers[l], self.rep(ctx, k),
+                                                                         self.rep(h_in, k)), k), k)
         if l == last and self._after(l) is None:
             return self.adapter.read_token_logits(
                 self.model, fast.finish(self.layers[l], self.read_rows(ctx, k), self.read_rows(h_in, k)))

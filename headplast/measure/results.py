@@ -109,6 +109,14 @@ class GroupEffectResult(HeadTable):
 
 
 @dataclass(frozen=True)
+class GroupImportanceResult(HeadTable):
+    group_I_pre: np.ndarray  # [L, H] importance of the head's K/V group at theta0: its G heads removed at once
+    group_I_pre_se: np.ndarray  # (the same for each head of a group)
+    group_I_post: np.ndarray  # [L, H] the same at theta1
+    group_I_post_se: np.ndarray
+
+
+@dataclass(frozen=True)
 class CircuitResult(HeadTable):
     qk_rel: np.ndarray  # [L, H] ||ΔQK||_F / ||QK(theta0)||_F (headplast.measure.circuit)
     ov_rel: np.ndarray  # [L, H] ||ΔOV||_F / ||OV(theta0)||_F

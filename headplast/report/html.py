@@ -16,7 +16,7 @@ from importlib import resources
 import pandas as pd
 
 from headplast.analysis.interactions import adds_up
-from headplast.analysis.names import stat_of
+from headplast.analysis.names import display_name, stat_of
 from headplast.analysis.thresholds import RELIABILITY_BAR, unreliable
 from headplast.report.findings import comparison_table
 from headplast.report.headline import aggregate_lines, answer_lines, overlap_caution
@@ -109,6 +109,34 @@ def interactions_view(stats: dict) -> list[dict]:
     return out
 
 
+GROUP_COLUMNS = ["", "ρ over K/V groups", "95% CI (layers)", "within-layer ρ", "95% CI (layers)", "groups"]
+
+
+def kv_groups_view(stats: dict) -> list[dict]:
+    """Per run of a grouped-query model (analysis.groups): each pair's ρ over K/V groups."""
+    out = []
+    for lab, st in stats.items():
+        g = st.get("kv_groups")
+        if not g:
+            continue
+        if "unknown" in g:  # the group size was not recorded and theta0 is gone
+            out.append({"label": lab, "group_size": "?", "definition": g["unknown"], "columns": [], "rows": []})
+            continue
+        rows = []
+        for name, p in g["pairs"].items():
+            w = p["within_layer"]
+            rows.append([display_name(name, "rho"), _num(p["spearman"], "+.3f"), _ci_cell(p["ci95_layers"]),
+                         _num(w["spearman"], "+.3f"), _ci_cell(w["ci95_layers"]), str(p["n"])])
+        out.append({"label": lab, "group_size": g["group_size"], "definition": g["definition"],
+                    "columns": GROUP_COLUMNS, "rows": rows})
+    return out
+
+
+def _ci_cell(ci) -> str:
+    lo, hi = ci
+    return f"[{_num(lo, '+.3f')}, {_num(hi, '+.3f')}]"
+
+
 def compare_view(compare: dict, runs: dict, n: int) -> dict:
     m = compare["metrics"]
     labels = list(compare["runs"])
@@ -124,6 +152,7 @@ def compare_view(compare: dict, runs: dict, n: int) -> dict:
             "findings": m.get("findings", []), "validation": m["validation"], "figures": figures,
             "comparison": comparison_table(m) if "secondary" in m else None,
             "interactions": interactions_view(stats),
+            "kv_groups": kv_groups_view(stats),
             "table": heads_table(dfs, compare, runs), "table_id": f"heads-{n}", "n_heads": m["n_heads"]}
 
 

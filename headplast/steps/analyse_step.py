@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,11 +14,14 @@ from headplast.plotting.run_plots import run_figures
 from headplast.report.lines import rho_line
 from headplast.steps import versions
 from headplast.steps.outcome import Outcome, recorded_step
-from headplast.steps.runs import (input_hashes, load_halves, load_heads, load_joint, load_per_example, read_stats,
-                                  run_info)
+from headplast.steps.runs import (input_hashes, kv_group_size, load_halves, load_heads, load_joint, load_per_example,
+                                  read_stats, run_info)
 from headplast.steps.tracking import log_summary
 from headplast.store import layout
 from headplast.store.io import atomic_write_json, atomic_write_text, read_json
+
+
+log = logging.getLogger(__name__)
 
 
 def outputs(cfg: AnalysisConfig) -> tuple[str, ...]:
@@ -49,7 +53,13 @@ def write_analysis(d: Path, cfg: AnalysisConfig) -> None:
 def analysed(d: Path, cfg: AnalysisConfig) -> tuple:
     """(heads table, stats, cases) of a measured run, computed from its files."""
     df = load_heads(d)
-    st, cases = analyse(df, registry.stat_pairs(), load_per_example(d), cfg, load_halves(d))
+    G = kv_group_size(d)
+    if G is None:
+        log.warning("%s: neither run_config.json nor ckpt_init says how many query heads share a K/V head; "
+                    "no statistics over K/V groups (stats.json kv_groups)", d)
+    st, cases = analyse(df, registry.stat_pairs(), load_per_example(d), cfg, load_halves(d), G or 1)
+    if G is None:
+        st["kv_groups"] = {"unknown": "the group size is recorded in run_config.json and theta0's config, both gone"}
     joint = load_joint(d)
     if joint is not None:  # do the heads' update effects add up? (measured before update_joint existed: not said)
         st["interactions"] = interactions(*joint)

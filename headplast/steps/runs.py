@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from headplast.arch import get_adapter
 from headplast.errors import HeadplastError
 from headplast.measure import registry
 from headplast.store import layout, records
@@ -156,6 +157,25 @@ def measurement_arrays(run_dir: str | Path, name: str) -> dict[str, np.ndarray]:
         for f in m.fields:
             out[m.column(f)][r["layer"], r["head"]] = np.nan if r[f] is None else r[f]
     return out
+
+
+def kv_group_size(run_dir: str | Path) -> int | None:
+    """Query heads per K/V head of the run's model (1 without grouped-query attention): as recorded
+    in run_config.json, else (runs trained before it was) from theta0's config; None where neither
+    says (theta0 deleted)."""
+    d = Path(run_dir)
+    rc = read_json(d / layout.RUN_CONFIG) if (d / layout.RUN_CONFIG).exists() else {}
+    if "kv_group_size" in rc.get("model", {}):
+        return int(rc["model"]["kv_group_size"])
+    if not (d / layout.CKPT_INIT / "config.json").exists():
+        return None
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(d / layout.CKPT_INIT))
+    try:
+        return get_adapter(config).group_size(config)
+    except HeadplastError:
+        return None
 
 
 def load_per_example(run_dir: str | Path) -> dict[str, np.ndarray]:

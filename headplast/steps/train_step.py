@@ -199,7 +199,9 @@ def _train(cfg: TrainConfig, run: layout.RunId, out: Path, defaults: dict, data,
                         # what the task head reads, and the padding that finds it (decoders: the last token)
                         "reads": "last non-padding token" if adapter.reads_last else "token 0",
                         "pad_token_id": tok.pad_token_id, "pad_is_eos": tok.pad_token == tok.eos_token,
-                        "padding_side": tok.padding_side},
+                        "padding_side": tok.padding_side,
+                        # query heads per K/V head (grouped-query attention; 1 without): the analysis's K/V groups
+                        "kv_group_size": adapter.group_size(model.config)},
               "device": describe(training_device(cfg.device)), "speed": cfg.speed(), "precision": precision_state(),
               **({"rank_pattern": pattern} if pattern else {}),
               "defaults": {"filled": defaults, "why": recipes.why(data.task.name)}, **provenance()}

@@ -20,7 +20,8 @@ STEPS = {
     # 4: ρ(I_pre, · | grad_norm, W0, layer) (issue 30 item 4)
     # 5: reliability of measures on halves (func_change); resample counts kept beside p-values;
     #    fig_change_measures (importance vs every measure of change)
-    "analyse": 5,
+    # 6: statistics over K/V groups under grouped-query attention (stats['kv_groups'])
+    "analyse": 6,
     # 2: one verdict function, comparison table, centred example interval (issue 29)
     # 3: figures' layer-aware intervals, display names, sections from the schemas
     # 4: the summary says its difference intervals resample layers (they did; the text said heads)

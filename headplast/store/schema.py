@@ -277,10 +277,19 @@ UPDATE_EFFECT_GROUP = Schema(
             "group_effect_rev": "reverse group effect: loss when the head's whole K/V group is reverted to θ0 (nats)"},
     settings=("dtype",), enabled=lambda cfg: cfg.kv_group_effect)
 
+IMPORTANCE_GROUP = Schema(
+    "importance_group", ("group_I_pre", "group_I_pre_se", "group_I_post", "group_I_post_se"),
+    needs=("theta0", "theta1", "eval"),
+    labels={"group_I_pre": "importance of the head's K/V group at θ0: loss increase when its query heads are "
+                           "removed at once (nats; the same for each head of a group)",
+            "group_I_post": "importance of the head's K/V group at θ1 (nats)"},
+    settings=("ablation", "dtype"), enabled=lambda cfg: cfg.kv_group_effect)
+
 # in the order of heads.csv's columns and of the measure step; the optional ones (importance
-# under further ablations, the K/V group effect) last: computed only when asked for
+# under further ablations, the K/V group effect and importance) last: computed only when asked for
 SCHEMAS: tuple[Schema, ...] = (IMPORTANCE_PRE, UPDATE, GRADFISHER, IMPORTANCE_POST, UPDATE_EFFECT, UPDATE_GEOMETRY,
-                               CIRCUIT_UPDATE, UPDATE_JOINT, FUNC_CHANGE, *VARIANTS, UPDATE_EFFECT_GROUP)
+                               CIRCUIT_UPDATE, UPDATE_JOINT, FUNC_CHANGE, *VARIANTS, UPDATE_EFFECT_GROUP,
+                               IMPORTANCE_GROUP)
 
 
 def named(items, name: str):
