@@ -515,8 +515,10 @@ class Session:
             expect(inside.get("attention") == "sdpa math kernel", f"attention inside exact_fp32: {inside.get('attention')}")
         expect(mixed_ok, "a product inside exact_fp32 after set_float32_matmul_precision('high') was not finite")
         r.numbers["after"] = after
-        expect(all(v in ("ieee", "highest", None) for k, v in inside.items() if k not in (override, "attention")),
-               f"inside exact_fp32 the state is {inside}, not IEEE")
+        expect(all(v in ("ieee", "highest", None) for k, v in inside.items()
+                   if k not in (override, "attention", "half_reductions")), f"inside exact_fp32 the state is {inside}, not IEEE")
+        # bf16/fp16 products (--dtype bfloat16) accumulate in fp32 throughout while measuring
+        expect(inside.get("half_reductions") == "fp32", f"inside exact_fp32 half_reductions is {inside.get('half_reductions')}")
         expect(after == before, f"exact_fp32 did not restore the state: {before} -> {after}")
         expect(err < 1e-5, f"an fp32 product inside exact_fp32 is off by {err:.1e} relative (TF32 is 1e-3)")
         r.summary = f"outside: {', '.join(f'{k}={v}' for k, v in before.items() if v is not None)}; " \
@@ -802,8 +804,11 @@ class Session:
             r.numbers[method]["measure_compute"] = compute
             prec = {k: v for k, v in (compute.get("precision") or {}).items() if v is not None and "OVERRIDE" not in k}
             expect(compute.get("type") == self.dev, f"{method}: measure_meta.json records compute {compute}")
-            expect(prec and all(v in ("ieee", "highest") for k, v in prec.items() if k != "attention"),
+            expect(prec and all(v in ("ieee", "highest") for k, v in prec.items()
+                                if k not in ("attention", "half_reductions")),
                    f"{method}: measured with fp32 precision {prec}, not IEEE")
+            expect(prec.get("half_reductions") == "fp32", f"{method}: bf16/fp16 products measured with "
+                                                          f"{prec.get('half_reductions')} reductions, not fp32")
             for m in registry.required():
                 rows = [json.loads(x) for x in (run / m.file).read_text().splitlines() if x.strip()]
                 vals = np.asarray([[row[f] for f in m.fields if f != "kl"] for row in rows], dtype=float)
