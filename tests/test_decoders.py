@@ -135,7 +135,8 @@ def test_qwen2_sliding_window_on_some_layers_only(enc_small, tok, rte):
 
 def test_the_read_token_path_is_off_where_it_was_not_measured(enc_small, tok):
     """bf16 (its eager attention would differ from the model's fused kernel by a rounding every head
-    shares) and GPUs (unmeasured) run the decoders' last layer through the model's own modules."""
+    shares) and GPUs (unmeasured) run the last layer through the model's own modules, decoders and
+    encoders alike."""
     from headplast.measure import replay
 
     model = tiny_model("llama", init=0.3)
@@ -144,5 +145,6 @@ def test_the_read_token_path_is_off_where_it_was_not_measured(enc_small, tok):
     with torch.no_grad():
         assert replay.Replay(model, get_adapter(model), b).read_token_only()
         assert not replay.Replay(model.to(torch.bfloat16), get_adapter(model), b).read_token_only()
-        enc = tiny_model("bert", init=0.3).to(torch.bfloat16)
-        assert replay.Replay(enc, get_adapter(enc), b).read_token_only()  # encoders' token 0: as before
+        enc = tiny_model("bert", init=0.3)
+        assert replay.Replay(enc, get_adapter(enc), b).read_token_only()
+        assert not replay.Replay(enc.to(torch.bfloat16), get_adapter(enc), b).read_token_only()

@@ -33,8 +33,8 @@ def record_layer_inputs(model, adapter: ArchAdapter):
             h.remove()
 
 
-# None: Replay.read_token_only's rule; True / False: forced (bench/gpu_check.py measures the decoders'
-# read-token last layer against the full one on a GPU and in bf16)
+# None: Replay.read_token_only's rule; True / False: forced (bench/gpu_check.py measures the read-token
+# last layer against the full one on a GPU and in bf16)
 READ_TOKEN: bool | None = None
 
 
@@ -106,13 +106,12 @@ class Replay:
         return self.read_rows(x, 1)
 
     def read_token_only(self) -> bool:
-        """Whether from_o_input computes the last layer for the read token only. Decoders: in fp32 and
-        fp64 on a CPU, where it equals the full layer (tests) and was measured faster (bench/
-        bench_decoder_scale.py); elsewhere their last layer runs through the model's own modules: on
-        a GPU it is unmeasured (bench/gpu_check.py phase C measures it), and in bf16/fp16 its eager
-        attention would differ from the model's fused kernel by a rounding every head would share."""
-        if not self.adapter.reads_last:
-            return True
+        """Whether from_o_input computes the last layer for the read token only (token 0, or each
+        example's last real token). In fp32 and fp64 on a CPU, where it equals the full layer (tests)
+        and was measured faster (bench/); elsewhere the last layer runs through the model's own
+        modules: on a GPU it is unmeasured (bench/gpu_check.py phase C measures it), and in
+        bf16/fp16 its eager attention would differ from the model's fused kernel by a rounding that
+        every head's importance would share."""
         if READ_TOKEN is not None:
             return READ_TOKEN
         h = self.calls[-1][0][0]  # the last layer's recorded input
