@@ -76,7 +76,8 @@ def test_split_across_two_gloo_processes_equals_one_process(tmp_path):
     finally:
         torch.set_num_threads(threads)
     from tiny import ALL_ARCHS
-    assert len(split.files) == len(ALL_ARCHS) * 16 == 13 * 16  # 13 architectures x (5 + 5 + 6) arrays
+    # 13 architectures x (5 + 5 + 6) arrays, and 4 group-importance arrays for each grouped-query family
+    assert len(split.files) == len(ALL_ARCHS) * 16 + 4 * 4 == 13 * 16 + 16
 
 
 @pytest.mark.slow

@@ -118,7 +118,8 @@ def precision_state() -> dict:
     # ('reduced', torch's default) or keeps fp32 accumulation throughout ('fp32')
     m = b.cuda.matmul
     state["half_reductions"] = ("reduced" if m.allow_bf16_reduced_precision_reduction
-                                or m.allow_fp16_reduced_precision_reduction else "fp32")
+                                or m.allow_fp16_reduced_precision_reduction
+                                or getattr(m, "allow_fp16_accumulation", False) else "fp32")
     state[TF32_OVERRIDE] = os.environ.get(TF32_OVERRIDE)
     return state
 
@@ -174,12 +175,16 @@ def _fp32_half_reductions():
     """bf16/fp16 matrix products accumulate in fp32 throughout (no reduced-precision split-K
     reductions in cuBLAS): --dtype bfloat16 is then bf16 weights with fp32 accumulation."""
     m = torch.backends.cuda.matmul
-    saved = (m.allow_bf16_reduced_precision_reduction, m.allow_fp16_reduced_precision_reduction)
-    m.allow_bf16_reduced_precision_reduction = m.allow_fp16_reduced_precision_reduction = False
+    flags = [f for f in ("allow_bf16_reduced_precision_reduction", "allow_fp16_reduced_precision_reduction",
+                         "allow_fp16_accumulation") if hasattr(m, f)]  # the last: torch >= 2.7
+    saved = {f: getattr(m, f) for f in flags}
+    for f in flags:
+        setattr(m, f, False)
     try:
         yield
     finally:
-        m.allow_bf16_reduced_precision_reduction, m.allow_fp16_reduced_precision_reduction = saved
+        for f, v in saved.items():
+            setattr(m, f, v)
 
 
 def _math_attention():

@@ -71,7 +71,9 @@ class MeasureConfig:
             object.__setattr__(self, "skip", tuple(a.strip() for a in self.skip.split(",") if a.strip()))
         for name in self.skip:
             if name not in SKIPPABLE:
-                why = ("every run has it" if name in {s.name for s in SCHEMAS}
+                why = ("it is optional: computed only when its option asks for it"
+                       if name in {s.name for s in SCHEMAS if s.optional}
+                       else "every run has it" if name in {s.name for s in SCHEMAS}
                        else f"no such measurement.{did_you_mean(name, SKIPPABLE)}")
                 raise HeadplastError(f"--skip {name}: {why}", f"skip only some of {', '.join(SKIPPABLE)}")
         if isinstance(self.ablation, str):  # MeasureConfig(ablation="mean") and old configs

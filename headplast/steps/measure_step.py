@@ -157,8 +157,9 @@ def _write(m: Measurement, ctx: MeasureContext, base: Path) -> None:
     atomic_write_jsonl(base / m.file, res.rows())
 
 
-# how fp32 matrix products are computed while measuring (exact_fp32), part of a GPU result's key
-PRECISION = "ieee"
+# how matrix products are computed while measuring (exact_fp32), part of a GPU result's key: fp32 in
+# IEEE fp32; bf16/fp16 (--dtype) accumulating in fp32 throughout (from the decoders' issue on)
+PRECISION = "ieee, half products with fp32 reductions"
 
 
 def _key(m: Measurement, ctx: MeasureContext, device_type: str | None = None) -> str:

@@ -165,8 +165,11 @@ def kv_group_size(run_dir: str | Path) -> int | None:
     says (theta0 deleted)."""
     d = Path(run_dir)
     rc = read_json(d / layout.RUN_CONFIG) if (d / layout.RUN_CONFIG).exists() else {}
-    if "kv_group_size" in rc.get("model", {}):
-        return int(rc["model"]["kv_group_size"])
+    model = rc.get("model", {})
+    if "kv_group_size" in model:
+        return int(model["kv_group_size"])
+    if model.get("reads", "token 0") == "token 0":  # encoders, and runs from before the decoders (no 'reads')
+        return 1
     if not (d / layout.CKPT_INIT / "config.json").exists():
         return None
     from transformers import AutoConfig

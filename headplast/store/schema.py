@@ -275,7 +275,7 @@ UPDATE_EFFECT_GROUP = Schema(
     labels={"group_effect_fwd": "update effect of the head's K/V group: loss gain from every Q/K/V/O update of "
                                 "the group's heads at once (nats; the same for each head of a group)",
             "group_effect_rev": "reverse group effect: loss when the head's whole K/V group is reverted to θ0 (nats)"},
-    settings=("dtype",), enabled=lambda cfg: cfg.kv_group_effect)
+    settings=("dtype",), enabled=lambda cfg: cfg.kv_group_effect, split=True)
 
 IMPORTANCE_GROUP = Schema(
     "importance_group", ("group_I_pre", "group_I_pre_se", "group_I_post", "group_I_post_se"),
@@ -283,7 +283,7 @@ IMPORTANCE_GROUP = Schema(
     labels={"group_I_pre": "importance of the head's K/V group at θ0: loss increase when its query heads are "
                            "removed at once (nats; the same for each head of a group)",
             "group_I_post": "importance of the head's K/V group at θ1 (nats)"},
-    settings=("ablation", "dtype"), enabled=lambda cfg: cfg.kv_group_effect)
+    settings=("ablation", "dtype"), enabled=lambda cfg: cfg.kv_group_effect, split=True)
 
 # in the order of heads.csv's columns and of the measure step; the optional ones (importance
 # under further ablations, the K/V group effect and importance) last: computed only when asked for
