@@ -268,6 +268,20 @@ def table(report: dict) -> str:
 
 # ---------------------------------------------------------------- shared helpers
 
+def read_token(value: bool | None, fn):
+    """fn with the engine's last layer for the read token only forced on or off (None: the library's
+    rule, which keeps it off on GPUs until measured here: headplast.measure.replay.READ_TOKEN)."""
+    def run():
+        from headplast.measure import replay
+
+        replay.READ_TOKEN = value
+        try:
+            return fn()
+        finally:
+            replay.READ_TOKEN = None
+    return run
+
+
 def rel_diff(a, b) -> float:
     """max |a - b| / max(|a|, |b|) over the finite entries (NaN where the other is NaN too);
     inf when the shapes or the NaN positions differ."""
@@ -855,16 +869,9 @@ class Session:
         lens = rng.integers(16, 33, n)
         enc = Encoded([{"input_ids": rng.integers(1, shape["vocab_size"], t).tolist(), "attention_mask": [1] * t}
                        for t in lens], rng.integers(0, 2, n))
-        from headplast.measure import replay
-
-        def engine(dtype, read_token=None):  # read_token: the decoders' last layer for the read token only, forced
-            def run():  # on or off (None: the library's rule, which keeps it off on GPUs until measured here)
-                replay.READ_TOKEN = read_token
-                try:
-                    return ablation_importance(model.to(dtype), ad, enc, task, 0, batch_size=n, progress=False)
-                finally:
-                    replay.READ_TOKEN = None
-            return run
+        def engine(dtype, forced=None):
+            return read_token(forced, lambda: ablation_importance(model.to(dtype), ad, enc, task, 0, batch_size=n,
+                                                                  progress=False))
         runs = (("engine", engine(torch.float32)),
                 ("engine_full_last", engine(torch.float32, False)),
                 ("engine_read_token", engine(torch.float32, True)),
@@ -1050,17 +1057,11 @@ class Session:
         model = ctx.model("theta0")
         ad = get_adapter(model)
         kw = {k: v for k, v in (("max_tokens", ctx.cfg.max_tokens), ("batch_size", ctx.cfg.batch_size)) if v}
-        from headplast.measure import replay
-
-        def token0():  # the last layer for token 0 only, forced on (the library keeps it off on GPUs until measured)
-            replay.READ_TOKEN = True
-            try:
-                return ablation_importance(model, ad, enc, ctx.task, ctx.pad_id, progress=False, **kw)
-            finally:
-                replay.READ_TOKEN = None
+        def engine():
+            return ablation_importance(model, ad, enc, ctx.task, ctx.pad_id, progress=False, **kw)
         res = self.timed_importance(r, (
-            ("engine", lambda: ablation_importance(model, ad, enc, ctx.task, ctx.pad_id, progress=False, **kw)),
-            ("engine_token0", token0),
+            ("engine", engine),
+            ("engine_token0", read_token(True, engine)),  # the last layer for token 0 only, forced on
             ("naive", lambda: naive_importance(model, ad, enc, ctx.task, ctx.pad_id, batch_size=32))))
         r.numbers["examples"] = n
         r.numbers["speedup"] = round(r.numbers["naive"]["seconds"] / r.numbers["engine"]["seconds"], 2)

@@ -75,7 +75,8 @@ def test_the_engines_last_layer_computes_only_the_read_token(arch, enc_small, to
     """The fast path runs the last layer's query, O and FFN for each example's last real token only,
     and gives what the full layer gives there (mixed lengths; mistral's window is shorter than them)."""
     from headplast.measure.ablation import ablation_importance
-    from headplast.measure.fastpath import FAST_PATHS, additive_mask, gather_rows
+    from headplast.arch.adapters import gather_rows
+    from headplast.measure.fastpath import FAST_PATHS, additive_mask
     from headplast.measure.replay import Replay
 
     model = tiny_model(arch, init=0.3)

@@ -35,19 +35,20 @@ def group_table(df: pd.DataFrame, group_size: int) -> pd.DataFrame:
     that the heads table has."""
     if group_size < 1 or df["head"].max() + 1 < group_size or (df["head"].max() + 1) % group_size:
         raise ValueError(f"{df['head'].max() + 1} query heads do not split into K/V groups of {group_size}")
-    keys = pd.DataFrame({"layer": df["layer"].to_numpy(), "kv_group": (df["head"] // group_size).to_numpy()})
-    g = keys.groupby(["layer", "kv_group"], sort=True)
-    out = g.size().reset_index()[["layer", "kv_group"]]
+    keys = [df["layer"].rename("layer"), (df["head"] // group_size).rename("kv_group")]
+
+    def grouped(col: pd.Series):  # by (layer, kv_group), sorted: the rows of `out`
+        return col.groupby(keys, sort=True)
+    out = grouped(df["head"]).size().index.to_frame(index=False)  # layer, kv_group
     for c in SUMMED:
         if c in df:
-            out[c] = df[c].groupby([keys["layer"], keys["kv_group"]]).sum(min_count=group_size).to_numpy()
+            out[c] = grouped(df[c]).sum(min_count=group_size).to_numpy()
     for c in NORMS:
         if c in df:
-            out[c] = np.sqrt((df[c] ** 2).groupby([keys["layer"], keys["kv_group"]]).sum(min_count=group_size)
-                             .to_numpy())
+            out[c] = np.sqrt(grouped(df[c] ** 2).sum(min_count=group_size).to_numpy())
     for c in OWN:
         if c in df:
-            by = df[c].groupby([keys["layer"], keys["kv_group"]])
+            by = grouped(df[c])
             first, spread = by.first().to_numpy(), (by.max() - by.min()).to_numpy()
             if np.nanmax(np.abs(spread), initial=0.0) > 0:
                 raise ValueError(f"{c} differs between heads of one K/V group: not a group measurement")

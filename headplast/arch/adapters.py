@@ -246,8 +246,7 @@ class ArchAdapter:
         if input_ids is None:
             raise ValueError(f"{self.model_type}: the task head reads each example's last token; "
                              "pass input_ids to find it")
-        seq = seq[torch.arange(seq.shape[0], device=seq.device), self.read_positions(model, input_ids)][:, None]
-        return self._final_norm(model, seq)
+        return self._final_norm(model, gather_rows(seq, self.read_positions(model, input_ids)))
 
     def _final_norm(self, model, x: torch.Tensor) -> torch.Tensor:
         return x if self.final_norm is None else _get(self.base_of(model), self.final_norm)(x)
@@ -260,6 +259,11 @@ class ArchAdapter:
     def read_token_logits(self, model, x: torch.Tensor) -> torch.Tensor:
         """Logits [B, C] from the last layer's output at the read token only, x [B, 1, D]."""
         return self.head_fn(model, self._final_norm(model, x))
+
+
+def gather_rows(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """x [B, T, ...] at one position per example, pos [B] -> [B, 1, ...]."""
+    return x[torch.arange(x.shape[0], device=x.device), pos][:, None]
 
 
 def _get(obj, path: str):

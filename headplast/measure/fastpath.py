@@ -10,13 +10,15 @@ A family without an entry here falls back to full layer calls (still exact).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import sys
+from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
 import torch
 from torch.nn import functional as F
+
+from headplast.arch.adapters import gather_rows
 
 
 def _attend(q, k, v, add_mask, n_heads, bias=None):
@@ -36,11 +38,6 @@ def _attend(q, k, v, add_mask, n_heads, bias=None):
 def additive_mask(attention_mask: torch.Tensor, dtype) -> torch.Tensor:
     """[B, T] of 0/1 -> [B, 1, 1, T] of 0 / most negative value."""
     return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
-
-
-def gather_rows(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """x [B, T, ...] at one position per example, pos [B] -> [B, 1, ...]."""
-    return x[torch.arange(x.shape[0], device=x.device), pos][:, None]
 
 
 def read_row_mask(add_mask: torch.Tensor, pos: torch.Tensor, window: int | None) -> torch.Tensor:

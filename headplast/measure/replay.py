@@ -15,8 +15,8 @@ from contextlib import contextmanager
 
 import torch
 
-from headplast.arch.adapters import ArchAdapter
-from headplast.measure.fastpath import FastPath, additive_mask, gather_rows
+from headplast.arch.adapters import ArchAdapter, gather_rows
+from headplast.measure.fastpath import FastPath, additive_mask
 from headplast.measure.gating import capture_o_inputs
 
 
@@ -46,9 +46,8 @@ class Replay:
         self.layers = adapter.layer_modules(model)
         self.L = len(self.layers)
         self.mask = batch["attention_mask"]  # [B, T]
-        self.ids = batch["input_ids"]  # [B, T]: decoders' task heads find the last token in them
         self.B = self.mask.shape[0]
-        self.pos = adapter.read_positions(model, self.ids)  # [B]: the token the task head reads
+        self.pos = adapter.read_positions(model, batch["input_ids"])  # [B]: the token the task head reads
         with record_layer_inputs(model, adapter) as calls, capture_o_inputs(model, adapter) as ctxs:
             # no KV cache: a replayed layer would append to the recorded pass's cache
             nocache = {"use_cache": False} if adapter.reads_last else {}
@@ -90,8 +89,11 @@ class Replay:
         return self.head_logits(h, k)
 
     def head_logits(self, h: torch.Tensor, k: int) -> torch.Tensor:
-        """Logits [k*B, C] from the last layer's output h [k*B, T, D] of k stacked copies."""
-        return self.adapter.logits(self.model, h, self.rep(self.ids, k))
+        """Logits [k*B, C] from the last layer's output h [k*B, T, D] of k stacked copies (decoders:
+        at the read positions found once, self.pos)."""
+        if not self.adapter.reads_last:
+            return self.adapter.logits(self.model, h)
+        return self.adapter.read_token_logits(self.model, gather_rows(h, self.rep(self.pos, k)))
 
     def read_rows(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """The read token's row of a per-example x [B, T, D], repeated k times -> [k*B, 1, D]."""
@@ -126,19 +128,15 @@ class Replay:
         """
         ctx, h_in = self.ctxs[l], self.calls[l][0][0]
         last = self.L - 1
-        if not self.read_token_only():
-            return self.run_from(l + 1, self.finish_layer(l, fast.finish(self.layers[l], self.rep(ctx, k),
-                                                                         self.rep(h_in, k)), k), k)
-        if l == last and self._after(l) is None:
+        read = self.read_token_only() and self._after(last) is None  # the last layer for the read token only
+        if l == last and read:
             return self.adapter.read_token_logits(
                 self.model, fast.finish(self.layers[l], self.read_rows(ctx, k), self.read_rows(h_in, k)))
         h = self.finish_layer(l, fast.finish(self.layers[l], self.rep(ctx, k), self.rep(h_in, k)), k)
-        if l == last:
-            return self.head_logits(h, k)
+        if not read or fast.read_context is None or l == last:
+            return self.run_from(l + 1, h, k)
         for i in range(l + 1, last):
             h = self.layer(i, h, k)
-        if fast.read_context is None or self._after(last) is not None:
-            return self.run_from(last, h, k)
         add_mask = self.rep(additive_mask(self.mask, h.dtype), k)
         pos = self.rep(self.pos, k)
         c = fast.read_context(self.layers[last], h, add_mask, self._arguments_call(last, k), pos)  # [k*B, 1, D]

@@ -100,11 +100,10 @@ def interactions_view(stats: dict) -> list[dict]:
             continue
         rows = []
         for r in [*inter["layers"], inter["model"]]:
-            lo, hi = r.get("ci95") or (None, None)
             ok = adds_up(r)
             rows.append(["whole model" if r["scope"] == "model" else f"layer {r['layer']}", _num(r["joint"], "+.4f"),
                          _num(r["sum_single"], "+.4f"), _num(r["ratio"], ".2f"), _num(r["interaction"], "+.4f"),
-                         f"[{_num(lo, '+.4f')}, {_num(hi, '+.4f')}]", "" if ok is None else ("yes" if ok else "no")])
+                         _ci_cell(r.get("ci95") or (None, None), "+.4f"), "" if ok is None else ("yes" if ok else "no")])
         out.append({"label": lab, "columns": INTERACTION_COLUMNS, "rows": rows})
     return out
 
@@ -132,9 +131,9 @@ def kv_groups_view(stats: dict) -> list[dict]:
     return out
 
 
-def _ci_cell(ci) -> str:
+def _ci_cell(ci, fmt: str = "+.3f") -> str:
     lo, hi = ci
-    return f"[{_num(lo, '+.3f')}, {_num(hi, '+.3f')}]"
+    return f"[{_num(lo, fmt)}, {_num(hi, fmt)}]"
 
 
 def compare_view(compare: dict, runs: dict, n: int) -> dict:
